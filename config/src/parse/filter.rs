@@ -1,0 +1,185 @@
+//! `filters:`: each filter is a name and exactly one kind; the kind's
+//! settings are read by its own function.
+
+use std::time::Duration;
+
+use super::{jwt, retry};
+use crate::error::Errors;
+use crate::node::{Mark, Node};
+use crate::read::{self, Map};
+use crate::suggest::did_you_mean;
+use crate::types::{ConcurrencyLimit, Filter, FilterKind, RateLimit, RateLimitKey};
+use crate::SUPPORTED_FILTER_KINDS;
+
+/// Every kind the config language knows (the proxy may support fewer).
+pub const KINDS: &[&str] = &["jwt", "rate_limit", "retry", "circuit_breaker", "concurrency_limit"];
+
+pub fn filter(name: &str, name_mark: Mark, node: &Node, errs: &mut Errors) -> Option<Filter> {
+    let m = Map::any(node, &format!("in filter {name:?}"), errs)?;
+    let mut kinds = Vec::new();
+    for (key, mark, body) in m.entries() {
+        if KINDS.contains(&key) {
+            kinds.push((key, mark, body));
+        } else {
+            let hint = did_you_mean(key, KINDS.iter().copied());
+            errs.at(mark, format!("unknown filter kind {key:?} in filter {name:?}{hint}"));
+        }
+    }
+    let (kind, mark, body) = match kinds.as_slice() {
+        [one] => *one,
+        [] => {
+            if m.entries().next().is_none() {
+                errs.at(
+                    name_mark,
+                    format!("filter {name:?} has no kind; expected one of {}", KINDS.join(", ")),
+                );
+            }
+            return None;
+        }
+        [(first, _, _), (second, mark, _), ..] => {
+            errs.at(
+                *mark,
+                format!("filter {name:?} has two kinds, {first:?} and {second:?}; a filter has exactly one"),
+            );
+            return None;
+        }
+    };
+    if !SUPPORTED_FILTER_KINDS.contains(&kind) {
+        errs.at(mark, format!("filter kind {kind:?} is not supported yet"));
+        return None;
+    }
+    let kind = match kind {
+        "jwt" => FilterKind::Jwt(jwt::jwt(name, mark, body, errs)?),
+        "rate_limit" => FilterKind::RateLimit(rate_limit(name, body, errs)?),
+        "retry" => FilterKind::Retry(retry::retry(name, body, errs)?),
+        "circuit_breaker" => FilterKind::CircuitBreaker(retry::breaker(name, mark, body, errs)?),
+        _ => FilterKind::ConcurrencyLimit(concurrency(name, body, errs)?),
+    };
+    Some(Filter {
+        name: name.to_string(),
+        kind,
+    })
+}
+
+fn rate_limit(name: &str, node: &Node, errs: &mut Errors) -> Option<RateLimit> {
+    let place = format!("in rate_limit filter {name:?}");
+    let m = Map::new(node, &place, &["key", "rate", "burst", "max_keys"], errs)?;
+    let key = m.req("key", errs, rate_limit_key);
+    let rate = m.req("rate", errs, read::rate);
+    let burst = m.opt("burst", errs, read::at_least(1));
+    let max_keys = m.opt("max_keys", errs, read::at_least(1));
+    let rate = rate?;
+    Some(RateLimit {
+        key: key?,
+        rate,
+        burst: burst.map_or(rate.count, |b| u32::try_from(b).unwrap_or(u32::MAX)),
+        max_keys: max_keys.map_or(100_000, |n| usize::try_from(n).unwrap_or(usize::MAX)),
+    })
+}
+
+fn rate_limit_key(node: &Node, errs: &mut Errors) -> Option<RateLimitKey> {
+    let text = read::string(node, errs)?;
+    let key = match text.split_once(':') {
+        None if text == "global" => Some(RateLimitKey::Global),
+        None if text == "client_ip" => Some(RateLimitKey::ClientIp),
+        Some(("header", h)) => {
+            let h = h.trim().to_ascii_lowercase();
+            let valid = !h.is_empty() && h.chars().all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c));
+            valid.then_some(RateLimitKey::Header(h))
+        }
+        Some(("jwt", claim)) if !claim.trim().is_empty() => Some(RateLimitKey::JwtClaim(claim.trim().to_string())),
+        _ => None,
+    };
+    if key.is_none() {
+        errs.at(
+            node.mark,
+            format!("expected a rate limit key: global, client_ip, header:NAME or jwt:CLAIM, found {text:?}"),
+        );
+    }
+    key
+}
+
+fn concurrency(name: &str, node: &Node, errs: &mut Errors) -> Option<ConcurrencyLimit> {
+    let place = format!("in concurrency_limit filter {name:?}");
+    let keys = ["max_in_flight", "max_queue", "queue_timeout", "priority"];
+    let m = Map::new(node, &place, &keys, errs)?;
+    let max_in_flight = m.req("max_in_flight", errs, read::at_least(1));
+    let max_queue = m.opt("max_queue", errs, read::usize_).unwrap_or(0);
+    let queue_timeout = m
+        .opt("queue_timeout", errs, read::duration)
+        .unwrap_or(Duration::from_millis(100));
+    let priority_header = m.opt("priority", errs, |n, e| {
+        let found = match &n.value {
+            crate::node::Value::Map(entries) if entries.len() == 1 => {
+                let is_header = entries[0].0.scalar().is_some_and(|s| s.text == "header");
+                is_header.then(|| read::header_name(&entries[0].1, e))
+            }
+            _ => None,
+        };
+        match found {
+            Some(header) => header,
+            None => {
+                e.at(n.mark, format!("expected priority as {{ header: NAME }}, found {}", n.describe()));
+                None
+            }
+        }
+    });
+    Some(ConcurrencyLimit {
+        max_in_flight: usize::try_from(max_in_flight?).unwrap_or(usize::MAX),
+        max_queue,
+        queue_timeout,
+        priority_header,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::load;
+
+    fn run(yaml: &str) -> (Option<Filter>, String) {
+        let node = load(yaml).unwrap();
+        let mut errs = Errors::new("f");
+        let out = filter("x", Mark::new(1, 1), &node, &mut errs);
+        (out, errs.finish().to_string())
+    }
+
+    #[test]
+    fn kinds() {
+        assert_eq!(run("rate_limt: {}").1, "f:1:1: unknown filter kind \"rate_limt\" in filter \"x\"; did you mean \"rate_limit\"?");
+        assert_eq!(run("{}").1, "f:1:1: filter \"x\" has no kind; expected one of jwt, rate_limit, retry, circuit_breaker, concurrency_limit");
+        assert_eq!(
+            run("retry: {}\njwt: {}\n").1,
+            "f:2:1: filter \"x\" has two kinds, \"retry\" and \"jwt\"; a filter has exactly one"
+        );
+    }
+
+    #[test]
+    fn rate_limit_settings() {
+        let (f, e) = run("rate_limit: {key: \"header:X-Key\", rate: 10/m}");
+        assert_eq!(e, "");
+        let FilterKind::RateLimit(r) = f.unwrap().kind else { panic!() };
+        assert_eq!(r.key, RateLimitKey::Header("x-key".into()));
+        assert_eq!((r.burst, r.max_keys), (10, 100_000));
+        assert_eq!(
+            run("rate_limit: {key: user, rate: 10}").1,
+            "f:1:19: expected a rate limit key: global, client_ip, header:NAME or jwt:CLAIM, found \"user\"\n\
+             f:1:31: expected a rate like \"100/s\", \"10/m\" or \"5/h\", found \"10\""
+        );
+    }
+
+    #[test]
+    fn concurrency_settings() {
+        let (f, e) = run("concurrency_limit: {max_in_flight: 4, priority: {header: X-Priority}}");
+        assert_eq!(e, "");
+        let FilterKind::ConcurrencyLimit(c) = f.unwrap().kind else { panic!() };
+        assert_eq!((c.max_in_flight, c.max_queue), (4, 0));
+        assert_eq!(c.queue_timeout, Duration::from_millis(100));
+        assert_eq!(c.priority_header.as_deref(), Some("x-priority"));
+        assert_eq!(
+            run("concurrency_limit: {max_in_flight: 0, priority: x-priority}").1,
+            "f:1:36: expected at least 1, found 0\n\
+             f:1:49: expected priority as { header: NAME }, found \"x-priority\""
+        );
+    }
+}

@@ -1,0 +1,209 @@
+//! From the marked tree to the typed [`Config`], one section per file.
+//!
+//! Each section reports its own errors and keeps going; what could not be
+//! read is left at its default or left out, since a config with any error is
+//! discarded anyway. Positions needed by the cross-checks are kept in
+//! [`Marks`].
+
+mod filter;
+mod jwt;
+mod listener;
+mod retry;
+mod upstream;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use crate::error::Errors;
+use crate::node::{Mark, Node};
+use crate::read::{self, Map};
+use crate::types::{Admin, Config, Log, LogFormat};
+
+/// Where things were written, for checks that span sections.
+#[derive(Debug, Default)]
+pub struct Marks {
+    /// One per entry of `Config::listeners`.
+    pub listeners: Vec<ListenerMarks>,
+    /// Every upstream and filter name defined, even those with errors.
+    pub upstream_names: Vec<String>,
+    pub filter_names: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct ListenerMarks {
+    pub listen: Mark,
+    /// One per route of the listener.
+    pub routes: Vec<RouteMarks>,
+}
+
+#[derive(Debug, Default)]
+pub struct RouteMarks {
+    /// The `name` key, or the route itself when it has none.
+    pub name: Mark,
+    pub upstream: Mark,
+    /// One per filter name of the route.
+    pub filters: Vec<Mark>,
+}
+
+const TOP_KEYS: &[&str] = &["admin", "shutdown_grace", "log", "listeners", "upstreams", "filters"];
+
+/// Reads the whole file. `redacted_yaml` is left empty for the caller.
+pub fn config(file: &str, root: &Node, errs: &mut Errors) -> (Config, Marks) {
+    let mut marks = Marks::default();
+    let mut cfg = Config {
+        file: file.to_string(),
+        admin: Admin {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9901),
+        },
+        shutdown_grace: Duration::from_secs(30),
+        log: Log {
+            level: "info".into(),
+            format: LogFormat::Json,
+            access_log: true,
+        },
+        listeners: Vec::new(),
+        upstreams: Vec::new(),
+        filters: Vec::new(),
+        redacted_yaml: String::new(),
+    };
+    if root.is_null() {
+        errs.at(root.mark, "the file is empty; expected a mapping with at least \"listeners\"");
+        return (cfg, marks);
+    }
+    let place = "at the top level";
+    let Some(top) = Map::any(root, place, errs) else {
+        return (cfg, marks);
+    };
+    for (key, mark, _) in top.entries() {
+        // `x-...` keys are free for anchors (as in docker compose files).
+        if !TOP_KEYS.contains(&key) && !key.starts_with("x-") {
+            let hint = crate::suggest::did_you_mean(key, TOP_KEYS.iter().copied());
+            errs.at(mark, format!("unknown key {key:?} {place}{hint}"));
+        }
+    }
+    if let Some(node) = top.get("admin") {
+        if let Some(admin) = Map::new(node, "in admin", &["listen"], errs) {
+            if let Some(addr) = admin.opt("listen", errs, listen_addr) {
+                cfg.admin.listen = addr;
+            }
+        }
+    }
+    if let Some(d) = top.opt("shutdown_grace", errs, read::duration) {
+        cfg.shutdown_grace = d;
+    }
+    if let Some(node) = top.get("log") {
+        log(node, &mut cfg.log, errs);
+    }
+    if let Some(node) = top.required("listeners", errs) {
+        if let Some(map) = Map::any(node, "in listeners", errs) {
+            if map.entries().next().is_none() {
+                errs.at(node.mark, "listeners is empty; define at least one listener");
+            }
+            for (name, name_mark, body) in map.entries() {
+                if let Some((l, m)) = listener::listener(name, name_mark, body, errs) {
+                    cfg.listeners.push(l);
+                    marks.listeners.push(m);
+                }
+            }
+        }
+    }
+    if let Some(map) = top.get("upstreams").and_then(|n| Map::any(n, "in upstreams", errs)) {
+        for (name, _, body) in map.entries() {
+            marks.upstream_names.push(name.to_string());
+            if let Some(u) = upstream::upstream(name, body, errs) {
+                cfg.upstreams.push(u);
+            }
+        }
+    }
+    if let Some(map) = top.get("filters").and_then(|n| Map::any(n, "in filters", errs)) {
+        for (name, name_mark, body) in map.entries() {
+            marks.filter_names.push(name.to_string());
+            if let Some(f) = filter::filter(name, name_mark, body, errs) {
+                cfg.filters.push(f);
+            }
+        }
+    }
+    (cfg, marks)
+}
+
+const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
+
+fn log(node: &Node, log: &mut Log, errs: &mut Errors) {
+    let Some(m) = Map::new(node, "in log", &["level", "format", "access_log"], errs) else {
+        return;
+    };
+    if let Some(n) = m.get("level") {
+        if let Some(level) = read::string(n, errs) {
+            let lower = level.to_ascii_lowercase();
+            // A tracing filter directive (`kaname=debug,hyper=info`) is taken as is.
+            if LEVELS.contains(&lower.as_str()) || level.contains('=') {
+                log.level = if level.contains('=') { level } else { lower };
+            } else {
+                let hint = crate::suggest::did_you_mean(&level, LEVELS.iter().copied());
+                errs.at(
+                    n.mark,
+                    format!("expected a log level (trace, debug, info, warn, error) or a filter like \"kaname=debug\", found {level:?}{hint}"),
+                );
+            }
+        }
+    }
+    if let Some(i) = m.opt("format", errs, |n, e| read::choice(n, &["json", "text"], e)) {
+        log.format = if i == 0 { LogFormat::Json } else { LogFormat::Text };
+    }
+    if let Some(b) = m.opt("access_log", errs, read::boolean) {
+        log.access_log = b;
+    }
+}
+
+/// `0.0.0.0:8443`, `[::1]:80`, `localhost:8080` (taken as 127.0.0.1).
+pub fn listen_addr(node: &Node, errs: &mut Errors) -> Option<SocketAddr> {
+    let text = read::string(node, errs)?;
+    let parsed = text.parse::<SocketAddr>().ok().or_else(|| {
+        let port = text.strip_prefix("localhost:")?.parse::<u16>().ok()?;
+        Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port))
+    });
+    if parsed.is_none() {
+        errs.at(
+            node.mark,
+            format!("expected an address like \"0.0.0.0:8443\" or \"[::1]:80\", found {text:?}"),
+        );
+    }
+    parsed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::load;
+
+    fn errors(yaml: &str) -> String {
+        let node = load(yaml).unwrap();
+        let mut errs = Errors::new("f");
+        let _ = config("f", &node, &mut errs);
+        errs.finish().to_string()
+    }
+
+    #[test]
+    fn top_level() {
+        assert_eq!(
+            errors("listner: {}\nx-anchors: 1\n"),
+            "f:1:1: unknown key \"listner\" at the top level; did you mean \"listeners\"?\n\
+             f:1:1: missing key \"listeners\" at the top level"
+        );
+        assert_eq!(errors(""), "f:1:1: the file is empty; expected a mapping with at least \"listeners\"");
+        assert_eq!(errors("[1]"), "f:1:1: expected a mapping at the top level, found a list");
+        assert_eq!(errors("listeners: {}\nlog: {level: verbose}\n").lines().count(), 2);
+    }
+
+    #[test]
+    fn addresses() {
+        let mut errs = Errors::new("f");
+        let n = load("localhost:8080").unwrap();
+        assert_eq!(listen_addr(&n, &mut errs).map(|a| a.to_string()).as_deref(), Some("127.0.0.1:8080"));
+        let n = load("\"[::1]:80\"").unwrap();
+        assert_eq!(listen_addr(&n, &mut errs).map(|a| a.to_string()).as_deref(), Some("[::1]:80"));
+        let n = load("example.com:80").unwrap();
+        assert_eq!(listen_addr(&n, &mut errs), None);
+        assert_eq!(errs.finish().0.len(), 1);
+    }
+}

@@ -1,0 +1,400 @@
+//! The typed, validated configuration. Everything here has been checked:
+//! names resolve, durations are positive, regexes compile.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// A whole kaname configuration file, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file this was read from (as given on the command line).
+    pub file: String,
+    pub admin: Admin,
+    /// How long requests in flight may finish after SIGTERM. Default 30s.
+    pub shutdown_grace: Duration,
+    pub log: Log,
+    /// In file order.
+    pub listeners: Vec<Listener>,
+    /// In file order.
+    pub upstreams: Vec<Upstream>,
+    /// In file order.
+    pub filters: Vec<Filter>,
+    /// The running config rendered as YAML with secrets and every `${VAR}`
+    /// value replaced by `<redacted>` (for the admin `/config` endpoint).
+    pub redacted_yaml: String,
+}
+
+impl Config {
+    pub fn upstream(&self, name: &str) -> Option<&Upstream> {
+        self.upstreams.iter().find(|u| u.name == name)
+    }
+    pub fn filter(&self, name: &str) -> Option<&Filter> {
+        self.filters.iter().find(|f| f.name == name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admin {
+    /// Default 127.0.0.1:9901.
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Log {
+    /// Default "info".
+    pub level: String,
+    /// Default Json.
+    pub format: LogFormat,
+    /// Default true.
+    pub access_log: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerProtocol {
+    /// HTTP/1.1 and HTTP/2 (prior knowledge) on one port. The default.
+    Auto,
+    Http1,
+    Http2,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    pub name: String,
+    pub listen: SocketAddr,
+    /// Default Auto.
+    pub protocol: ListenerProtocol,
+    /// Default 10s.
+    pub header_read_timeout: Duration,
+    /// Default 64 KiB.
+    pub max_header_bytes: u64,
+    /// None = no limit.
+    pub max_request_body: Option<u64>,
+    /// Default 5m.
+    pub idle_timeout: Duration,
+    pub tls: Option<ListenerTls>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerTls {
+    pub cert: String,
+    pub key: String,
+    pub client_ca: Option<String>,
+    pub allowed_identities: Vec<String>,
+    /// Default "x-client-identity".
+    pub identity_header: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    /// Given, or `<listener>-<n>` with n counting from 1.
+    pub name: String,
+    /// `match:`; absent = every request (`RouteMatch::default()`).
+    pub matcher: RouteMatch,
+    pub upstream: String,
+    /// None = no route timeout.
+    pub timeout: Option<Duration>,
+    /// Filter names, outermost first; each names an entry of `Config::filters`.
+    pub filters: Vec<String>,
+    /// Route-level body limit; overrides the listener's.
+    pub max_request_body: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PathMatch {
+    Exact(String),
+    Prefix(String),
+    /// The pattern, known to compile with the `regex` crate.
+    Regex(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RouteMatch {
+    pub path: Option<PathMatch>,
+    /// Upper-case method names; None = any.
+    pub methods: Option<Vec<String>>,
+    /// Header name (lower case) and exact value.
+    pub headers: Vec<(String, String)>,
+    /// Host without port, lower case.
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+    /// h2c, or h2 over TLS.
+    Http2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadBalancing {
+    RoundRobin,
+    LeastRequest,
+    P2cEwma,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upstream {
+    pub name: String,
+    /// `host:port` strings; a host may be an IP or a DNS name.
+    pub endpoints: Vec<Endpoint>,
+    /// Default Http1.
+    pub protocol: UpstreamProtocol,
+    /// Default 1s.
+    pub connect_timeout: Duration,
+    /// Default P2cEwma.
+    pub load_balancing: LoadBalancing,
+    pub pool: Pool,
+    /// Default 30s.
+    pub dns_refresh: Duration,
+    pub health_check: Option<HealthCheck>,
+    pub outlier_detection: Option<OutlierDetection>,
+    pub tls: Option<UpstreamTls>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    /// Lower case; an IPv6 address without its brackets (`::1`).
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pool {
+    /// Default 90s.
+    pub idle_timeout: Duration,
+    /// Default 64.
+    pub max_idle_per_endpoint: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    pub path: String,
+    /// Default 5s.
+    pub interval: Duration,
+    /// Default 1s.
+    pub timeout: Duration,
+    /// Default 3.
+    pub unhealthy_after: u32,
+    /// Default 2.
+    pub healthy_after: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutlierDetection {
+    /// Default 5.
+    pub consecutive_failures: u32,
+    /// Default 30s.
+    pub eject_for: Duration,
+    /// Default 50; at most 100.
+    pub max_ejected_percent: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamTls {
+    pub ca: Option<String>,
+    pub server_name: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Filter {
+    pub name: String,
+    pub kind: FilterKind,
+}
+
+/// One variant per filter kind. Adding a kind = a new variant here, its
+/// settings struct, its parser arm, and a module in `filters/`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FilterKind {
+    Jwt(Jwt),
+    RateLimit(RateLimit),
+    Retry(Retry),
+    CircuitBreaker(CircuitBreaker),
+    ConcurrencyLimit(ConcurrencyLimit),
+}
+
+impl FilterKind {
+    /// The YAML key of this kind (`rate_limit`, ...).
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            FilterKind::Jwt(_) => "jwt",
+            FilterKind::RateLimit(_) => "rate_limit",
+            FilterKind::Retry(_) => "retry",
+            FilterKind::CircuitBreaker(_) => "circuit_breaker",
+            FilterKind::ConcurrencyLimit(_) => "concurrency_limit",
+        }
+    }
+}
+
+/// A rate as a count per period (`100/s` = 100 per 1s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u32,
+    pub per: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitKey {
+    Global,
+    ClientIp,
+    /// Lower-case header name.
+    Header(String),
+    /// Claim name.
+    JwtClaim(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimit {
+    pub key: RateLimitKey,
+    pub rate: Rate,
+    /// Default: the rate's count.
+    pub burst: u32,
+    /// Default 100000.
+    pub max_keys: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConcurrencyLimit {
+    /// Required, at least 1.
+    pub max_in_flight: usize,
+    /// Default 0.
+    pub max_queue: usize,
+    /// Default 100ms.
+    pub queue_timeout: Duration,
+    /// Lower-case header name carrying high | normal | low.
+    pub priority_header: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum JwksSource {
+    File(String),
+    /// `refresh` defaults to 5m.
+    Url {
+        url: String,
+        refresh: Duration,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenSource {
+    /// Lower-case header name and prefix (default `authorization`, `"Bearer "`).
+    /// A header other than `authorization` given without `prefix` has prefix "".
+    Header {
+        name: String,
+        prefix: String,
+    },
+    Query(String),
+    Cookie(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Jwt {
+    /// Any of these; empty = not checked.
+    pub issuers: Vec<String>,
+    /// Any of these; empty = not checked.
+    pub audiences: Vec<String>,
+    /// Upper-case names as written: HS256 ... EdDSA. Never "none".
+    pub algorithms: Vec<String>,
+    pub jwks: Option<JwksSource>,
+    /// HS* shared secret. Exactly one of `jwks` and `secret` is set.
+    pub secret: Option<String>,
+    /// Default 0s.
+    pub leeway: Duration,
+    pub from: TokenSource,
+    pub required_claims: Vec<String>,
+    /// claim -> lower-case header name, in file order.
+    pub forward_claims: Vec<(String, String)>,
+    /// Default true.
+    pub forward_token: bool,
+}
+
+/// A retry or failure condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    ConnectFailure,
+    Reset,
+    Timeout,
+    /// Any 5xx.
+    Status5xx,
+    Status(u16),
+    /// gRPC status code number (`unavailable` = 14, ...).
+    Grpc(u32),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RetryMethods {
+    /// GET HEAD OPTIONS PUT DELETE TRACE. The default.
+    Idempotent,
+    /// Upper-case method names.
+    List(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retry {
+    /// Tries in all, the first included; at least 1. Default 3.
+    pub attempts: u32,
+    /// Default [connect_failure, reset, timeout, 502, 503, 504]. Read from
+    /// `retry_on` or its alias `on`.
+    pub retry_on: Vec<Condition>,
+    /// Default Idempotent.
+    pub methods: RetryMethods,
+    /// None = each try bounded only by the route timeout.
+    pub per_try_timeout: Option<Duration>,
+    /// Default 25ms.
+    pub backoff_base: Duration,
+    /// Default 250ms.
+    pub backoff_max: Duration,
+    /// Default 0.2.
+    pub budget_ratio: f64,
+    /// Default 10.
+    pub budget_min_per_second: u32,
+    /// Default 64 KiB.
+    pub max_body_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailureRate {
+    /// Failed fraction that opens the breaker, in (0, 1]. Required.
+    pub threshold: f64,
+    /// Requests in the window before the rate counts. Default 20.
+    pub min_requests: u32,
+    /// Default 10s.
+    pub window: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CircuitBreaker {
+    /// Default Some(5); `consecutive_failures: 0` turns it off (None), which
+    /// is only allowed with a `failure_rate`.
+    pub consecutive_failures: Option<u32>,
+    pub failure_rate: Option<FailureRate>,
+    /// Default 10s.
+    pub open_for: Duration,
+    /// Default 5m.
+    pub max_open_for: Duration,
+    /// Default 1.
+    pub half_open_requests: u32,
+    /// Default [connect_failure, timeout, 5xx].
+    pub failure_on: Vec<Condition>,
+}
+
+// === impl Endpoint ===
+
+/// `host:port`, with brackets around an IPv6 host (`[::1]:80`).
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! kaname's own answers: the `kaname-error` header and JSON body of the
+//! contract, or a trailers-only gRPC answer when the request is gRPC.
+//! Every refusal in kaname is built here, so they cannot drift apart.
+
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::{self, Body};
+
+/// The kinds of answer kaname makes itself (the contract's error table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    NoRoute,
+    Unauthenticated,
+    Forbidden,
+    RateLimited,
+    CircuitOpen,
+    Overloaded,
+    UpstreamUnavailable,
+    UpstreamTimeout,
+    PayloadTooLarge,
+    HeaderTooLarge,
+    BadRequest,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::NoRoute => "no_route",
+            ErrorKind::Unauthenticated => "unauthenticated",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::CircuitOpen => "circuit_open",
+            ErrorKind::Overloaded => "overloaded",
+            ErrorKind::UpstreamUnavailable => "upstream_unavailable",
+            ErrorKind::UpstreamTimeout => "upstream_timeout",
+            ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::HeaderTooLarge => "header_too_large",
+            ErrorKind::BadRequest => "bad_request",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorKind::NoRoute => StatusCode::NOT_FOUND,
+            ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::CircuitOpen | ErrorKind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The gRPC status code a gRPC client receives instead of the HTTP status.
+    pub fn grpc_status(self) -> u32 {
+        match self {
+            ErrorKind::NoRoute => 12,         // UNIMPLEMENTED
+            ErrorKind::Unauthenticated => 16, // UNAUTHENTICATED
+            ErrorKind::Forbidden => 7,        // PERMISSION_DENIED
+            ErrorKind::RateLimited | ErrorKind::Overloaded | ErrorKind::PayloadTooLarge => 8,
+            ErrorKind::CircuitOpen | ErrorKind::UpstreamUnavailable => 14, // UNAVAILABLE
+            ErrorKind::UpstreamTimeout => 4,                               // DEADLINE_EXCEEDED
+            ErrorKind::HeaderTooLarge | ErrorKind::BadRequest => 13,       // INTERNAL
+        }
+    }
+
+    /// The answer for this kind: JSON for HTTP, trailers-only for gRPC.
+    pub fn response(self, message: &str, grpc: bool) -> Response<Body> {
+        let kind = HeaderValue::from_static(self.as_str());
+        if grpc {
+            let mut res = Response::new(body::empty());
+            let h = res.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            h.insert("grpc-status", HeaderValue::from(self.grpc_status()));
+            if let Ok(v) = HeaderValue::from_str(&grpc_percent_encode(message)) {
+                h.insert("grpc-message", v);
+            }
+            h.insert("kaname-error", kind);
+            return res;
+        }
+        let json = serde_json::json!({ "error": self.as_str(), "message": message });
+        let mut res = Response::new(body::full(json.to_string()));
+        *res.status_mut() = self.status();
+        let h = res.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert("kaname-error", kind);
+        res
+    }
+}
+
+/// gRPC's percent-encoding of `grpc-message`: printable ASCII except `%`
+/// passes, everything else is `%XX` of its UTF-8 bytes.
+fn grpc_percent_encode(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    for b in msg.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// True when the request's `content-type` makes it a gRPC call.
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.as_bytes().starts_with(b"application/grpc"))
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_answer_has_header_and_json() {
+        let res = ErrorKind::NoRoute.response("no route for GET /x", false);
+        assert_eq!(res.status(), StatusCode::NOT_FOUND);
+        assert_eq!(res.headers()["kaname-error"], "no_route");
+        assert_eq!(res.headers()["content-type"], "application/json");
+    }
+
+    #[test]
+    fn grpc_answer_is_trailers_only() {
+        let res = ErrorKind::RateLimited.response("slow down: 100%", true);
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers()["grpc-status"], "8");
+        assert_eq!(res.headers()["grpc-message"], "slow down: 100%25");
+        assert_eq!(res.headers()["kaname-error"], "rate_limited");
+    }
+}

@@ -1,0 +1,22 @@
+//! kaname's filters: one tower layer per concern, plus the pieces every
+//! layer shares (the body type, kaname's own error answers, the request
+//! context and the metric families).
+#![forbid(unsafe_code)]
+
+pub mod body;
+pub mod context;
+pub mod error_response;
+pub mod metrics;
+pub mod registry;
+
+pub use body::{Body, BoxError};
+pub use context::{RequestContext, UpstreamFailure};
+pub use error_response::{is_grpc, ErrorKind};
+pub use registry::{build, BuildError, FilterLayer, RouteInfo};
+
+/// The boxed service every filter wraps and every route ends in.
+pub type RouteService = tower::util::BoxCloneSyncService<
+    http::Request<Body>,
+    http::Response<Body>,
+    std::convert::Infallible,
+>;

@@ -1,0 +1,297 @@
+//! The running sidecar: binds listeners and the admin port, swaps configs
+//! on reload and drains on shutdown.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use kaname_config::Config;
+use kaname_filters::metrics::Metrics;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Mutex};
+
+use crate::chain::Runtime;
+use crate::drain::Drain;
+use crate::listener::{accept_loop, server_builder, ListenerShared};
+use crate::{EXIT_INVALID_CONFIG, EXIT_RUNTIME};
+
+/// A bound listener and the switch that stops its accept loop.
+struct BoundListener {
+    addr: SocketAddr,
+    shared: Arc<ListenerShared>,
+    stop: watch::Sender<bool>,
+}
+
+pub struct App {
+    pub file: String,
+    pub metrics: Arc<Metrics>,
+    pub runtime: ArcSwap<Runtime>,
+    pub ready: AtomicBool,
+    pub draining: AtomicBool,
+    listeners: Mutex<HashMap<String, BoundListener>>,
+    drain: Drain,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot listen on {addr} (listener \"{name}\"): {source}")]
+    Bind {
+        name: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            StartError::Config(_) => ExitCode::from(EXIT_INVALID_CONFIG),
+            StartError::Bind { .. } => ExitCode::from(EXIT_RUNTIME),
+        }
+    }
+}
+
+/// `kaname run`.
+pub fn run_file(file: &str) -> ExitCode {
+    let config = match kaname_config::load(file) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            return ExitCode::from(EXIT_INVALID_CONFIG);
+        }
+    };
+    crate::logging::init(&config.log);
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    rt.block_on(async move {
+        match App::start(file.to_owned(), config).await {
+            Ok(app) => app.run_until_signalled().await,
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("kaname: {e}");
+                e.exit_code()
+            }
+        }
+    })
+}
+
+/// A multi-thread runtime; `KANAME_WORKERS` sets its size (benchmarks pin
+/// kaname to one worker to compare with single-threaded peers).
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = std::env::var("KANAME_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        b.worker_threads(n);
+    }
+    b.enable_all().build()
+}
+
+impl App {
+    /// Builds the config's chains, binds the admin port and every listener.
+    pub async fn start(file: String, config: Config) -> Result<Arc<App>, StartError> {
+        let metrics = Arc::new(Metrics::new());
+        let config = Arc::new(config);
+        let runtime = Runtime::build(config.clone(), &metrics, None)
+            .await
+            .map_err(|e| StartError::Config(format!("{file}: {e}")))?;
+        let admin = TcpListener::bind(config.admin.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                name: "admin".into(),
+                addr: config.admin.listen,
+                source,
+            })?;
+        metrics
+            .config_last_reload_success_timestamp_seconds
+            .set(unix_now());
+        let app = Arc::new(App {
+            file,
+            metrics,
+            runtime: ArcSwap::from_pointee(runtime),
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            listeners: Mutex::new(HashMap::new()),
+            drain: Drain::new(),
+        });
+        app.sync_listeners().await?;
+        tokio::spawn(crate::admin::serve(admin, app.clone()));
+        app.ready.store(true, Ordering::SeqCst);
+        tracing::info!(admin = %config.admin.listen, "kaname ready");
+        Ok(app)
+    }
+
+    /// Makes the bound listeners match the running config: new ones bound,
+    /// moved ones re-bound, removed ones stopped, kept ones given new routes.
+    async fn sync_listeners(&self) -> Result<(), StartError> {
+        let rt = self.runtime.load_full();
+        let mut bound = self.listeners.lock().await;
+        let wanted: HashMap<&str, &kaname_config::Listener> = rt
+            .config
+            .listeners
+            .iter()
+            .map(|l| (l.name.as_str(), l))
+            .collect();
+        // Stop listeners that are gone or moved; moved ones are re-bound below.
+        let stale: Vec<String> = bound
+            .iter()
+            .filter(|(name, b)| wanted.get(name.as_str()).is_none_or(|l| l.listen != b.addr))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stale {
+            if let Some(b) = bound.remove(&name) {
+                let _ = b.stop.send(true);
+                tracing::info!(listener = %name, addr = %b.addr, "listener closed");
+            }
+        }
+        for l in &rt.config.listeners {
+            let Some(routes) = rt.listeners.get(&l.name) else {
+                continue;
+            };
+            if let Some(b) = bound.get(&l.name) {
+                b.shared.routes.store(routes.clone());
+                continue;
+            }
+            let tcp = TcpListener::bind(l.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    name: l.name.clone(),
+                    addr: l.listen,
+                    source,
+                })?;
+            let shared = Arc::new(ListenerShared {
+                routes: ArcSwap::new(routes.clone()),
+                in_flight: self
+                    .metrics
+                    .requests_in_flight
+                    .with_label_values(&[&l.name]),
+                connections: self.metrics.connections_open.with_label_values(&[&l.name]),
+            });
+            let (stop, stop_rx) = watch::channel(false);
+            tokio::spawn(accept_loop(
+                tcp,
+                Arc::new(server_builder(l)),
+                shared.clone(),
+                self.drain.clone(),
+                stop_rx,
+            ));
+            tracing::info!(listener = %l.name, addr = %l.listen, "listening");
+            bound.insert(
+                l.name.clone(),
+                BoundListener {
+                    addr: l.listen,
+                    shared,
+                    stop,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Loads the file again; a valid file replaces the running config.
+    pub async fn reload(&self) -> Result<String, Vec<String>> {
+        let result = self.try_reload().await;
+        let label = if result.is_ok() { "success" } else { "failure" };
+        self.metrics
+            .config_reloads_total
+            .with_label_values(&[label])
+            .inc();
+        match &result {
+            Ok(msg) => tracing::info!("{msg}"),
+            Err(errors) => {
+                for e in errors {
+                    tracing::error!(error = %e, "config reload failed; the running config is kept");
+                }
+            }
+        }
+        result
+    }
+
+    async fn try_reload(&self) -> Result<String, Vec<String>> {
+        let file = self.file.clone();
+        let parsed = tokio::task::spawn_blocking(move || kaname_config::load(&file))
+            .await
+            .map_err(|e| vec![format!("reload task failed: {e}")])?;
+        let config = Arc::new(
+            parsed.map_err(|errs| errs.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?,
+        );
+        let previous = self.runtime.load_full();
+        let next = Runtime::build(config, &self.metrics, Some(&previous))
+            .await
+            .map_err(|e| vec![format!("{}: {e}", self.file)])?;
+        self.runtime.store(Arc::new(next));
+        if let Err(e) = self.sync_listeners().await {
+            // The new chains are in; a listener that could not move keeps
+            // its old address closed. Report it, like Envoy's listener
+            // update failures.
+            return Err(vec![e.to_string()]);
+        }
+        self.metrics
+            .config_last_reload_success_timestamp_seconds
+            .set(unix_now());
+        Ok(format!("{}: config reloaded", self.file))
+    }
+
+    /// Serves until SIGTERM/SIGINT, reloading on SIGHUP; then drains.
+    pub async fn run_until_signalled(self: Arc<Self>) -> ExitCode {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (mut term, mut int, mut hup) = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+            _ => {
+                tracing::error!("cannot install signal handlers");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => { let _ = self.reload().await; }
+            }
+        }
+        self.shutdown().await;
+        ExitCode::SUCCESS
+    }
+
+    /// `/ready` turns 503, listeners stop accepting, requests in flight get
+    /// up to `shutdown_grace` to finish.
+    pub async fn shutdown(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        let grace = self.runtime.load().config.shutdown_grace;
+        tracing::info!(?grace, "draining");
+        for b in self.listeners.lock().await.values() {
+            let _ = b.stop.send(true);
+        }
+        if tokio::time::timeout(grace, self.drain.drain())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown grace elapsed with requests still in flight");
+        }
+        tracing::info!("stopped");
+    }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}

@@ -1,0 +1,151 @@
+//! `kaname demo`: a built-in echo upstream and a sidecar in front of it,
+//! on free loopback ports, with curl commands to try.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use http::{header, HeaderValue, Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use kaname_filters::body::{self, Body};
+use tokio::net::TcpListener;
+
+use crate::app::App;
+use crate::{EXIT_INVALID_CONFIG, EXIT_RUNTIME};
+
+/// The demo config; `{PROXY}`, `{ADMIN}` and `{ECHO}` become the ports.
+const DEMO_CONFIG: &str = include_str!("../../examples/demo.yaml");
+
+pub fn run() -> ExitCode {
+    let rt = match crate::app::runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    rt.block_on(async {
+        let echo = match TcpListener::bind("127.0.0.1:0")
+            .await
+            .and_then(|l| Ok((l.local_addr()?, l)))
+        {
+            Ok((addr, l)) => {
+                tokio::spawn(serve_echo(l));
+                addr
+            }
+            Err(e) => {
+                eprintln!("kaname demo: cannot bind the echo upstream: {e}");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        };
+        let (Some(proxy), Some(admin)) = (free_port(), free_port()) else {
+            eprintln!("kaname demo: no free loopback port");
+            return ExitCode::from(EXIT_RUNTIME);
+        };
+        let text = DEMO_CONFIG
+            .replace("{PROXY}", &proxy.to_string())
+            .replace("{ADMIN}", &admin.to_string())
+            .replace("{ECHO}", &echo.port().to_string());
+        let config = match kaname_config::parse("<demo>", &text) {
+            Ok(c) => c,
+            Err(errors) => {
+                eprintln!("kaname demo: the built-in config is invalid:\n{errors}");
+                return ExitCode::from(EXIT_INVALID_CONFIG);
+            }
+        };
+        crate::logging::init(&config.log);
+        let app = match App::start("<demo>".into(), config).await {
+            Ok(app) => app,
+            Err(e) => {
+                eprintln!("kaname demo: {e}");
+                return e.exit_code();
+            }
+        };
+        print_banner(proxy, admin, echo);
+        app.run_until_signalled().await
+    })
+}
+
+fn free_port() -> Option<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .ok()
+}
+
+fn print_banner(proxy: u16, admin: u16, echo: SocketAddr) {
+    println!(
+        "kaname demo: proxy on http://127.0.0.1:{proxy}, admin on http://127.0.0.1:{admin}, echo upstream on http://{echo}"
+    );
+    println!(
+        r#"
+Try:
+  # forwarded to the echo upstream, which shows what it received
+  curl -i http://127.0.0.1:{proxy}/api/hello
+  # HTTP/2 (prior knowledge) on the same port
+  curl -i --http2-prior-knowledge http://127.0.0.1:{proxy}/api/hello
+  # no route: kaname's own 404 with a JSON body
+  curl -i http://127.0.0.1:{proxy}/nowhere
+  # slow upstream cut by the route timeout (504)
+  curl -i 'http://127.0.0.1:{proxy}/slow/?delay_ms=3000'
+  # the admin port
+  curl http://127.0.0.1:{admin}/metrics | grep kaname_requests_total
+  curl http://127.0.0.1:{admin}/config
+Ctrl-C stops it."#
+    );
+}
+
+/// Answers every request with what it received, as JSON. `?delay_ms=N`
+/// waits first; `?status=N` sets the status.
+async fn serve_echo(listener: TcpListener) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), hyper::service::service_fn(echo))
+            .into_owned();
+        tokio::spawn(conn);
+    }
+}
+
+fn query_param(req: &Request<Incoming>, name: &str) -> Option<u64> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then(|| v.parse().ok()).flatten()
+    })
+}
+
+pub async fn echo(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    if let Some(ms) = query_param(&req, "delay_ms") {
+        tokio::time::sleep(std::time::Duration::from_millis(ms.min(60_000))).await;
+    }
+    let status = query_param(&req, "status")
+        .and_then(|s| http::StatusCode::from_u16(u16::try_from(s).ok()?).ok())
+        .unwrap_or(http::StatusCode::OK);
+    let headers: serde_json::Map<String, serde_json::Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+        .collect();
+    let method = req.method().to_string();
+    let path = req.uri().to_string();
+    let body_len = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes().len(),
+        Err(_) => 0,
+    };
+    let json = serde_json::json!({
+        "method": method, "path": path, "headers": headers, "body_bytes": body_len,
+    });
+    let mut res = Response::new(body::full(format!("{json:#}\n")));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(res)
+}

@@ -1,0 +1,273 @@
+//! The innermost service of every route: one try to one endpoint of the
+//! route's upstream, through its connection pool.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{header, uri::PathAndQuery, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use kaname_config::UpstreamProtocol;
+use kaname_filters::{Body, BoxError, ErrorKind, RequestContext, UpstreamFailure};
+use prometheus::{Histogram, IntCounter};
+use tokio::time::Instant;
+
+use crate::headers::{strip_hop_by_hop, wants_upgrade};
+use crate::upstream::{Endpoint, Upstream};
+
+/// Set by a retry filter on a request to ask for another endpoint than the
+/// one the previous try failed on.
+#[derive(Clone)]
+pub struct AvoidEndpoint(pub Arc<Endpoint>);
+
+/// Per-upstream handles of the attempt metrics, resolved once.
+#[derive(Clone)]
+pub struct AttemptMetrics {
+    success: IntCounter,
+    http_error: IntCounter,
+    grpc_error: IntCounter,
+    connect_failure: IntCounter,
+    reset: IntCounter,
+    timeout: IntCounter,
+    duration: Histogram,
+}
+
+impl AttemptMetrics {
+    pub fn new(m: &kaname_filters::metrics::Metrics, upstream: &str) -> Self {
+        let c = |o: &str| m.upstream_attempts_total.with_label_values(&[upstream, o]);
+        AttemptMetrics {
+            success: c("success"),
+            http_error: c("http_error"),
+            grpc_error: c("grpc_error"),
+            connect_failure: c("connect_failure"),
+            reset: c("reset"),
+            timeout: c("timeout"),
+            duration: m
+                .upstream_attempt_duration_seconds
+                .with_label_values(&[upstream]),
+        }
+    }
+}
+
+/// Sends a request to the upstream.
+#[derive(Clone)]
+pub struct Forward {
+    upstream: Arc<Upstream>,
+    metrics: AttemptMetrics,
+}
+
+impl Forward {
+    pub fn new(upstream: Arc<Upstream>, metrics: AttemptMetrics) -> Self {
+        Forward { upstream, metrics }
+    }
+}
+
+impl tower::Service<Request<Body>> for Forward {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.forward(req).await) })
+    }
+}
+
+/// Counts an attempt as a timeout when its future is dropped unfinished
+/// (a per-try or route timeout fired, or the client went away).
+struct AttemptRecord<'a> {
+    metrics: &'a AttemptMetrics,
+    started: Instant,
+    done: bool,
+}
+
+impl AttemptRecord<'_> {
+    fn finish(&mut self, outcome: &IntCounter) {
+        self.done = true;
+        outcome.inc();
+        self.metrics
+            .duration
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl Drop for AttemptRecord<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.metrics.timeout.inc();
+            self.metrics
+                .duration
+                .observe(self.started.elapsed().as_secs_f64());
+        }
+    }
+}
+
+impl Forward {
+    async fn forward(&self, mut req: Request<Body>) -> Response<Body> {
+        let up = &self.upstream;
+        let grpc = req
+            .extensions()
+            .get::<RequestContext>()
+            .map(|c| c.grpc)
+            .unwrap_or(false);
+        let avoid = req.extensions().get::<AvoidEndpoint>().map(|a| a.0.clone());
+        let Some(endpoint) = up.pick(avoid.as_deref()) else {
+            return failure(
+                ErrorKind::UpstreamUnavailable,
+                UpstreamFailure::Connect,
+                &format!("upstream \"{}\" has no endpoint", up.name),
+                grpc,
+            );
+        };
+
+        let authority = req.uri().authority().cloned();
+        let pq = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(endpoint.authority.clone())
+            .path_and_query(pq)
+            .build();
+        match uri {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(e) => {
+                return ErrorKind::BadRequest.response(&format!("bad request target: {e}"), grpc)
+            }
+        }
+        let upgrade = match up.config.protocol {
+            UpstreamProtocol::Http1 => {
+                // HTTP/2 has :authority, not Host (trap 8).
+                if !req.headers().contains_key(header::HOST) {
+                    if let Some(a) = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                    {
+                        req.headers_mut().insert(header::HOST, a);
+                    }
+                }
+                let upgrade = req.version() == Version::HTTP_11 && wants_upgrade(req.headers());
+                *req.version_mut() = Version::HTTP_11;
+                upgrade.then(|| hyper::upgrade::on(&mut req))
+            }
+            UpstreamProtocol::Http2 => {
+                *req.version_mut() = Version::HTTP_2;
+                req.headers_mut().remove(header::HOST);
+                None
+            }
+        };
+
+        let _in_flight = endpoint.start();
+        let mut record = AttemptRecord {
+            metrics: &self.metrics,
+            started: Instant::now(),
+            done: false,
+        };
+        match up.client.request(req).await {
+            Ok(mut res) => {
+                let status = res.status();
+                let grpc_failed = grpc
+                    && res
+                        .headers()
+                        .get("grpc-status")
+                        .is_some_and(|s| s.as_bytes() != b"0");
+                record.finish(if status.is_server_error() {
+                    &self.metrics.http_error
+                } else if grpc_failed {
+                    &self.metrics.grpc_error
+                } else {
+                    &self.metrics.success
+                });
+                let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+                if let (true, Some(client_side)) = (switching, upgrade) {
+                    let upstream_side = hyper::upgrade::on(&mut res);
+                    tokio::spawn(tunnel(client_side, upstream_side));
+                }
+                let (mut parts, body) = res.into_parts();
+                strip_hop_by_hop(&mut parts.headers, switching);
+                Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed())
+            }
+            Err(e) => {
+                let (kind, why) = classify(&e);
+                let outcome = match why {
+                    UpstreamFailure::Connect => &self.metrics.connect_failure,
+                    _ => &self.metrics.reset,
+                };
+                record.finish(outcome);
+                let message = format!(
+                    "upstream \"{}\" endpoint {}: {}",
+                    up.name,
+                    endpoint.addr,
+                    error_chain(&e)
+                );
+                tracing::debug!(%message, "try failed");
+                failure(kind, why, &message, grpc)
+            }
+        }
+    }
+}
+
+/// Connect failure, reset, or a request body over its limit (413).
+fn classify(e: &hyper_util::client::legacy::Error) -> (ErrorKind, UpstreamFailure) {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return (ErrorKind::PayloadTooLarge, UpstreamFailure::Reset);
+        }
+        source = s.source();
+    }
+    if e.is_connect() {
+        (ErrorKind::UpstreamUnavailable, UpstreamFailure::Connect)
+    } else {
+        (ErrorKind::UpstreamUnavailable, UpstreamFailure::Reset)
+    }
+}
+
+/// "client error (Connect): tcp connect error: Connection refused" — the
+/// legacy client's own Display says only the first part (trap 10).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+fn failure(kind: ErrorKind, why: UpstreamFailure, message: &str, grpc: bool) -> Response<Body> {
+    let mut res = kind.response(message, grpc);
+    res.extensions_mut().insert(why);
+    res
+}
+
+/// Copies bytes both ways between the client and the upstream after a 101.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    match tokio::join!(client, upstream) {
+        (Ok(c), Ok(u)) => {
+            let mut c = TokioIo::new(c);
+            let mut u = TokioIo::new(u);
+            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                tracing::debug!(error = %e, "upgraded connection ended");
+            }
+        }
+        (c, u) => {
+            tracing::debug!(
+                client_ok = c.is_ok(),
+                upstream_ok = u.is_ok(),
+                "upgrade failed"
+            );
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! A listener: accepts connections, serves HTTP/1.1 and HTTP/2 on them and
+//! hands each request to the first matching route of the running config.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::{header, Request, Response};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use kaname_config::{Listener as ListenerConfig, ListenerProtocol};
+use kaname_filters::{is_grpc, Body, BoxError, ErrorKind, RequestContext};
+use prometheus::IntGauge;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::chain::ListenerRoutes;
+use crate::drain::Drain;
+use crate::headers::{
+    add_forwarded, ensure_request_id, strip_hop_by_hop, wants_upgrade, X_REQUEST_ID,
+};
+use crate::request_metrics::{grpc_status_of, GrpcStatusBody, RouteMetrics};
+
+/// What every connection of a listener shares. `routes` is swapped on reload.
+pub struct ListenerShared {
+    pub routes: ArcSwap<ListenerRoutes>,
+    pub in_flight: IntGauge,
+    pub connections: IntGauge,
+}
+
+/// Builds the HTTP server settings of a listener.
+pub fn server_builder(cfg: &ListenerConfig) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    let header_limit = usize::try_from(cfg.max_header_bytes).unwrap_or(usize::MAX);
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_read_timeout)
+        // hyper's floor is 8 KiB; it answers 431 when the head is larger.
+        .max_buf_size(header_limit.max(8192))
+        .max_headers(1000);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(1024)
+        .keep_alive_interval(Some(Duration::from_secs(60)));
+    match cfg.protocol {
+        ListenerProtocol::Auto => b,
+        ListenerProtocol::Http1 => b.http1_only(),
+        ListenerProtocol::Http2 => b.http2_only(),
+    }
+}
+
+/// Accepts connections until `stop` turns true; connections are watched by
+/// `graceful` so shutdown can drain them.
+pub async fn accept_loop(
+    listener: TcpListener,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    shared: Arc<ListenerShared>,
+    drain: Drain,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let shared2 = shared.clone();
+        let service = hyper::service::service_fn(move |req| handle(shared2.clone(), peer, req));
+        let (token, mut draining) = drain.connection();
+        let gauge = shared.connections.clone();
+        gauge.inc();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let finished = tokio::select! {
+                r = conn.as_mut() => Some(r),
+                _ = draining.wait_for(|d| *d) => None,
+            };
+            let result = match finished {
+                Some(r) => r,
+                None => {
+                    // Finish requests in flight, refuse new ones, then close.
+                    conn.as_mut().graceful_shutdown();
+                    conn.as_mut().await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            gauge.dec();
+            drop(token);
+        });
+    }
+}
+
+struct InFlightGuard(IntGauge);
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The `grpc-timeout` header as a duration (`1S`, `250m`, `100u`, ...).
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let v = headers.get("grpc-timeout")?.to_str().ok()?;
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (n, unit) = v.split_at(v.len() - 1);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+async fn handle(
+    shared: Arc<ListenerShared>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    shared.in_flight.inc();
+    let _in_flight = InFlightGuard(shared.in_flight.clone());
+    let routes = shared.routes.load_full();
+    let (mut parts, body) = req.into_parts();
+    let request_id = ensure_request_id(&mut parts.headers);
+    let grpc = is_grpc(&parts.headers);
+    let method = parts.method.clone();
+    let path = routes.access_log.then(|| parts.uri.path().to_owned());
+
+    let (mut res, metrics, route_name, upstream_name) = match routes.find(&parts) {
+        None => {
+            let msg = format!("no route for {} {}", parts.method, parts.uri.path());
+            (
+                ErrorKind::NoRoute.response(&msg, grpc),
+                &routes.no_route_metrics,
+                "",
+                "",
+            )
+        }
+        Some(route) => {
+            let upgrade = parts.version == http::Version::HTTP_11 && wants_upgrade(&parts.headers);
+            strip_hop_by_hop(&mut parts.headers, upgrade);
+            add_forwarded(&mut parts.headers, peer.ip(), false);
+            parts.extensions.insert(RequestContext {
+                client_addr: peer,
+                listener: routes.name.clone(),
+                route: route.name.clone(),
+                upstream: route.upstream.clone(),
+                grpc,
+            });
+            let res = match route.max_request_body {
+                Some(limit) if declared_length(&parts.headers).is_some_and(|n| n > limit) => {
+                    ErrorKind::PayloadTooLarge.response(
+                        &format!("request body is larger than the limit of {limit} bytes"),
+                        grpc,
+                    )
+                }
+                limit => {
+                    let body: Body = match limit {
+                        Some(l) => Limited::new(body, usize::try_from(l).unwrap_or(usize::MAX))
+                            .map_err(BoxError::from)
+                            .boxed(),
+                        None => body.map_err(|e| Box::new(e) as BoxError).boxed(),
+                    };
+                    // The smaller of the route timeout and the gRPC deadline wins.
+                    let grpc_deadline = grpc.then(|| grpc_timeout(&parts.headers)).flatten();
+                    let deadline = route.timeout.into_iter().chain(grpc_deadline).min();
+                    let req = Request::from_parts(parts, body);
+                    // Route services are always ready: filters that wait
+                    // (queues) wait inside `call`, so no poll_ready here.
+                    let call = tower::Service::call(&mut route.service.clone(), req);
+                    match deadline {
+                        None => call.await.unwrap_or_else(|never| match never {}),
+                        Some(d) => match tokio::time::timeout(d, call).await {
+                            Ok(r) => r.unwrap_or_else(|never| match never {}),
+                            Err(_) => {
+                                let mut r = ErrorKind::UpstreamTimeout.response(
+                                    &format!(
+                                        "no response from upstream \"{}\" within {d:?}",
+                                        route.upstream
+                                    ),
+                                    grpc,
+                                );
+                                r.extensions_mut()
+                                    .insert(kaname_filters::UpstreamFailure::Timeout);
+                                r
+                            }
+                        },
+                    }
+                }
+            };
+            (res, &route.metrics, &*route.name, &*route.upstream)
+        }
+    };
+    res.headers_mut()
+        .insert(X_REQUEST_ID.clone(), request_id.clone());
+    let status = res.status();
+    let elapsed = started.elapsed();
+    metrics.observe(&method, status, elapsed);
+    if grpc {
+        res = observe_grpc(res, metrics);
+    }
+    if let Some(path) = path {
+        let bytes = res
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        tracing::info!(
+            target: "kaname::access",
+            method = %method,
+            path = %path,
+            route = route_name,
+            upstream = upstream_name,
+            status = status.as_u16(),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            bytes,
+            request_id = request_id.to_str().unwrap_or(""),
+            client = %peer,
+        );
+    }
+    Ok(res)
+}
+
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Counts a gRPC call by its final status: from the head of a trailers-only
+/// answer, else from the trailers at the end of the body.
+fn observe_grpc(res: Response<Body>, metrics: &Arc<RouteMetrics>) -> Response<Body> {
+    if let Some(code) = grpc_status_of(res.headers()) {
+        metrics.observe_grpc(code);
+        return res;
+    }
+    if !res.status().is_success() {
+        // Not a gRPC answer at all (an HTTP error from the upstream).
+        metrics.observe_grpc(grpc_code_for_http(res.status()));
+        return res;
+    }
+    res.map(|b| GrpcStatusBody::new(b, metrics.clone()).boxed())
+}
+
+/// The gRPC spec's mapping of HTTP statuses seen by a gRPC client.
+fn grpc_code_for_http(status: http::StatusCode) -> u32 {
+    match status.as_u16() {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502..=504 => 14,
+        _ => 2,
+    }
+}

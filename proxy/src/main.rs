@@ -1,0 +1,99 @@
+//! The `kaname` command: run, check, explain, demo.
+#![forbid(unsafe_code)]
+
+mod admin;
+mod app;
+mod chain;
+mod demo;
+mod drain;
+mod explain;
+mod forward;
+mod headers;
+mod listener;
+mod logging;
+mod request_metrics;
+mod router;
+mod upstream;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// kaname (要): a sidecar proxy configured by one YAML file.
+#[derive(Parser)]
+#[command(name = "kaname", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// The config file; defaults to $KANAME_CONFIG, else kaname.yaml.
+    #[arg(short, long, env = "KANAME_CONFIG", default_value = "kaname.yaml")]
+    config: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sidecar.
+    Run(ConfigArg),
+    /// Validate the config file and print every error.
+    Check(ConfigArg),
+    /// Print each listener's routes and their chain of layers.
+    Explain(ConfigArg),
+    /// Start an echo upstream and a sidecar with every filter on, on loopback.
+    Demo,
+}
+
+/// Exit codes of the contract.
+pub const EXIT_INVALID_CONFIG: u8 = 1;
+pub const EXIT_RUNTIME: u8 = 3;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match cli.command {
+        Command::Run(a) => app::run_file(&a.config),
+        Command::Check(a) => check(&a.config),
+        Command::Explain(a) => match kaname_config::load(&a.config) {
+            Ok(cfg) => {
+                print!("{}", explain::explain(&cfg));
+                ExitCode::SUCCESS
+            }
+            Err(errors) => report(&errors),
+        },
+        Command::Demo => demo::run(),
+    }
+}
+
+fn report(errors: &kaname_config::ConfigErrors) -> ExitCode {
+    for e in &errors.0 {
+        eprintln!("{e}");
+    }
+    ExitCode::from(EXIT_INVALID_CONFIG)
+}
+
+fn check(file: &str) -> ExitCode {
+    match kaname_config::load(file) {
+        Ok(cfg) => {
+            for w in kaname_config::warnings(&cfg) {
+                eprintln!("warning: {w}");
+            }
+            let routes: usize = cfg.listeners.iter().map(|l| l.routes.len()).sum();
+            println!(
+                "{file}: ok ({} listeners, {routes} routes, {} upstreams, {} filters)",
+                cfg.listeners.len(),
+                cfg.upstreams.len(),
+                cfg.filters.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => report(&errors),
+    }
+}

@@ -1,0 +1,104 @@
+//! One resolved address of an upstream and the load it carries.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::uri::Authority;
+use tokio::time::Instant;
+
+/// The round-trip time an endpoint is assumed to have before it answered once.
+const DEFAULT_RTT: Duration = Duration::from_millis(1);
+/// How fast old round-trip times fade from the EWMA.
+const DECAY: Duration = Duration::from_secs(10);
+
+/// A resolved endpoint: its address, the requests it has in flight and a
+/// peak-EWMA of its round-trip time (as linkerd's and Finagle's balancers).
+#[derive(Debug)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub authority: Authority,
+    in_flight: AtomicU32,
+    /// EWMA of round-trip time, in nanoseconds.
+    ewma_ns: AtomicU64,
+    /// When the EWMA last moved, in nanoseconds since `epoch`.
+    stamp_ns: AtomicU64,
+    epoch: Instant,
+    /// Cleared by health checks and outlier ejection.
+    healthy: AtomicBool,
+}
+
+impl Endpoint {
+    pub fn new(addr: SocketAddr) -> Self {
+        let authority = Authority::try_from(addr.to_string().as_str())
+            .unwrap_or_else(|_| Authority::from_static("127.0.0.1"));
+        Endpoint {
+            addr,
+            authority,
+            in_flight: AtomicU32::new(0),
+            ewma_ns: AtomicU64::new(DEFAULT_RTT.as_nanos() as u64),
+            stamp_ns: AtomicU64::new(0),
+            epoch: Instant::now(),
+            healthy: AtomicBool::new(true),
+        }
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    #[cfg_attr(not(test), allow(dead_code))] // health checks and ejection set it
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    /// The load score p2c_ewma compares: expected latency times the queue.
+    pub fn cost(&self) -> u64 {
+        self.ewma_ns
+            .load(Ordering::Relaxed)
+            .saturating_mul(u64::from(self.in_flight()) + 1)
+    }
+
+    /// Marks a request started; the guard ends it and records its time.
+    pub fn start(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            endpoint: self,
+            started: Instant::now(),
+        }
+    }
+
+    fn observe(&self, rtt: Duration) {
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        let last = self.stamp_ns.swap(now, Ordering::Relaxed);
+        let rtt = rtt.as_nanos() as u64;
+        let prev = self.ewma_ns.load(Ordering::Relaxed);
+        let next = if rtt > prev {
+            // Peak: a slow answer counts at once, so a slowing endpoint is
+            // avoided before its average catches up.
+            rtt
+        } else {
+            let elapsed = now.saturating_sub(last) as f64;
+            let w = (-elapsed / DECAY.as_nanos() as f64).exp();
+            (prev as f64 * w + rtt as f64 * (1.0 - w)) as u64
+        };
+        self.ewma_ns.store(next, Ordering::Relaxed);
+    }
+}
+
+/// A request in flight on an endpoint.
+pub struct InFlight<'a> {
+    endpoint: &'a Endpoint,
+    started: Instant,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.endpoint.observe(self.started.elapsed());
+    }
+}

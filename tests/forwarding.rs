@@ -1,0 +1,679 @@
+//! End to end: the real `kaname` binary forwarding between real clients and
+//! real upstream servers on 127.0.0.1 — HTTP/1.1 and HTTP/2 in, forwarding
+//! headers, the routing table, streamed 100 MB bodies, WebSocket, route
+//! timeout, upstream down, load balancing and request metrics.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, Version};
+use http_body_util::BodyExt;
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+
+fn url(port: u16, path: &str) -> String {
+    format!("http://127.0.0.1:{port}{path}")
+}
+
+#[tokio::test]
+async fn http1_client_through_proxy_keeps_status_and_body() {
+    let up = TestUpstream::start("echo").await;
+    let port = free_port();
+    let _kaname = Kaname::start(&simple_config(port, &[up.addr])).await;
+    let client = HttpClient::http1();
+
+    let resp = client.get(&url(port, "/hello?x=1")).await;
+    assert_eq!(resp.status, 200, "GET /hello body {:?}", resp.text());
+    assert_eq!(resp.version, Version::HTTP_11);
+    assert_eq!(resp.header("x-upstream"), Some("echo"));
+    let json = resp.json();
+    assert_eq!(json["method"], "GET");
+    assert_eq!(json["path"], "/hello?x=1");
+
+    let req = Request::post(url(port, "/echo-body"))
+        .body(full("hello kaname over HTTP/1.1"))
+        .expect("request");
+    let resp = client.send(req).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.text(), "hello kaname over HTTP/1.1", "echoed body");
+
+    let resp = client.get(&url(port, "/made?status=201")).await;
+    assert_eq!(resp.status, 201, "upstream status passed through");
+    let resp = client.get(&url(port, "/gone?status=503")).await;
+    assert_eq!(resp.status, 503, "upstream 503 passed through");
+    assert_eq!(
+        resp.header("kaname-error"),
+        None,
+        "an upstream 503 is not kaname's"
+    );
+
+    let rec = up.recorded();
+    assert_eq!(rec.len(), 4, "upstream saw every request: {rec:?}");
+    assert_eq!(rec[1].method, "POST");
+    assert_eq!(rec[0].version, Version::HTTP_11);
+}
+
+#[tokio::test]
+async fn http2_prior_knowledge_client_through_proxy() {
+    let up = TestUpstream::start("echo").await;
+    let port = free_port();
+    let _kaname = Kaname::start(&simple_config(port, &[up.addr])).await;
+    let client = HttpClient::http2();
+
+    let resp = client.get(&url(port, "/h2?q=2")).await;
+    assert_eq!(resp.status, 200, "GET over h2c body {:?}", resp.text());
+    assert_eq!(
+        resp.version,
+        Version::HTTP_2,
+        "client spoke HTTP/2 to kaname"
+    );
+    assert_eq!(resp.json()["path"], "/h2?q=2");
+
+    let body = "hello kaname over HTTP/2 ".repeat(1000);
+    let req = Request::put(url(port, "/echo-body"))
+        .body(full(body.clone()))
+        .expect("request");
+    let resp = client.send(req).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.text(), body, "echoed body over h2");
+
+    let resp = client.get(&url(port, "/x?status=202")).await;
+    assert_eq!(resp.status, 202);
+
+    let first = &up.recorded()[0];
+    assert_eq!(
+        first.version,
+        Version::HTTP_11,
+        "upstream protocol http1 is the default"
+    );
+    assert_eq!(
+        first.header("host"),
+        Some(format!("127.0.0.1:{port}").as_str()),
+        "Host sent to the HTTP/1.1 upstream comes from the client's :authority"
+    );
+}
+
+#[tokio::test]
+async fn forwarding_headers_are_set_kept_and_stripped() {
+    let up = TestUpstream::start("echo").await;
+    let port = free_port();
+    let _kaname = Kaname::start(&simple_config(port, &[up.addr])).await;
+    let client = HttpClient::http1();
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    // No x-request-id from the client: one is generated, sent both ways.
+    let req = Request::get(url(port, "/headers?hop=1"))
+        .header("host", "app.example.com")
+        .header("traceparent", traceparent)
+        .header("connection", "x-custom")
+        .header("x-custom", "1")
+        .header("proxy-connection", "keep-alive")
+        .header("keep-alive", "timeout=5")
+        .header("x-kept", "yes")
+        .body(empty())
+        .expect("request");
+    let resp = client.send(req).await;
+    assert_eq!(resp.status, 200, "body {:?}", resp.text());
+    let seen = up.last();
+    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(
+        seen.header("traceparent"),
+        Some(traceparent),
+        "traceparent unchanged"
+    );
+    assert_eq!(seen.header("host"), Some("app.example.com"), "Host kept");
+    assert_eq!(seen.header("x-kept"), Some("yes"), "end-to-end header kept");
+    for hop in ["x-custom", "proxy-connection", "keep-alive"] {
+        assert_eq!(
+            seen.header(hop),
+            None,
+            "hop-by-hop header {hop} reached the upstream"
+        );
+    }
+    assert!(
+        !seen
+            .header("connection")
+            .unwrap_or_default()
+            .contains("x-custom"),
+        "client's Connection header reached the upstream: {:?}",
+        seen.header("connection")
+    );
+    let generated = seen
+        .header("x-request-id")
+        .expect("upstream got a generated x-request-id")
+        .to_string();
+    assert!(!generated.is_empty());
+    assert_eq!(
+        resp.header("x-request-id"),
+        Some(generated.as_str()),
+        "the generated x-request-id is returned to the client"
+    );
+    // Hop-by-hop headers of the response are removed too.
+    assert_eq!(
+        resp.header("x-up-custom"),
+        None,
+        "response x-up-custom not stripped"
+    );
+    assert_eq!(
+        resp.header("keep-alive"),
+        None,
+        "response keep-alive not stripped"
+    );
+
+    // A client's x-request-id and x-forwarded-for are kept (xff appended).
+    let req = Request::get(url(port, "/headers"))
+        .header("x-request-id", "client-chosen-42")
+        .header("x-forwarded-for", "10.1.2.3")
+        .body(empty())
+        .expect("request");
+    let resp = client.send(req).await;
+    assert_eq!(resp.status, 200);
+    let seen = up.last();
+    assert_eq!(seen.header("x-request-id"), Some("client-chosen-42"));
+    assert_eq!(resp.header("x-request-id"), Some("client-chosen-42"));
+    assert_eq!(seen.header("x-forwarded-for"), Some("10.1.2.3, 127.0.0.1"));
+
+    // Two requests without an id get two different ids.
+    let other = client.get(&url(port, "/headers")).await;
+    assert_ne!(other.header("x-request-id"), Some(generated.as_str()));
+    assert!(other.header("x-request-id").is_some());
+}
+
+/// (method, path, extra header, expected upstream or None for no_route)
+type RouteCase = (
+    &'static str,
+    &'static str,
+    Option<(&'static str, &'static str)>,
+    Option<&'static str>,
+);
+
+#[tokio::test]
+async fn routing_table_first_match_wins() {
+    let names = ["exact", "post", "prefix", "regex", "header", "host"];
+    let mut ups = HashMap::new();
+    for name in names {
+        ups.insert(name, TestUpstream::start(name).await);
+    }
+    let port = free_port();
+    let upstreams: String = names
+        .iter()
+        .map(|n| format!("  {n}:\n    endpoints: [{}]\n", ups[n].addr))
+        .collect();
+    let config = format!(
+        r#"listeners:
+  main:
+    listen: 127.0.0.1:{port}
+    routes:
+      - name: exact
+        match: {{ path: /exact }}
+        upstream: exact
+      - name: post-api
+        match: {{ path_prefix: /api/, methods: [POST, PUT] }}
+        upstream: post
+      - name: api
+        match: {{ path_prefix: /api/ }}
+        upstream: prefix
+      - name: versioned
+        match: {{ path_regex: "^/v[0-9]+/items$" }}
+        upstream: regex
+      - name: by-header
+        match: {{ path_prefix: /h, headers: {{ x-version: "2" }} }}
+        upstream: header
+      - name: by-host
+        match: {{ host: special.example }}
+        upstream: host
+upstreams:
+{upstreams}"#
+    );
+    let _kaname = Kaname::start(&config).await;
+    let client = HttpClient::http1();
+
+    let cases: &[RouteCase] = &[
+        ("GET", "/exact", None, Some("exact")),
+        ("GET", "/exact/more", None, None),
+        ("GET", "/exactly", None, None),
+        ("POST", "/api/orders", None, Some("post")),
+        ("PUT", "/api/orders/1", None, Some("post")),
+        ("GET", "/api/orders", None, Some("prefix")),
+        ("DELETE", "/api/orders", None, Some("prefix")),
+        ("GET", "/api", None, None),
+        ("GET", "/v2/items", None, Some("regex")),
+        ("GET", "/v10/items", None, Some("regex")),
+        ("GET", "/vx/items", None, None),
+        ("GET", "/v2/items/3", None, None),
+        ("GET", "/hello", Some(("x-version", "2")), Some("header")),
+        ("GET", "/hello", Some(("x-version", "3")), None),
+        ("GET", "/hello", None, None),
+        (
+            "GET",
+            "/anything",
+            Some(("host", "special.example")),
+            Some("host"),
+        ),
+        (
+            "GET",
+            "/anything",
+            Some(("host", "special.example:8080")),
+            Some("host"),
+        ),
+        ("GET", "/anything", Some(("host", "other.example")), None),
+        // First match wins: /exact matches both the exact and the host route.
+        (
+            "GET",
+            "/exact",
+            Some(("host", "special.example")),
+            Some("exact"),
+        ),
+        (
+            "POST",
+            "/api/x",
+            Some(("host", "special.example")),
+            Some("post"),
+        ),
+    ];
+    for (method, path, header, expected) in cases {
+        let mut req = Request::builder().method(*method).uri(url(port, path));
+        if let Some((k, v)) = header {
+            req = req.header(*k, *v);
+        }
+        let resp = client.send(req.body(empty()).expect("request")).await;
+        let what = format!("{method} {path} {header:?}");
+        match expected {
+            Some(up) => {
+                assert_eq!(resp.status, 200, "{what}: body {:?}", resp.text());
+                assert_eq!(
+                    resp.header("x-upstream"),
+                    Some(*up),
+                    "{what} went elsewhere"
+                );
+            }
+            None => {
+                assert_eq!(
+                    resp.header("x-upstream"),
+                    None,
+                    "{what} should match no route"
+                );
+                resp.assert_kaname_error(404, "no_route");
+            }
+        }
+    }
+}
+
+const HUNDRED_MIB: u64 = 100 * 1024 * 1024;
+/// How much the proxy's resident memory may grow while 100 MiB pass.
+const RSS_GROWTH_LIMIT_KIB: u64 = 16 * 1024;
+
+#[tokio::test]
+async fn hundred_megabyte_bodies_stream_both_ways_in_bounded_memory() {
+    let up = TestUpstream::start("bulk").await;
+    let port = free_port();
+    let kaname = Kaname::start(&simple_config(port, &[up.addr])).await;
+    let client = HttpClient::http1();
+
+    // Warm up pools and buffers with 1 MiB each way, then take the baseline.
+    let warm = Request::post(url(port, "/upload?size=1048576"))
+        .body(sized_body(1024 * 1024))
+        .expect("request");
+    let warm = client.send(warm).await;
+    assert_eq!(warm.body.len(), 1024 * 1024);
+    let baseline = kaname.rss_kib();
+    let reset = kaname.reset_peak_rss();
+
+    let deadline = Duration::from_secs(180);
+    let upload = Request::post(url(port, "/upload"))
+        .body(sized_body(HUNDRED_MIB))
+        .expect("request");
+    let resp = tokio::time::timeout(deadline, client.send(upload))
+        .await
+        .expect("100 MiB upload finished in time");
+    assert_eq!(resp.status, 200, "upload body {:?}", resp.text());
+    assert_eq!(
+        resp.json()["body_len"],
+        HUNDRED_MIB,
+        "upstream counted every uploaded byte"
+    );
+
+    let download = async {
+        let resp = client
+            .send_streaming(
+                Request::get(url(port, &format!("/download?size={HUNDRED_MIB}")))
+                    .body(empty())
+                    .expect("request"),
+            )
+            .await;
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let mut got = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.expect("download body frame");
+            got += frame.data_ref().map_or(0, |d| d.len() as u64);
+        }
+        got
+    };
+    let got = tokio::time::timeout(deadline, download)
+        .await
+        .expect("100 MiB download finished in time");
+    assert_eq!(got, HUNDRED_MIB, "client received every downloaded byte");
+
+    let peak = kaname.peak_rss_kib().max(kaname.rss_kib());
+    let growth = peak.saturating_sub(baseline);
+    assert!(
+        growth <= RSS_GROWTH_LIMIT_KIB,
+        "proxy RSS grew by {growth} KiB (baseline {baseline} KiB, peak {peak} KiB, \
+         peak reset: {reset}) while streaming 2 x 100 MiB; limit {RSS_GROWTH_LIMIT_KIB} KiB"
+    );
+}
+
+#[tokio::test]
+async fn websocket_echo_through_proxy() {
+    let ws = WsEchoServer::start().await;
+    let port = free_port();
+    let _kaname = Kaname::start(&simple_config(port, &[ws.addr])).await;
+
+    let connect = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws"));
+    let (mut socket, resp) = tokio::time::timeout(Duration::from_secs(10), connect)
+        .await
+        .expect("websocket handshake in time")
+        .expect("websocket handshake through kaname");
+    assert_eq!(resp.status(), 101);
+
+    let exchange = async {
+        for i in 0..3 {
+            let text = format!("hello {i} through kaname");
+            socket
+                .send(Message::text(text.clone()))
+                .await
+                .expect("send");
+            let echoed = socket.next().await.expect("a reply").expect("reply ok");
+            assert_eq!(echoed, Message::text(text));
+        }
+        socket
+            .send(Message::binary(vec![0u8, 1, 2, 255]))
+            .await
+            .expect("send binary");
+        let echoed = socket.next().await.expect("a reply").expect("reply ok");
+        assert_eq!(echoed, Message::binary(vec![0u8, 1, 2, 255]));
+        socket.close(None).await.expect("close");
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .expect("websocket messages echoed in time");
+}
+
+#[tokio::test]
+async fn route_timeout_gives_504_in_about_the_timeout() {
+    let slow = TestUpstream::slow("slow", Duration::from_secs(5)).await;
+    let port = free_port();
+    let config = format!(
+        "listeners:
+  main:
+    listen: 127.0.0.1:{port}
+    routes:
+      - match: {{ path_prefix: / }}
+        upstream: slow
+        timeout: 300ms
+upstreams:
+  slow:
+    endpoints: [{}]
+",
+        slow.addr
+    );
+    let _kaname = Kaname::start(&config).await;
+    let started = Instant::now();
+    let resp = HttpClient::http1().get(&url(port, "/slow")).await;
+    let took = started.elapsed();
+    resp.assert_kaname_error(504, "upstream_timeout");
+    assert!(
+        took >= Duration::from_millis(250),
+        "504 came before the 300ms timeout: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "504 took {took:?}; the timeout is 300ms and the upstream waits 5s"
+    );
+    assert_eq!(slow.hits(), 1, "the request reached the slow upstream");
+}
+
+#[tokio::test]
+async fn upstream_down_gives_502_json() {
+    let nothing = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let port = free_port();
+    let _kaname = Kaname::start(&simple_config(port, &[nothing])).await;
+    let started = Instant::now();
+    let resp = HttpClient::http1().get(&url(port, "/down")).await;
+    resp.assert_kaname_error(502, "upstream_unavailable");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a refused connect should fail fast, took {:?}",
+        started.elapsed()
+    );
+}
+
+async fn three_upstreams() -> Vec<TestUpstream> {
+    vec![
+        TestUpstream::start("a").await,
+        TestUpstream::start("b").await,
+        TestUpstream::start("c").await,
+    ]
+}
+
+fn balanced_config(port: u16, ups: &[TestUpstream], lb: &str) -> String {
+    let addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
+    format!("{}    load_balancing: {lb}\n", simple_config(port, &addrs))
+}
+
+/// Sends `n` sequential GETs; returns the `x-upstream` of each answer.
+async fn sequential_gets(port: u16, n: usize) -> Vec<String> {
+    let client = HttpClient::http1();
+    let mut served = Vec::with_capacity(n);
+    for i in 0..n {
+        let resp = client.get(&url(port, &format!("/lb/{i}"))).await;
+        assert_eq!(resp.status, 200, "request {i}: {:?}", resp.text());
+        served.push(resp.header("x-upstream").expect("x-upstream").to_string());
+    }
+    served
+}
+
+#[tokio::test]
+async fn round_robin_rotates_strictly_over_three_endpoints() {
+    let ups = three_upstreams().await;
+    let port = free_port();
+    let _kaname = Kaname::start(&balanced_config(port, &ups, "round_robin")).await;
+    let served = sequential_gets(port, 30).await;
+    for up in &ups {
+        assert_eq!(
+            up.hits(),
+            10,
+            "endpoint {} hits; order {served:?}",
+            up.name()
+        );
+    }
+    for (i, window) in served.windows(4).enumerate() {
+        assert_eq!(window[0], window[3], "rotation broken at {i}: {served:?}");
+        assert!(
+            window[0] != window[1] && window[1] != window[2] && window[0] != window[2],
+            "rotation broken at {i}: {served:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn p2c_ewma_uses_every_endpoint() {
+    let ups = three_upstreams().await;
+    let port = free_port();
+    let _kaname = Kaname::start(&balanced_config(port, &ups, "p2c_ewma")).await;
+    let served = sequential_gets(port, 60).await;
+    for up in &ups {
+        assert!(
+            up.hits() >= 1,
+            "endpoint {} got no request of 60: {served:?}",
+            up.name()
+        );
+    }
+    assert_eq!(ups.iter().map(|u| u.hits()).sum::<usize>(), 60);
+}
+
+#[tokio::test]
+async fn least_request_serves_every_request() {
+    let ups = three_upstreams().await;
+    let port = free_port();
+    let _kaname = Kaname::start(&balanced_config(port, &ups, "least_request")).await;
+    let served = sequential_gets(port, 30).await;
+    assert_eq!(served.len(), 30);
+    assert_eq!(ups.iter().map(|u| u.hits()).sum::<usize>(), 30);
+}
+
+/// (family, labels, expected value)
+type Sample = (&'static str, &'static [(&'static str, &'static str)], f64);
+
+#[tokio::test]
+async fn metrics_count_requests_by_route() {
+    let up = TestUpstream::start("echo").await;
+    let port = free_port();
+    let config = format!(
+        "listeners:
+  main:
+    listen: 127.0.0.1:{port}
+    routes:
+      - name: named-route
+        match: {{ path_prefix: /named }}
+        upstream: echo
+      - match: {{ path_prefix: /other }}
+        upstream: echo
+upstreams:
+  echo:
+    endpoints: [{}]
+",
+        up.addr
+    );
+    let kaname = Kaname::start(&config).await;
+    let client = HttpClient::http1();
+    for _ in 0..3 {
+        assert_eq!(client.get(&url(port, "/named")).await.status, 200);
+    }
+    let post = Request::post(url(port, "/named?status=201"))
+        .body(full("x"))
+        .expect("request");
+    assert_eq!(client.send(post).await.status, 201);
+    for _ in 0..2 {
+        assert_eq!(client.get(&url(port, "/other")).await.status, 200);
+    }
+    assert_eq!(client.get(&url(port, "/nowhere")).await.status, 404);
+
+    let expected: &[Sample] = &[
+        (
+            "kaname_requests_total",
+            &[
+                ("listener", "main"),
+                ("route", "named-route"),
+                ("upstream", "echo"),
+                ("method", "GET"),
+                ("code", "200"),
+            ],
+            3.0,
+        ),
+        (
+            "kaname_requests_total",
+            &[
+                ("listener", "main"),
+                ("route", "named-route"),
+                ("upstream", "echo"),
+                ("method", "POST"),
+                ("code", "201"),
+            ],
+            1.0,
+        ),
+        (
+            "kaname_requests_total",
+            &[
+                ("listener", "main"),
+                ("route", "main-2"),
+                ("upstream", "echo"),
+                ("method", "GET"),
+                ("code", "200"),
+            ],
+            2.0,
+        ),
+        (
+            "kaname_requests_total",
+            &[
+                ("listener", "main"),
+                ("route", ""),
+                ("upstream", ""),
+                ("method", "GET"),
+                ("code", "404"),
+            ],
+            1.0,
+        ),
+        (
+            "kaname_request_duration_seconds_count",
+            &[
+                ("listener", "main"),
+                ("route", "named-route"),
+                ("upstream", "echo"),
+            ],
+            4.0,
+        ),
+    ];
+    // Counters may be bumped as the response body ends: poll, bounded.
+    let admin = HttpClient::http1();
+    let started = Instant::now();
+    let (metrics, missing) = loop {
+        let resp = admin.get(&kaname.admin_url("/metrics")).await;
+        assert_eq!(resp.status, 200);
+        let text = resp.text();
+        let missing: Vec<String> = expected
+            .iter()
+            .filter(|(name, labels, value)| metric_value(&text, name, labels) != Some(*value))
+            .map(|(name, labels, value)| {
+                format!(
+                    "{name}{labels:?} = {value} (found {:?})",
+                    metric_value(&text, name, labels)
+                )
+            })
+            .collect();
+        if missing.is_empty() || started.elapsed() > Duration::from_secs(3) {
+            break (text, missing);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        missing.is_empty(),
+        "wrong samples: {missing:#?}\n/metrics:\n{metrics}"
+    );
+    assert!(
+        metrics.contains("# TYPE kaname_requests_total counter"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("# TYPE kaname_request_duration_seconds histogram"),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "kaname_requests_in_flight",
+            &[("listener", "main")]
+        ),
+        Some(0.0),
+        "no request in flight on main"
+    );
+    assert!(
+        metric_value(&metrics, "kaname_connections_open", &[("listener", "main")]).is_some(),
+        "kaname_connections_open{{listener=\"main\"}} missing:\n{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("kaname_build_info{") && l.ends_with(" 1")),
+        "kaname_build_info missing:\n{metrics}"
+    );
+    assert!(
+        metrics.contains("process_resident_memory_bytes"),
+        "process_* missing"
+    );
+}
