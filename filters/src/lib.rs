@@ -12,7 +12,7 @@ pub mod registry;
 pub use body::{Body, BoxError};
 pub use context::{RequestContext, UpstreamFailure};
 pub use error_response::{is_grpc, ErrorKind};
-pub use registry::{build, BuildError, FilterLayer, RouteInfo};
+pub use registry::{build, BuildContext, BuildError, FilterLayer, JwksFetcher, RouteInfo};
 
 /// The boxed service every filter wraps and every route ends in.
 pub type RouteService = tower::util::BoxCloneSyncService<

@@ -74,6 +74,11 @@ impl Runtime {
         for u in &config.upstreams {
             upstreams.insert(u.name.clone(), reuse_or_build_upstream(u, previous).await);
         }
+        let jwks_fetcher = |source: &kaname_config::JwksSource| crate::jwks::fetcher(source);
+        let ctx = kaname_filters::BuildContext {
+            metrics,
+            jwks_fetcher: &jwks_fetcher,
+        };
         let mut filters = HashMap::new();
         for f in &config.filters {
             let kept = previous
@@ -82,7 +87,7 @@ impl Runtime {
                 .map(|(_, layer)| layer.clone());
             let layer = match kept {
                 Some(l) => l,
-                None => kaname_filters::build(f, metrics)?,
+                None => kaname_filters::build(f, &ctx)?,
             };
             filters.insert(f.name.clone(), (f.clone(), layer));
         }

@@ -9,6 +9,7 @@ mod drain;
 mod explain;
 mod forward;
 mod headers;
+mod jwks;
 mod listener;
 mod logging;
 mod request_metrics;
