@@ -1,0 +1,381 @@
+//! `kaname check -c FILE` end to end: the real binary on broken files must
+//! print exactly `FILE:LINE:COL: message` lines and exit 1; a valid file
+//! exits 0 with a one-line summary.
+
+use std::path::Path;
+use std::process::Command;
+
+/// A valid file; each broken case below changes one thing in it.
+const BASE: &str = "\
+admin:
+  listen: 127.0.0.1:19901
+listeners:
+  main:
+    listen: 127.0.0.1:18001
+    routes:
+      - name: api
+        match: { path_prefix: /api/ }
+        upstream: app
+        timeout: 2s
+        filters: [auth, per-user, retries]
+upstreams:
+  app:
+    endpoints: [127.0.0.1:3000]
+filters:
+  auth:
+    jwt:
+      algorithms: [HS256]
+      secret: ${KANAME_TEST_SECRET}
+  per-user:
+    rate_limit: { key: jwt:sub, rate: 100/s }
+  retries:
+    retry:
+      attempts: 3
+";
+
+struct Output {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `kaname check` in `dir` with the test secret set unless `unset`.
+fn run_in(dir: &Path, args: &[&str], with_secret: bool) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kaname"));
+    cmd.current_dir(dir).args(args).env_remove("RUST_LOG");
+    if with_secret {
+        cmd.env("KANAME_TEST_SECRET", "not-a-real-secret");
+    } else {
+        cmd.env_remove("KANAME_TEST_SECRET");
+    }
+    let out = cmd.output().expect("run kaname");
+    Output {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn check_text(text: &str, with_secret: bool) -> Output {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("kaname.yaml"), text).expect("write config");
+    run_in(dir.path(), &["check", "-c", "kaname.yaml"], with_secret)
+}
+
+/// `text` must fail with exactly these stderr lines.
+fn assert_errors(text: &str, expected: &[&str]) {
+    assert_errors_env(text, expected, true);
+}
+
+fn assert_errors_env(text: &str, expected: &[&str], with_secret: bool) {
+    let out = check_text(text, with_secret);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines, expected, "stderr for:\n{text}");
+    assert_eq!(out.code, Some(1), "exit code; stderr: {}", out.stderr);
+    assert_eq!(out.stdout, "", "nothing on stdout for an invalid file");
+}
+
+fn with(from: &str, to: &str) -> String {
+    assert!(BASE.contains(from), "{from:?} is not in BASE");
+    BASE.replacen(from, to, 1)
+}
+
+#[test]
+fn valid_file_prints_a_summary() {
+    let out = check_text(BASE, true);
+    assert_eq!(out.stderr, "");
+    assert_eq!(
+        out.stdout,
+        "kaname.yaml: ok (1 listeners, 1 routes, 1 upstreams, 3 filters)\n"
+    );
+    assert_eq!(out.code, Some(0));
+}
+
+#[test]
+fn misspelt_key_names_the_nearest_one() {
+    // The example from the contract, at the same line and column.
+    let text = "\
+listeners:
+  main:
+    listen: 127.0.0.1:18001
+    routes:
+      - match: { path_prefix: /api/ }
+        upstream: app
+        filters: [retries]
+upstreams:
+  app:
+    endpoints: [127.0.0.1:3000]
+filters:
+  retries:
+    retry:
+      atempts: 3
+";
+    assert_errors(
+        text,
+        &["kaname.yaml:14:7: unknown key \"atempts\" in retry filter \"retries\"; did you mean \"attempts\"?"],
+    );
+}
+
+#[test]
+fn bad_duration() {
+    assert_errors(
+        &with("timeout: 2s", "timeout: fast"),
+        &["kaname.yaml:10:18: expected a duration like \"250ms\" or \"2s\", found \"fast\""],
+    );
+}
+
+#[test]
+fn unknown_upstream() {
+    assert_errors(
+        &with("upstream: app", "upstream: ap"),
+        &["kaname.yaml:9:19: route \"api\" names unknown upstream \"ap\"; did you mean \"app\"?"],
+    );
+}
+
+#[test]
+fn unknown_filter() {
+    assert_errors(
+        &with("per-user, retries]", "per-user, retires]"),
+        &["kaname.yaml:11:35: route \"api\" names unknown filter \"retires\"; did you mean \"retries\"?"],
+    );
+}
+
+#[test]
+fn unset_variable() {
+    assert_errors_env(
+        BASE,
+        &["kaname.yaml:19:15: environment variable \"KANAME_TEST_SECRET\" is not set and has no default"],
+        false,
+    );
+}
+
+#[test]
+fn two_listeners_on_one_address() {
+    let text = with(
+        "upstreams:\n",
+        "  other:\n    listen: 0.0.0.0:18001\n    routes: [{ upstream: app }]\nupstreams:\n",
+    );
+    assert_errors(
+        &text,
+        &["kaname.yaml:13:13: listener \"other\" listens on 0.0.0.0:18001, already used by listener \"main\""],
+    );
+}
+
+#[test]
+fn listener_on_the_admin_address() {
+    assert_errors(
+        &with("listen: 127.0.0.1:18001", "listen: 127.0.0.1:19901"),
+        &["kaname.yaml:5:13: listener \"main\" listens on 127.0.0.1:19901, already used by admin"],
+    );
+}
+
+#[test]
+fn regex_that_does_not_compile() {
+    assert_errors(
+        &with("{ path_prefix: /api/ }", "{ path_regex: \"^/api/(v1\" }"),
+        &["kaname.yaml:8:30: path_regex \"^/api/(v1\" does not compile: unclosed group"],
+    );
+}
+
+#[test]
+fn empty_and_malformed_endpoints() {
+    assert_errors(
+        &with("[127.0.0.1:3000]", "[]"),
+        &["kaname.yaml:14:16: upstream \"app\" has no endpoints"],
+    );
+    assert_errors(
+        &with("[127.0.0.1:3000]", "[127.0.0.1]"),
+        &["kaname.yaml:14:17: expected an endpoint like \"host:port\" or \"10.0.0.1:8080\", found \"127.0.0.1\""],
+    );
+}
+
+#[test]
+fn filter_with_two_kinds() {
+    assert_errors(
+        &with("      attempts: 3\n", "      attempts: 3\n    circuit_breaker: {}\n"),
+        &["kaname.yaml:25:5: filter \"retries\" has two kinds, \"retry\" and \"circuit_breaker\"; a filter has exactly one"],
+    );
+}
+
+#[test]
+fn unknown_filter_kind() {
+    assert_errors(
+        &with("    retry:\n", "    retyr:\n"),
+        &["kaname.yaml:23:5: unknown filter kind \"retyr\" in filter \"retries\"; did you mean \"retry\"?"],
+    );
+}
+
+#[test]
+fn jwt_algorithm_none() {
+    assert_errors(
+        &with("[HS256]", "[HS256, none]"),
+        &["kaname.yaml:18:27: algorithm \"none\" is never accepted"],
+    );
+}
+
+#[test]
+fn jwt_key_sources() {
+    assert_errors(
+        &with(
+            "      secret: ${KANAME_TEST_SECRET}\n",
+            "      secret: ${KANAME_TEST_SECRET}\n      jwks: { file: /etc/jwks.json }\n",
+        ),
+        &["kaname.yaml:19:7: jwt filter \"auth\" has both jwks and secret; use one"],
+    );
+    assert_errors(
+        &with(
+            "      secret: ${KANAME_TEST_SECRET}\n",
+            "      jwks: { file: /etc/jwks.json }\n",
+        ),
+        &["kaname.yaml:18:20: algorithm \"HS256\" needs secret, not jwks"],
+    );
+}
+
+#[test]
+fn rate_limit_on_a_claim_needs_jwt_first() {
+    assert_errors(
+        &with("[auth, per-user, retries]", "[per-user, auth, retries]"),
+        &["kaname.yaml:11:19: rate_limit filter \"per-user\" keys on jwt:sub but route \"api\" has no jwt filter before it"],
+    );
+}
+
+#[test]
+fn route_match_with_two_paths() {
+    assert_errors(
+        &with("{ path_prefix: /api/ }", "{ path_prefix: /api/, path: /x }"),
+        &["kaname.yaml:8:38: route \"api\" match has both path_prefix and path; use one"],
+    );
+}
+
+#[test]
+fn out_of_range_numbers() {
+    assert_errors(
+        &with("attempts: 3", "attempts: 0"),
+        &["kaname.yaml:24:17: attempts must be at least 1 (it counts the first try)"],
+    );
+    assert_errors(
+        &(BASE.to_string()
+            + "  breaker:\n    circuit_breaker:\n      failure_rate: { threshold: 1.5 }\n"),
+        &["kaname.yaml:27:34: threshold is a fraction greater than 0 and at most 1, found 1.5"],
+    );
+    assert_errors(
+        &(BASE.to_string() + "  protect:\n    concurrency_limit: { max_in_flight: 0 }\n"),
+        &["kaname.yaml:26:41: expected at least 1, found 0"],
+    );
+}
+
+#[test]
+fn bad_rate() {
+    assert_errors(
+        &with("rate: 100/s", "rate: 100/d"),
+        &["kaname.yaml:21:39: expected a rate like \"100/s\", \"10/m\" or \"5/h\", found \"100/d\""],
+    );
+}
+
+#[test]
+fn duplicate_key() {
+    assert_errors(
+        &with(
+            "        timeout: 2s\n",
+            "        timeout: 2s\n        timeout: 3s\n",
+        ),
+        &["kaname.yaml:11:9: duplicate key \"timeout\" in route \"api\""],
+    );
+}
+
+#[test]
+fn empty_file() {
+    assert_errors(
+        "",
+        &["kaname.yaml:1:1: the file is empty; expected a mapping with at least \"listeners\""],
+    );
+}
+
+#[test]
+fn yaml_syntax_error() {
+    let out = check_text(&with("per-user, retries]", "per-user, retries"), true);
+    assert_eq!(out.code, Some(1));
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", out.stderr);
+    assert!(lines[0].starts_with("kaname.yaml:12:"), "{}", out.stderr);
+    assert!(lines[0].contains("invalid YAML"), "{}", out.stderr);
+}
+
+#[test]
+fn several_errors_all_reported_in_order() {
+    let text = with("timeout: 2s", "timeout: fast")
+        .replacen("upstream: app", "upstream: ap", 1)
+        .replacen("attempts: 3", "attempts: 0", 1)
+        .replacen("upstreams:", "upstream:", 1);
+    assert_errors_env(
+        &text,
+        &[
+            "kaname.yaml:9:19: route \"api\" names unknown upstream \"ap\"",
+            "kaname.yaml:10:18: expected a duration like \"250ms\" or \"2s\", found \"fast\"",
+            "kaname.yaml:12:1: unknown key \"upstream\" at the top level; did you mean \"upstreams\"?",
+            "kaname.yaml:19:15: environment variable \"KANAME_TEST_SECRET\" is not set and has no default",
+            "kaname.yaml:24:17: attempts must be at least 1 (it counts the first try)",
+        ],
+        false,
+    );
+}
+
+#[test]
+fn anchors_merge_keys_and_variables() {
+    let text = "\
+x-defaults: &defaults
+  timeout: 2s
+  upstream: app
+listeners:
+  main:
+    listen: 127.0.0.1:${KANAME_TEST_PORT:-18002}
+    routes:
+      - <<: *defaults
+        match: { path: /a }
+        filters: &chain [limit]
+      - <<: *defaults
+        filters: *chain
+upstreams:
+  app: { endpoints: [\"127.0.0.1:3000\"], protocol: http2 }
+filters:
+  limit: { rate_limit: { key: client_ip, rate: 10/s } }
+";
+    let out = check_text(text, true);
+    assert_eq!(out.stderr, "");
+    assert_eq!(
+        out.stdout,
+        "kaname.yaml: ok (1 listeners, 2 routes, 1 upstreams, 1 filters)\n"
+    );
+    assert_eq!(out.code, Some(0));
+}
+
+#[test]
+fn grpc_route_to_http1_upstream_is_a_warning() {
+    let out = check_text(
+        &with("path_prefix: /api/", "path_prefix: /shop.Orders/"),
+        true,
+    );
+    assert_eq!(
+        out.stderr,
+        "warning: route \"api\" can receive gRPC but upstream \"app\" is http1; gRPC needs protocol: http2\n"
+    );
+    assert_eq!(out.code, Some(0));
+}
+
+#[test]
+fn missing_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = run_in(dir.path(), &["check", "-c", "missing.yaml"], true);
+    assert_eq!(
+        out.stderr,
+        "missing.yaml:0:0: cannot read missing.yaml: No such file or directory\n"
+    );
+    assert_eq!(out.code, Some(1));
+}
+
+#[test]
+fn usage_error_exits_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = run_in(dir.path(), &["check", "--no-such-flag"], true);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+}

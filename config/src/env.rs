@@ -59,7 +59,9 @@ fn expand(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Str
                 (Some(v), _) => v,
                 (None, Some(d)) => d.to_string(),
                 (None, None) => {
-                    return Err(format!("environment variable {name:?} is not set and has no default"))
+                    return Err(format!(
+                        "environment variable {name:?} is not set and has no default"
+                    ))
                 }
             };
             out.push_str(&value);
@@ -94,12 +96,24 @@ mod tests {
 
     #[test]
     fn expands() {
-        assert_eq!(expand("${SECRET}", &env).unwrap().as_deref(), Some("s3cr3t"));
-        assert_eq!(expand("a-${SECRET}-b", &env).unwrap().as_deref(), Some("a-s3cr3t-b"));
-        assert_eq!(expand("${NOPE:-x:y}", &env).unwrap().as_deref(), Some("x:y"));
+        assert_eq!(
+            expand("${SECRET}", &env).unwrap().as_deref(),
+            Some("s3cr3t")
+        );
+        assert_eq!(
+            expand("a-${SECRET}-b", &env).unwrap().as_deref(),
+            Some("a-s3cr3t-b")
+        );
+        assert_eq!(
+            expand("${NOPE:-x:y}", &env).unwrap().as_deref(),
+            Some("x:y")
+        );
         assert_eq!(expand("${EMPTY:-d}", &env).unwrap().as_deref(), Some("d"));
         assert_eq!(expand("${EMPTY}", &env).unwrap().as_deref(), Some(""));
-        assert_eq!(expand("$${SECRET}", &env).unwrap().as_deref(), Some("${SECRET}"));
+        assert_eq!(
+            expand("$${SECRET}", &env).unwrap().as_deref(),
+            Some("${SECRET}")
+        );
         assert_eq!(expand("cost $5", &env).unwrap(), None);
         assert_eq!(expand("plain", &env).unwrap(), None);
     }

@@ -1,1 +1,93 @@
+//! kaname's configuration: one YAML file, read into the typed [`Config`].
+//!
+//! Every error names the file, line and column; all errors are found in one
+//! pass. The YAML is read into a tree that keeps positions ([`node`]), `${VAR}`
+//! is substituted ([`env`]), each section is read by its own module
+//! ([`parse`]), then names and addresses are checked across sections
+//! ([`validate`]).
+#![forbid(unsafe_code)]
+
+mod env;
+mod error;
+mod node;
+mod parse;
+mod read;
+mod redact;
+mod suggest;
 pub mod types;
+mod units;
+mod validate;
+
+pub use error::{ConfigError, ConfigErrors};
+pub use types::*;
+
+use error::Errors;
+
+/// The filter kinds the proxy implements. A filter of another kind is an
+/// error (`filter kind "X" is not supported yet`).
+pub const SUPPORTED_FILTER_KINDS: &[&str] = &[
+    "rate_limit",
+    "concurrency_limit",
+    "jwt",
+    "retry",
+    "circuit_breaker",
+];
+
+/// Reads and validates a file. `file` is used as given in error messages.
+pub fn load(file: &str) -> Result<Config, ConfigErrors> {
+    match std::fs::read_to_string(file) {
+        Ok(text) => parse(file, &text),
+        Err(e) => {
+            let reason = e.to_string();
+            let reason = match reason.find(" (os error") {
+                Some(i) => &reason[..i],
+                None => &reason,
+            };
+            Err(ConfigErrors(vec![ConfigError {
+                file: file.to_string(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read {file}: {reason}"),
+            }]))
+        }
+    }
+}
+
+/// Parses and validates YAML text; `file` names it in errors. Uses the
+/// process environment for `${VAR}`.
+pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
+    parse_with_env(file, text, &|name| std::env::var(name).ok())
+}
+
+/// Same with an explicit environment lookup (for tests).
+pub fn parse_with_env(
+    file: &str,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
+    let mut errs = Errors::new(file);
+    let mut root = match node::load(text) {
+        Ok(root) => root,
+        Err((mark, message)) => {
+            errs.at(mark, message);
+            return Err(errs.finish());
+        }
+    };
+    env::substitute(&mut root, env, &mut errs);
+    let (mut cfg, marks) = parse::config(file, &root, &mut errs);
+    validate::cross_check(&cfg, &marks, &mut errs);
+    if !errs.is_empty() {
+        return Err(errs.finish());
+    }
+    cfg.redacted_yaml = redact::redacted_yaml(&root);
+    Ok(cfg)
+}
+
+/// Non-fatal remarks on a valid config, one line each (no position), e.g.
+/// a route that can receive gRPC sent to an http1 upstream.
+pub fn warnings(cfg: &Config) -> Vec<String> {
+    validate::warnings(cfg)
+}
+
+#[cfg(test)]
+mod tests;

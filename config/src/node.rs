@@ -162,7 +162,10 @@ pub fn load(text: &str) -> Result<Node, SyntaxError> {
             Event::DocumentStart(_) => {
                 documents += 1;
                 if documents > 1 {
-                    return Err((mark, "expected one YAML document, found a second one".into()));
+                    return Err((
+                        mark,
+                        "expected one YAML document, found a second one".into(),
+                    ));
                 }
             }
             Event::Scalar(text, style, anchor, tag) => {
@@ -187,7 +190,13 @@ pub fn load(text: &str) -> Result<Node, SyntaxError> {
                 Some(Frame::Seq(m, anchor, items)) => b.finish(Node::new_seq(m, items), anchor),
                 Some(Frame::Map(m, anchor, entries, _)) => {
                     let entries = merge(entries)?;
-                    b.finish(Node { mark: m, value: Value::Map(entries) }, anchor)
+                    b.finish(
+                        Node {
+                            mark: m,
+                            value: Value::Map(entries),
+                        },
+                        anchor,
+                    )
                 }
                 None => return Err((mark, "invalid YAML: unbalanced collection".into())),
             },
@@ -227,21 +236,30 @@ fn merge(entries: Vec<(Node, Node)>) -> Result<Vec<(Node, Node)>, SyntaxError> {
     if !entries.iter().any(|(k, _)| is_merge_key(k)) {
         return Ok(entries);
     }
-    let (merges, mut own): (Vec<_>, Vec<_>) = entries.into_iter().partition(|(k, _)| is_merge_key(k));
+    let (merges, mut own): (Vec<_>, Vec<_>) =
+        entries.into_iter().partition(|(k, _)| is_merge_key(k));
     for (key, value) in merges {
         let sources = match value.value {
             Value::Map(_) => vec![value],
             Value::Seq(items) => items,
             Value::Scalar(_) => {
-                return Err((key.mark, "<< expects a mapping or a list of mappings".into()))
+                return Err((
+                    key.mark,
+                    "<< expects a mapping or a list of mappings".into(),
+                ))
             }
         };
         for source in sources {
             let Value::Map(more) = source.value else {
-                return Err((source.mark, "<< expects a mapping or a list of mappings".into()));
+                return Err((
+                    source.mark,
+                    "<< expects a mapping or a list of mappings".into(),
+                ));
             };
             for (k, v) in more {
-                let present = own.iter().any(|(o, _)| key_text(o) == key_text(&k) && key_text(&k).is_some());
+                let present = own
+                    .iter()
+                    .any(|(o, _)| key_text(o) == key_text(&k) && key_text(&k).is_some());
                 if !present {
                     own.push((k, v));
                 }

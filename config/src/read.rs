@@ -35,13 +35,19 @@ impl<'n> Map<'n> {
     /// Any keys (a map keyed by name), each once.
     pub fn any(node: &'n Node, place: &str, errs: &mut Errors) -> Option<Self> {
         let Value::Map(pairs) = &node.value else {
-            errs.at(node.mark, format!("expected a mapping {place}, found {}", node.describe()));
+            errs.at(
+                node.mark,
+                format!("expected a mapping {place}, found {}", node.describe()),
+            );
             return None;
         };
         let mut entries: Vec<(&str, Mark, &Node)> = Vec::with_capacity(pairs.len());
         for (k, v) in pairs {
             let Some(key) = k.scalar().map(|s| s.text.as_str()) else {
-                errs.at(k.mark, format!("expected a string key {place}, found {}", k.describe()));
+                errs.at(
+                    k.mark,
+                    format!("expected a string key {place}, found {}", k.describe()),
+                );
                 continue;
             };
             if entries.iter().any(|(seen, _, _)| *seen == key) {
@@ -80,18 +86,31 @@ impl<'n> Map<'n> {
     }
 
     /// Reads an optional key with `read`.
-    pub fn opt<T>(&self, key: &str, errs: &mut Errors, read: impl FnOnce(&'n Node, &mut Errors) -> Option<T>) -> Option<T> {
+    pub fn opt<T>(
+        &self,
+        key: &str,
+        errs: &mut Errors,
+        read: impl FnOnce(&'n Node, &mut Errors) -> Option<T>,
+    ) -> Option<T> {
         self.get(key).and_then(|n| read(n, errs))
     }
 
     /// Reads a required key with `read`.
-    pub fn req<T>(&self, key: &str, errs: &mut Errors, read: impl FnOnce(&'n Node, &mut Errors) -> Option<T>) -> Option<T> {
+    pub fn req<T>(
+        &self,
+        key: &str,
+        errs: &mut Errors,
+        read: impl FnOnce(&'n Node, &mut Errors) -> Option<T>,
+    ) -> Option<T> {
         self.required(key, errs).and_then(|n| read(n, errs))
     }
 }
 
 fn wrong(node: &Node, what: &str, errs: &mut Errors) {
-    errs.at(node.mark, format!("expected {what}, found {}", node.describe()));
+    errs.at(
+        node.mark,
+        format!("expected {what}, found {}", node.describe()),
+    );
 }
 
 /// Any scalar as text (`2` reads as "2"), but not nothing.
@@ -128,7 +147,10 @@ pub fn boolean(node: &Node, errs: &mut Errors) -> Option<bool> {
 
 /// A whole number, plain or quoted.
 pub fn uint(node: &Node, errs: &mut Errors) -> Option<u64> {
-    match node.scalar().and_then(|s| s.text.trim().parse::<u64>().ok()) {
+    match node
+        .scalar()
+        .and_then(|s| s.text.trim().parse::<u64>().ok())
+    {
         Some(n) => Some(n),
         None => {
             wrong(node, "a whole number", errs);
@@ -169,7 +191,11 @@ pub fn at_least(min: u64) -> impl Fn(&Node, &mut Errors) -> Option<u64> {
 }
 
 pub fn number(node: &Node, errs: &mut Errors) -> Option<f64> {
-    match node.scalar().and_then(|s| s.text.trim().parse::<f64>().ok()).filter(|f| f.is_finite()) {
+    match node
+        .scalar()
+        .and_then(|s| s.text.trim().parse::<f64>().ok())
+        .filter(|f| f.is_finite())
+    {
         Some(f) => Some(f),
         None => {
             wrong(node, "a number", errs);
@@ -246,14 +272,23 @@ pub fn one_or_more(node: &Node, errs: &mut Errors) -> Option<Vec<String>> {
 
 /// One of fixed words; the index of the word.
 pub fn choice(node: &Node, words: &[&str], errs: &mut Errors) -> Option<usize> {
-    let text = node.scalar().filter(|_| !node.is_null()).map(|s| s.text.as_str());
+    let text = node
+        .scalar()
+        .filter(|_| !node.is_null())
+        .map(|s| s.text.as_str());
     if let Some(i) = text.and_then(|t| words.iter().position(|w| *w == t)) {
         return Some(i);
     }
-    let hint = text.map(|t| did_you_mean(t, words.iter().copied())).unwrap_or_default();
+    let hint = text
+        .map(|t| did_you_mean(t, words.iter().copied()))
+        .unwrap_or_default();
     errs.at(
         node.mark,
-        format!("expected one of {}, found {}{hint}", words.join(", "), node.describe()),
+        format!(
+            "expected one of {}, found {}{hint}",
+            words.join(", "),
+            node.describe()
+        ),
     );
     None
 }
@@ -282,7 +317,10 @@ pub fn method(node: &Node, errs: &mut Errors) -> Option<String> {
 pub fn methods(node: &Node, errs: &mut Errors) -> Option<Vec<String>> {
     let items = list(node, errs)?;
     if items.is_empty() {
-        errs.at(node.mark, "methods is empty; leave it out to match any method");
+        errs.at(
+            node.mark,
+            "methods is empty; leave it out to match any method",
+        );
         return None;
     }
     Some(items.iter().filter_map(|n| method(n, errs)).collect())
@@ -308,7 +346,7 @@ mod tests {
     #[test]
     fn unknown_and_duplicate_keys() {
         let (_, e) = run("atempts: 1\nattempts: 2\nattempts: 3\n", |n, errs| {
-            Map::new(n, "in retry filter \"r\"", &["attempts", "methods"], errs)
+            Map::new(n, "in retry filter \"r\"", &["attempts", "methods"], errs).map(|_| ())
         });
         assert_eq!(
             e,
@@ -320,17 +358,29 @@ mod tests {
     #[test]
     fn typed_values() {
         assert_eq!(run("true", boolean).0, Some(true));
-        assert_eq!(run("\"true\"", boolean).1, "f:1:1: expected true or false, found \"true\"");
-        assert_eq!(run("fast", duration).1, "f:1:1: expected a duration like \"250ms\" or \"2s\", found \"fast\"");
+        assert_eq!(
+            run("\"true\"", boolean).1,
+            "f:1:1: expected true or false, found \"true\""
+        );
+        assert_eq!(
+            run("fast", duration).1,
+            "f:1:1: expected a duration like \"250ms\" or \"2s\", found \"fast\""
+        );
         assert_eq!(run("0s", positive_duration).0, None);
         assert_eq!(run("64KiB", size).0, Some(65536));
         assert_eq!(run("[a, 1]", strings).0, Some(vec!["a".into(), "1".into()]));
         assert_eq!(run("X-Api", header_name).0.as_deref(), Some("x-api"));
         assert_eq!(run("\"x y\"", header_name).0, None);
         assert_eq!(run("get", method).0.as_deref(), Some("GET"));
-        assert_eq!(run("htp1", |n, e| choice(n, &["http1", "http2"], e)).1, "f:1:1: expected one of http1, http2, found \"htp1\"; did you mean \"http1\"?");
+        assert_eq!(
+            run("htp1", |n, e| choice(n, &["http1", "http2"], e)).1,
+            "f:1:1: expected one of http1, http2, found \"htp1\"; did you mean \"http1\"?"
+        );
         assert_eq!(run("", string).1, "f:1:1: expected a string, found nothing");
-        assert_eq!(run("0", at_least(1)).1, "f:1:1: expected at least 1, found 0");
+        assert_eq!(
+            run("0", at_least(1)).1,
+            "f:1:1: expected at least 1, found 0"
+        );
         assert_eq!(run("5000000000", u32_).0, None);
     }
 }

@@ -119,7 +119,7 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let text = "a: &x {b: [1, \"2\", ~, true], c: \"he said \\\"hi\\\"\\n\"}\nd: *x\ne: []\nf: {}\ng:\n  - [x, y]\n  - {h: 'Bearer '}\nk: \"-x\"\n";
+        let text = "a: &x {b: [1, \"2\", null, true], c: \"he said \\\"hi\\\"\\n\"}\nd: *x\ne: []\nf: {}\ng:\n  - [x, y]\n  - {h: 'Bearer '}\nk: \"-x\"\n";
         let mut node = load(text).unwrap();
         let yaml = redacted_yaml(&node);
         let mut back = load(&yaml).unwrap_or_else(|e| panic!("{e:?}\n{yaml}"));

@@ -42,8 +42,14 @@ mod tests {
     #[test]
     fn finds_misspellings() {
         assert_eq!(distance("atempts", "attempts"), 1);
-        assert_eq!(nearest("atempts", ["attempts", "methods"]), Some("attempts"));
-        assert_eq!(nearest("rate_limt", ["jwt", "rate_limit"]), Some("rate_limit"));
+        assert_eq!(
+            nearest("atempts", ["attempts", "methods"]),
+            Some("attempts")
+        );
+        assert_eq!(
+            nearest("rate_limt", ["jwt", "rate_limit"]),
+            Some("rate_limit")
+        );
         assert_eq!(nearest("Listen", ["listen"]), Some("listen"));
         assert_eq!(nearest("zzzzzz", ["listen", "routes"]), None);
         assert_eq!(did_you_mean("x", []), "");

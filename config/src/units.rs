@@ -76,7 +76,17 @@ mod tests {
         assert_eq!(duration("1h"), Some(Duration::from_secs(3600)));
         assert_eq!(duration("1.5s"), Some(Duration::from_millis(1500)));
         assert_eq!(duration("0s"), Some(Duration::ZERO));
-        for bad in ["fast", "2", "s", "2d", "-1s", "1.s", ".5s", "99999999999999999999h", "1e3s"] {
+        for bad in [
+            "fast",
+            "2",
+            "s",
+            "2d",
+            "-1s",
+            "1.s",
+            ".5s",
+            "99999999999999999999h",
+            "1e3s",
+        ] {
             assert_eq!(duration(bad), None, "{bad}");
         }
     }

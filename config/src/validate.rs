@@ -14,21 +14,36 @@ pub fn cross_check(cfg: &Config, marks: &Marks, errs: &mut Errors) {
     for (listener, lm) in cfg.listeners.iter().zip(&marks.listeners) {
         for (route, rm) in listener.routes.iter().zip(&lm.routes) {
             if let Some((_, other)) = route_names.iter().find(|(n, _)| *n == route.name) {
-                errs.at(rm.name, format!("duplicate route name {:?} (also in listener {other:?})", route.name));
+                errs.at(
+                    rm.name,
+                    format!(
+                        "duplicate route name {:?} (also in listener {other:?})",
+                        route.name
+                    ),
+                );
             }
             route_names.push((&route.name, &listener.name));
-            if !marks.upstream_names.contains(&route.upstream) {
-                let hint = did_you_mean(&route.upstream, marks.upstream_names.iter().map(String::as_str));
+            if !route.upstream.is_empty() && !marks.upstream_names.contains(&route.upstream) {
+                let hint = did_you_mean(
+                    &route.upstream,
+                    marks.upstream_names.iter().map(String::as_str),
+                );
                 errs.at(
                     rm.upstream,
-                    format!("route {:?} names unknown upstream {:?}{hint}", route.name, route.upstream),
+                    format!(
+                        "route {:?} names unknown upstream {:?}{hint}",
+                        route.name, route.upstream
+                    ),
                 );
             }
             let mut seen_jwt = false;
             for (name, mark) in route.filters.iter().zip(&rm.filters) {
                 if !marks.filter_names.contains(name) {
                     let hint = did_you_mean(name, marks.filter_names.iter().map(String::as_str));
-                    errs.at(*mark, format!("route {:?} names unknown filter {name:?}{hint}", route.name));
+                    errs.at(
+                        *mark,
+                        format!("route {:?} names unknown filter {name:?}{hint}", route.name),
+                    );
                     continue;
                 }
                 match cfg.filter(name).map(|f| &f.kind) {
@@ -63,10 +78,14 @@ fn clash(a: SocketAddr, b: SocketAddr) -> bool {
 fn addresses(cfg: &Config, marks: &Marks, errs: &mut Errors) {
     let mut taken: Vec<(String, SocketAddr)> = vec![("admin".to_string(), cfg.admin.listen)];
     for (l, lm) in cfg.listeners.iter().zip(&marks.listeners) {
+        let Some(mark) = lm.listen else { continue };
         if let Some((owner, _)) = taken.iter().find(|(_, a)| clash(*a, l.listen)) {
             errs.at(
-                lm.listen,
-                format!("listener {:?} listens on {}, already used by {owner}", l.name, l.listen),
+                mark,
+                format!(
+                    "listener {:?} listens on {}, already used by {owner}",
+                    l.name, l.listen
+                ),
             );
         }
         taken.push((format!("listener {:?}", l.name), l.listen));
@@ -101,7 +120,9 @@ fn looks_like_grpc_service(prefix: &str) -> bool {
     service.contains('.')
         && !service.starts_with('.')
         && !service.ends_with('.')
-        && service.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        && service
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
 }
 
 #[cfg(test)]

@@ -127,29 +127,54 @@ impl App {
             listeners: Mutex::new(HashMap::new()),
             drain: Drain::new(),
         });
-        app.sync_listeners().await?;
+        {
+            let mut bound = app.listeners.lock().await;
+            let rt = app.runtime.load_full();
+            let fresh = Self::bind_new(&rt, &bound).await?;
+            app.apply(&rt, &mut bound, fresh);
+        }
         tokio::spawn(crate::admin::serve(admin, app.clone()));
         app.ready.store(true, Ordering::SeqCst);
         tracing::info!(admin = %config.admin.listen, "kaname ready");
         Ok(app)
     }
 
-    /// Makes the bound listeners match the running config: new ones bound,
-    /// moved ones re-bound, removed ones stopped, kept ones given new routes.
-    async fn sync_listeners(&self) -> Result<(), StartError> {
-        let rt = self.runtime.load_full();
-        let mut bound = self.listeners.lock().await;
-        let wanted: HashMap<&str, &kaname_config::Listener> = rt
-            .config
-            .listeners
-            .iter()
-            .map(|l| (l.name.as_str(), l))
-            .collect();
-        // Stop listeners that are gone or moved; moved ones are re-bound below.
+    /// Binds the listeners of `rt` that are not bound at their address yet.
+    /// Nothing changes if one cannot be bound.
+    async fn bind_new(
+        rt: &Runtime,
+        bound: &HashMap<String, BoundListener>,
+    ) -> Result<HashMap<String, TcpListener>, StartError> {
+        let mut fresh = HashMap::new();
+        for l in &rt.config.listeners {
+            if bound.get(&l.name).is_some_and(|b| b.addr == l.listen) {
+                continue;
+            }
+            let tcp = TcpListener::bind(l.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    name: l.name.clone(),
+                    addr: l.listen,
+                    source,
+                })?;
+            fresh.insert(l.name.clone(), tcp);
+        }
+        Ok(fresh)
+    }
+
+    /// Makes the bound listeners match `rt`: kept ones get the new routes,
+    /// new and moved ones start accepting on `fresh` sockets, removed and
+    /// moved-away ones stop accepting (their open connections finish).
+    fn apply(
+        &self,
+        rt: &Runtime,
+        bound: &mut HashMap<String, BoundListener>,
+        mut fresh: HashMap<String, TcpListener>,
+    ) {
         let stale: Vec<String> = bound
-            .iter()
-            .filter(|(name, b)| wanted.get(name.as_str()).is_none_or(|l| l.listen != b.addr))
-            .map(|(name, _)| name.clone())
+            .keys()
+            .filter(|name| !rt.listeners.contains_key(*name) || fresh.contains_key(*name))
+            .cloned()
             .collect();
         for name in stale {
             if let Some(b) = bound.remove(&name) {
@@ -165,13 +190,9 @@ impl App {
                 b.shared.routes.store(routes.clone());
                 continue;
             }
-            let tcp = TcpListener::bind(l.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    name: l.name.clone(),
-                    addr: l.listen,
-                    source,
-                })?;
+            let Some(tcp) = fresh.remove(&l.name) else {
+                continue;
+            };
             let shared = Arc::new(ListenerShared {
                 routes: ArcSwap::new(routes.clone()),
                 in_flight: self
@@ -198,7 +219,6 @@ impl App {
                 },
             );
         }
-        Ok(())
     }
 
     /// Loads the file again; a valid file replaces the running config.
@@ -221,6 +241,11 @@ impl App {
     }
 
     async fn try_reload(&self) -> Result<String, Vec<String>> {
+        // One reload at a time: the listener table lock is held throughout.
+        let mut bound = self.listeners.lock().await;
+        if self.draining.load(Ordering::SeqCst) {
+            return Err(vec!["draining: reload refused".into()]);
+        }
         let file = self.file.clone();
         let parsed = tokio::task::spawn_blocking(move || kaname_config::load(&file))
             .await
@@ -232,13 +257,11 @@ impl App {
         let next = Runtime::build(config, &self.metrics, Some(&previous))
             .await
             .map_err(|e| vec![format!("{}: {e}", self.file)])?;
+        let fresh = Self::bind_new(&next, &bound)
+            .await
+            .map_err(|e| vec![e.to_string()])?;
+        self.apply(&next, &mut bound, fresh);
         self.runtime.store(Arc::new(next));
-        if let Err(e) = self.sync_listeners().await {
-            // The new chains are in; a listener that could not move keeps
-            // its old address closed. Report it, like Envoy's listener
-            // update failures.
-            return Err(vec![e.to_string()]);
-        }
         self.metrics
             .config_last_reload_success_timestamp_seconds
             .set(unix_now());
@@ -259,6 +282,8 @@ impl App {
                 return ExitCode::from(EXIT_RUNTIME);
             }
         };
+        // Reload when the file changes; the watcher lives as long as we serve.
+        let _watcher = crate::watch::spawn(self.clone());
         loop {
             tokio::select! {
                 _ = term.recv() => break,

@@ -15,6 +15,7 @@ mod logging;
 mod request_metrics;
 mod router;
 mod upstream;
+mod watch;
 
 use std::process::ExitCode;
 

@@ -63,6 +63,33 @@ upstreams:
     )
 }
 
+/// Three echo servers named a, b and c.
+pub async fn three_upstreams() -> Vec<TestUpstream> {
+    vec![
+        TestUpstream::start("a").await,
+        TestUpstream::start("b").await,
+        TestUpstream::start("c").await,
+    ]
+}
+
+/// `simple_config` over `ups` with `load_balancing: lb`.
+pub fn balanced_config(port: u16, ups: &[TestUpstream], lb: &str) -> String {
+    let addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
+    format!("{}    load_balancing: {lb}\n", simple_config(port, &addrs))
+}
+
+/// Sends `n` sequential GETs; returns the `x-upstream` of each answer.
+pub async fn sequential_gets(port: u16, n: usize) -> Vec<String> {
+    let client = HttpClient::http1();
+    let mut served = Vec::with_capacity(n);
+    for i in 0..n {
+        let resp = client.get(&format!("http://127.0.0.1:{port}/lb/{i}")).await;
+        assert_eq!(resp.status, 200, "request {i}: {:?}", resp.text());
+        served.push(resp.header("x-upstream").expect("x-upstream").to_string());
+    }
+    served
+}
+
 /// A running `kaname` process, killed on drop. When the test panics its
 /// stdout and stderr are printed.
 pub struct Kaname {
@@ -195,10 +222,7 @@ impl Kaname {
         let mut last = String::from("no answer yet");
         while start.elapsed() < READY_DEADLINE {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
-                panic!(
-                    "kaname exited before ready with {status}; logs:\n{}",
-                    self.logs()
-                );
+                panic!("kaname exited before ready with {status} (its logs follow)");
             }
             match client.try_get(&url, Duration::from_secs(1)).await {
                 Ok(resp) if resp.status == 200 => return,
@@ -207,10 +231,7 @@ impl Kaname {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!(
-            "kaname not ready after {READY_DEADLINE:?} (last: {last}); logs:\n{}",
-            self.logs()
-        );
+        panic!("kaname not ready after {READY_DEADLINE:?} (last: {last}; its logs follow)");
     }
 
     pub fn admin_url(&self, path: &str) -> String {
@@ -240,10 +261,7 @@ impl Kaname {
     pub async fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
         match tokio::time::timeout(deadline, self.child.wait()).await {
             Ok(status) => status.expect("wait for kaname"),
-            Err(_) => panic!(
-                "kaname still running {deadline:?} later; logs:\n{}",
-                self.logs()
-            ),
+            Err(_) => panic!("kaname still running {deadline:?} later (its logs follow)"),
         }
     }
 
@@ -303,14 +321,14 @@ pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
-/// The value of the sample `name{labels}` in Prometheus text, whatever the
-/// order of its labels; None when no sample has exactly these labels.
-pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut want: Vec<(String, String)> = labels
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    want.sort();
+/// The value of the sample `selector` (`name` or `name{a="x",b="y"}`) in
+/// Prometheus text, whatever the order of the labels; None when no sample
+/// has exactly these labels.
+pub fn metric_value(text: &str, selector: &str) -> Option<f64> {
+    let (name, want) = match selector.split_once('{') {
+        Some((name, labels)) => (name, parse_labels(labels.trim_end_matches('}'))),
+        None => (selector, Vec::new()),
+    };
     for line in text.lines() {
         if line.starts_with('#') {
             continue;

@@ -12,9 +12,26 @@ use crate::types::{ConcurrencyLimit, Filter, FilterKind, RateLimit, RateLimitKey
 use crate::SUPPORTED_FILTER_KINDS;
 
 /// Every kind the config language knows (the proxy may support fewer).
-pub const KINDS: &[&str] = &["jwt", "rate_limit", "retry", "circuit_breaker", "concurrency_limit"];
+pub const KINDS: &[&str] = &[
+    "jwt",
+    "rate_limit",
+    "retry",
+    "circuit_breaker",
+    "concurrency_limit",
+];
 
 pub fn filter(name: &str, name_mark: Mark, node: &Node, errs: &mut Errors) -> Option<Filter> {
+    filter_of(name, name_mark, node, SUPPORTED_FILTER_KINDS, errs)
+}
+
+/// [`filter`] with the list of kinds the proxy supports given.
+fn filter_of(
+    name: &str,
+    name_mark: Mark,
+    node: &Node,
+    supported: &[&str],
+    errs: &mut Errors,
+) -> Option<Filter> {
     let m = Map::any(node, &format!("in filter {name:?}"), errs)?;
     let mut kinds = Vec::new();
     for (key, mark, body) in m.entries() {
@@ -22,7 +39,10 @@ pub fn filter(name: &str, name_mark: Mark, node: &Node, errs: &mut Errors) -> Op
             kinds.push((key, mark, body));
         } else {
             let hint = did_you_mean(key, KINDS.iter().copied());
-            errs.at(mark, format!("unknown filter kind {key:?} in filter {name:?}{hint}"));
+            errs.at(
+                mark,
+                format!("unknown filter kind {key:?} in filter {name:?}{hint}"),
+            );
         }
     }
     let (kind, mark, body) = match kinds.as_slice() {
@@ -31,7 +51,10 @@ pub fn filter(name: &str, name_mark: Mark, node: &Node, errs: &mut Errors) -> Op
             if m.entries().next().is_none() {
                 errs.at(
                     name_mark,
-                    format!("filter {name:?} has no kind; expected one of {}", KINDS.join(", ")),
+                    format!(
+                        "filter {name:?} has no kind; expected one of {}",
+                        KINDS.join(", ")
+                    ),
                 );
             }
             return None;
@@ -44,7 +67,7 @@ pub fn filter(name: &str, name_mark: Mark, node: &Node, errs: &mut Errors) -> Op
             return None;
         }
     };
-    if !SUPPORTED_FILTER_KINDS.contains(&kind) {
+    if !supported.contains(&kind) {
         errs.at(mark, format!("filter kind {kind:?} is not supported yet"));
         return None;
     }
@@ -84,10 +107,14 @@ fn rate_limit_key(node: &Node, errs: &mut Errors) -> Option<RateLimitKey> {
         None if text == "client_ip" => Some(RateLimitKey::ClientIp),
         Some(("header", h)) => {
             let h = h.trim().to_ascii_lowercase();
-            let valid = !h.is_empty() && h.chars().all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c));
+            let valid = !h.is_empty()
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c));
             valid.then_some(RateLimitKey::Header(h))
         }
-        Some(("jwt", claim)) if !claim.trim().is_empty() => Some(RateLimitKey::JwtClaim(claim.trim().to_string())),
+        Some(("jwt", claim)) if !claim.trim().is_empty() => {
+            Some(RateLimitKey::JwtClaim(claim.trim().to_string()))
+        }
         _ => None,
     };
     if key.is_none() {
@@ -119,7 +146,13 @@ fn concurrency(name: &str, node: &Node, errs: &mut Errors) -> Option<Concurrency
         match found {
             Some(header) => header,
             None => {
-                e.at(n.mark, format!("expected priority as {{ header: NAME }}, found {}", n.describe()));
+                e.at(
+                    n.mark,
+                    format!(
+                        "expected priority as {{ header: NAME }}, found {}",
+                        n.describe()
+                    ),
+                );
                 None
             }
         }
@@ -155,10 +188,24 @@ mod tests {
     }
 
     #[test]
+    fn unsupported_kinds() {
+        let node = load("x: 1\njwt: {}").unwrap();
+        let mut errs = Errors::new("f");
+        assert!(filter_of("a", Mark::new(1, 1), &node, &["retry"], &mut errs).is_none());
+        assert_eq!(
+            errs.finish().to_string(),
+            "f:1:1: unknown filter kind \"x\" in filter \"a\"\n\
+             f:2:1: filter kind \"jwt\" is not supported yet"
+        );
+    }
+
+    #[test]
     fn rate_limit_settings() {
         let (f, e) = run("rate_limit: {key: \"header:X-Key\", rate: 10/m}");
         assert_eq!(e, "");
-        let FilterKind::RateLimit(r) = f.unwrap().kind else { panic!() };
+        let FilterKind::RateLimit(r) = f.unwrap().kind else {
+            panic!()
+        };
         assert_eq!(r.key, RateLimitKey::Header("x-key".into()));
         assert_eq!((r.burst, r.max_keys), (10, 100_000));
         assert_eq!(
@@ -172,7 +219,9 @@ mod tests {
     fn concurrency_settings() {
         let (f, e) = run("concurrency_limit: {max_in_flight: 4, priority: {header: X-Priority}}");
         assert_eq!(e, "");
-        let FilterKind::ConcurrencyLimit(c) = f.unwrap().kind else { panic!() };
+        let FilterKind::ConcurrencyLimit(c) = f.unwrap().kind else {
+            panic!()
+        };
         assert_eq!((c.max_in_flight, c.max_queue), (4, 0));
         assert_eq!(c.queue_timeout, Duration::from_millis(100));
         assert_eq!(c.priority_header.as_deref(), Some("x-priority"));

@@ -23,7 +23,8 @@ const KEYS: &[&str] = &[
 
 /// Every algorithm accepted, in its canonical spelling.
 pub const ALGORITHMS: &[&str] = &[
-    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
+    "ES384", "EdDSA",
 ];
 
 pub fn jwt(name: &str, kind_mark: Mark, node: &Node, errs: &mut Errors) -> Option<Jwt> {
@@ -34,8 +35,14 @@ pub fn jwt(name: &str, kind_mark: Mark, node: &Node, errs: &mut Errors) -> Optio
     let jwks = m.opt("jwks", errs, |n, e| jwks(name, n, e));
     let secret = m.opt("secret", errs, read::nonempty);
     match (m.key_mark("jwks"), m.key_mark("secret")) {
-        (None, None) => errs.at(kind_mark, format!("jwt filter {name:?} needs jwks or secret")),
-        (Some(_), Some(mark)) => errs.at(mark, format!("jwt filter {name:?} has both jwks and secret; use one")),
+        (None, None) => errs.at(
+            kind_mark,
+            format!("jwt filter {name:?} needs jwks or secret"),
+        ),
+        (Some(_), Some(mark)) => errs.at(
+            mark,
+            format!("jwt filter {name:?} has both jwks and secret; use one"),
+        ),
         _ => {}
     }
     let algorithms = m.req("algorithms", errs, |n, e| {
@@ -47,7 +54,9 @@ pub fn jwt(name: &str, kind_mark: Mark, node: &Node, errs: &mut Errors) -> Optio
         let uses_jwks = m.get("jwks").is_some();
         let mut out = Vec::new();
         for item in items {
-            let Some(alg) = read::string(item, e) else { continue };
+            let Some(alg) = read::string(item, e) else {
+                continue;
+            };
             if alg.eq_ignore_ascii_case("none") {
                 e.at(item.mark, "algorithm \"none\" is never accepted");
                 continue;
@@ -59,23 +68,39 @@ pub fn jwt(name: &str, kind_mark: Mark, node: &Node, errs: &mut Errors) -> Optio
             };
             let hmac = canonical.starts_with("HS");
             if hmac && uses_jwks && !uses_secret {
-                e.at(item.mark, format!("algorithm {canonical:?} needs secret, not jwks"));
+                e.at(
+                    item.mark,
+                    format!("algorithm {canonical:?} needs secret, not jwks"),
+                );
             } else if !hmac && uses_secret && !uses_jwks {
-                e.at(item.mark, format!("algorithm {canonical:?} needs jwks, not secret"));
+                e.at(
+                    item.mark,
+                    format!("algorithm {canonical:?} needs jwks, not secret"),
+                );
             }
             out.push(canonical.to_string());
         }
         Some(out)
     });
-    let leeway = m.opt("leeway", errs, read::duration).unwrap_or(Duration::ZERO);
-    let from = m.opt("from", errs, |n, e| from(name, n, e)).unwrap_or(TokenSource::Header {
-        name: "authorization".into(),
-        prefix: "Bearer ".into(),
-    });
-    let required_claims = m.opt("required_claims", errs, read::strings).unwrap_or_default();
+    let leeway = m
+        .opt("leeway", errs, read::duration)
+        .unwrap_or(Duration::ZERO);
+    let from = m
+        .opt("from", errs, |n, e| from(name, n, e))
+        .unwrap_or(TokenSource::Header {
+            name: "authorization".into(),
+            prefix: "Bearer ".into(),
+        });
+    let required_claims = m
+        .opt("required_claims", errs, read::strings)
+        .unwrap_or_default();
     let mut forward_claims = Vec::new();
     if let Some(n) = m.get("forward_claims") {
-        if let Some(map) = Map::any(n, &format!("in forward_claims of jwt filter {name:?}"), errs) {
+        if let Some(map) = Map::any(
+            n,
+            &format!("in forward_claims of jwt filter {name:?}"),
+            errs,
+        ) {
             for (claim, _, header) in map.entries() {
                 if let Some(h) = read::header_name(header, errs) {
                     forward_claims.push((claim.to_string(), h));
@@ -105,7 +130,10 @@ fn jwks(filter: &str, node: &Node, errs: &mut Errors) -> Option<JwksSource> {
     let url = m.opt("url", errs, |n, e| {
         let url = read::nonempty(n, e)?;
         if !(url.starts_with("https://") || url.starts_with("http://")) {
-            e.at(n.mark, format!("expected an http:// or https:// URL, found {url:?}"));
+            e.at(
+                n.mark,
+                format!("expected an http:// or https:// URL, found {url:?}"),
+            );
             return None;
         }
         Some(url)
@@ -150,12 +178,20 @@ fn from(filter: &str, node: &Node, errs: &mut Errors) -> Option<TokenSource> {
     match given[0] {
         "header" => {
             let name = m.req("header", errs, read::header_name)?;
-            let default = if name == "authorization" { "Bearer " } else { "" };
-            let prefix = m.opt("prefix", errs, read::string).unwrap_or_else(|| default.to_string());
+            let default = if name == "authorization" {
+                "Bearer "
+            } else {
+                ""
+            };
+            let prefix = m
+                .opt("prefix", errs, read::string)
+                .unwrap_or_else(|| default.to_string());
             Some(TokenSource::Header { name, prefix })
         }
         "query" => m.req("query", errs, read::nonempty).map(TokenSource::Query),
-        _ => m.req("cookie", errs, read::nonempty).map(TokenSource::Cookie),
+        _ => m
+            .req("cookie", errs, read::nonempty)
+            .map(TokenSource::Cookie),
     }
 }
 
@@ -178,18 +214,34 @@ mod tests {
         let j = j.unwrap();
         assert_eq!(j.algorithms, ["HS256"]);
         assert_eq!(j.issuers, ["me"]);
-        assert_eq!(j.from, TokenSource::Header { name: "authorization".into(), prefix: "Bearer ".into() });
+        assert_eq!(
+            j.from,
+            TokenSource::Header {
+                name: "authorization".into(),
+                prefix: "Bearer ".into()
+            }
+        );
         assert!(j.forward_token);
         assert_eq!(j.leeway, Duration::ZERO);
     }
 
     #[test]
     fn key_sources() {
-        let (j, _) = run("algorithms: [RS256]\njwks: {url: https://a/jwks}\nfrom: {cookie: session}\n");
+        let (j, _) =
+            run("algorithms: [RS256]\njwks: {url: https://a/jwks}\nfrom: {cookie: session}\n");
         let j = j.unwrap();
-        assert_eq!(j.jwks, Some(JwksSource::Url { url: "https://a/jwks".into(), refresh: Duration::from_secs(300) }));
+        assert_eq!(
+            j.jwks,
+            Some(JwksSource::Url {
+                url: "https://a/jwks".into(),
+                refresh: Duration::from_secs(300)
+            })
+        );
         assert_eq!(j.from, TokenSource::Cookie("session".into()));
-        assert_eq!(run("algorithms: [RS256]\n").1, "f:1:1: jwt filter \"auth\" needs jwks or secret");
+        assert_eq!(
+            run("algorithms: [RS256]\n").1,
+            "f:1:1: jwt filter \"auth\" needs jwks or secret"
+        );
         assert_eq!(
             run("algorithms: [RS256]\njwks: {file: a}\nsecret: b\n").1,
             "f:3:1: jwt filter \"auth\" has both jwks and secret; use one"
@@ -204,6 +256,9 @@ mod tests {
              f:1:20: unknown algorithm \"RS257\"; did you mean \"RS256\"?\n\
              f:1:27: algorithm \"HS256\" needs secret, not jwks"
         );
-        assert_eq!(run("algorithms: [RS256]\nsecret: x\n").1, "f:1:14: algorithm \"RS256\" needs jwks, not secret");
+        assert_eq!(
+            run("algorithms: [RS256]\nsecret: x\n").1,
+            "f:1:14: algorithm \"RS256\" needs jwks, not secret"
+        );
     }
 }

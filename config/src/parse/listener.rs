@@ -1,5 +1,6 @@
 //! `listeners:`: addresses, limits, TLS and routes.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::{listen_addr, ListenerMarks, RouteMarks};
@@ -19,20 +20,33 @@ const LISTENER_KEYS: &[&str] = &[
     "routes",
 ];
 
-pub fn listener(name: &str, name_mark: Mark, node: &Node, errs: &mut Errors) -> Option<(Listener, ListenerMarks)> {
+pub fn listener(
+    name: &str,
+    name_mark: Mark,
+    node: &Node,
+    errs: &mut Errors,
+) -> Option<(Listener, ListenerMarks)> {
     let place = format!("in listener {name:?}");
     let m = Map::new(node, &place, LISTENER_KEYS, errs)?;
     let listen_node = m.required("listen", errs);
     let listen = listen_node.and_then(|n| listen_addr(n, errs));
     let protocol = m
-        .opt("protocol", errs, |n, e| read::choice(n, &["auto", "http1", "http2"], e))
+        .opt("protocol", errs, |n, e| {
+            read::choice(n, &["auto", "http1", "http2"], e)
+        })
         .map_or(ListenerProtocol::Auto, |i| {
-            [ListenerProtocol::Auto, ListenerProtocol::Http1, ListenerProtocol::Http2][i]
+            [
+                ListenerProtocol::Auto,
+                ListenerProtocol::Http1,
+                ListenerProtocol::Http2,
+            ][i]
         });
     let header_read_timeout = m
         .opt("header_read_timeout", errs, read::positive_duration)
         .unwrap_or(Duration::from_secs(10));
-    let max_header_bytes = m.opt("max_header_bytes", errs, read::size).unwrap_or(64 * 1024);
+    let max_header_bytes = m
+        .opt("max_header_bytes", errs, read::size)
+        .unwrap_or(64 * 1024);
     let max_request_body = m.opt("max_request_body", errs, read::size);
     let idle_timeout = m
         .opt("idle_timeout", errs, read::positive_duration)
@@ -43,7 +57,10 @@ pub fn listener(name: &str, name_mark: Mark, node: &Node, errs: &mut Errors) -> 
     let mut route_marks = Vec::new();
     if let Some(list) = m.required("routes", errs).and_then(|n| read::list(n, errs)) {
         if list.is_empty() {
-            errs.at(m.key_mark("routes").unwrap_or(name_mark), format!("listener {name:?} has no routes"));
+            errs.at(
+                m.key_mark("routes").unwrap_or(name_mark),
+                format!("listener {name:?} has no routes"),
+            );
         }
         for (i, item) in list.iter().enumerate() {
             if let Some((r, rm)) = route(name, i + 1, item, errs) {
@@ -54,7 +71,8 @@ pub fn listener(name: &str, name_mark: Mark, node: &Node, errs: &mut Errors) -> 
     }
     let listener = Listener {
         name: name.to_string(),
-        listen: listen?,
+        // Kept with a placeholder so its routes are still checked.
+        listen: listen.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
         protocol,
         header_read_timeout,
         max_header_bytes,
@@ -64,7 +82,7 @@ pub fn listener(name: &str, name_mark: Mark, node: &Node, errs: &mut Errors) -> 
         routes,
     };
     let marks = ListenerMarks {
-        listen: listen_node.map_or(name_mark, |n| n.mark),
+        listen: listen.and(listen_node.map(|n| n.mark)),
         routes: route_marks,
     };
     Some((listener, marks))
@@ -72,12 +90,20 @@ pub fn listener(name: &str, name_mark: Mark, node: &Node, errs: &mut Errors) -> 
 
 fn tls(listener: &str, node: &Node, errs: &mut Errors) -> Option<ListenerTls> {
     let place = format!("in tls of listener {listener:?}");
-    let keys = ["cert", "key", "client_ca", "allowed_identities", "identity_header"];
+    let keys = [
+        "cert",
+        "key",
+        "client_ca",
+        "allowed_identities",
+        "identity_header",
+    ];
     let m = Map::new(node, &place, &keys, errs)?;
     let cert = m.req("cert", errs, read::nonempty);
     let key = m.req("key", errs, read::nonempty);
     let client_ca = m.opt("client_ca", errs, read::nonempty);
-    let allowed_identities = m.opt("allowed_identities", errs, read::strings).unwrap_or_default();
+    let allowed_identities = m
+        .opt("allowed_identities", errs, read::strings)
+        .unwrap_or_default();
     if client_ca.is_none() {
         if let Some(mark) = m.key_mark("allowed_identities") {
             errs.at(mark, "allowed_identities needs client_ca (mutual TLS)");
@@ -95,18 +121,32 @@ fn tls(listener: &str, node: &Node, errs: &mut Errors) -> Option<ListenerTls> {
     })
 }
 
-const ROUTE_KEYS: &[&str] = &["name", "match", "upstream", "timeout", "filters", "max_request_body"];
+const ROUTE_KEYS: &[&str] = &[
+    "name",
+    "match",
+    "upstream",
+    "timeout",
+    "filters",
+    "max_request_body",
+];
 
 fn route(listener: &str, n: usize, node: &Node, errs: &mut Errors) -> Option<(Route, RouteMarks)> {
     // The name first, so that every other message can use it.
-    let given = node.get("name").and_then(|n| n.scalar()).map(|s| s.text.clone());
-    let name = given.filter(|s| !s.is_empty()).unwrap_or_else(|| format!("{listener}-{n}"));
+    let given = node
+        .get("name")
+        .and_then(|n| n.scalar())
+        .map(|s| s.text.clone());
+    let name = given
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| format!("{listener}-{n}"));
     let place = format!("in route {name:?}");
     let m = Map::new(node, &place, ROUTE_KEYS, errs)?;
     if let Some(n) = m.get("name") {
         read::nonempty(n, errs);
     }
-    let matcher = m.opt("match", errs, |n, e| route_match(&name, n, e)).unwrap_or_default();
+    let matcher = m
+        .opt("match", errs, |n, e| route_match(&name, n, e))
+        .unwrap_or_default();
     let upstream_node = m.required("upstream", errs);
     let upstream = upstream_node.and_then(|n| read::nonempty(n, errs));
     let timeout = m.opt("timeout", errs, read::positive_duration);
@@ -117,7 +157,10 @@ fn route(listener: &str, n: usize, node: &Node, errs: &mut Errors) -> Option<(Ro
         for item in items {
             if let Some(f) = read::nonempty(item, errs) {
                 if filters.contains(&f) {
-                    errs.at(item.mark, format!("route {name:?} lists filter {f:?} twice"));
+                    errs.at(
+                        item.mark,
+                        format!("route {name:?} lists filter {f:?} twice"),
+                    );
                     continue;
                 }
                 filters.push(f);
@@ -128,7 +171,8 @@ fn route(listener: &str, n: usize, node: &Node, errs: &mut Errors) -> Option<(Ro
     let route = Route {
         name,
         matcher,
-        upstream: upstream?,
+        // Empty when missing or wrong (already reported): not checked again.
+        upstream: upstream.unwrap_or_default(),
         timeout,
         filters,
         max_request_body,
@@ -141,19 +185,37 @@ fn route(listener: &str, n: usize, node: &Node, errs: &mut Errors) -> Option<(Ro
     Some((route, marks))
 }
 
-const MATCH_KEYS: &[&str] = &["path", "path_prefix", "path_regex", "methods", "headers", "host"];
+const MATCH_KEYS: &[&str] = &[
+    "path",
+    "path_prefix",
+    "path_regex",
+    "methods",
+    "headers",
+    "host",
+];
 
 fn route_match(route: &str, node: &Node, errs: &mut Errors) -> Option<RouteMatch> {
-    let m = Map::new(node, &format!("in match of route {route:?}"), MATCH_KEYS, errs)?;
-    let given: Vec<&str> = ["path", "path_prefix", "path_regex"]
+    let m = Map::new(
+        node,
+        &format!("in match of route {route:?}"),
+        MATCH_KEYS,
+        errs,
+    )?;
+    // In file order: the second one written is the one reported.
+    let mut given: Vec<(&str, Mark)> = ["path", "path_prefix", "path_regex"]
         .into_iter()
-        .filter(|k| m.get(k).is_some())
+        .filter_map(|k| m.key_mark(k).map(|mark| (k, mark)))
         .collect();
+    given.sort_by_key(|(_, mark)| *mark);
+    let given: Vec<&str> = given.iter().map(|(k, _)| *k).collect();
     if given.len() > 1 {
         let second = m.key_mark(given[1]).unwrap_or(m.mark);
         errs.at(
             second,
-            format!("route {route:?} match has both {} and {}; use one", given[0], given[1]),
+            format!(
+                "route {route:?} match has both {} and {}; use one",
+                given[0], given[1]
+            ),
         );
     }
     let path = given.first().and_then(|key| {
@@ -163,12 +225,18 @@ fn route_match(route: &str, node: &Node, errs: &mut Errors) -> Option<RouteMatch
             "path_regex" => match regex::Regex::new(&text) {
                 Ok(_) => Some(PathMatch::Regex(text)),
                 Err(e) => {
-                    errs.at(n.mark, format!("path_regex {text:?} does not compile: {}", regex_error(&e)));
+                    errs.at(
+                        n.mark,
+                        format!("path_regex {text:?} does not compile: {}", regex_error(&e)),
+                    );
                     None
                 }
             },
             _ if !text.starts_with('/') => {
-                errs.at(n.mark, format!("{key} must start with \"/\", found {text:?}"));
+                errs.at(
+                    n.mark,
+                    format!("{key} must start with \"/\", found {text:?}"),
+                );
                 None
             }
             "path" => Some(PathMatch::Exact(text)),
@@ -188,13 +256,18 @@ fn route_match(route: &str, node: &Node, errs: &mut Errors) -> Option<RouteMatch
                         substituted: false,
                     }),
                 };
-                if let (Some(k), Some(v)) = (read::header_name(&key_node, errs), read::string(value, errs)) {
+                if let (Some(k), Some(v)) = (
+                    read::header_name(&key_node, errs),
+                    read::string(value, errs),
+                ) {
                     headers.push((k, v));
                 }
             }
         }
     }
-    let host = m.opt("host", errs, read::nonempty).map(|h| strip_port(&h.to_ascii_lowercase()));
+    let host = m
+        .opt("host", errs, read::nonempty)
+        .map(|h| strip_port(&h.to_ascii_lowercase()));
     Some(RouteMatch {
         path,
         methods,
@@ -206,7 +279,11 @@ fn route_match(route: &str, node: &Node, errs: &mut Errors) -> Option<RouteMatch
 /// `host:8080` -> `host`; IPv6 `[::1]:80` -> `[::1]`.
 fn strip_port(host: &str) -> String {
     match host.rsplit_once(':') {
-        Some((h, port)) if !h.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && (!h.contains(':') || h.ends_with(']')) => {
+        Some((h, port))
+            if !h.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && (!h.contains(':') || h.ends_with(']')) =>
+        {
             h.to_string()
         }
         _ => host.to_string(),
@@ -216,7 +293,11 @@ fn strip_port(host: &str) -> String {
 /// The last line of a regex error: `unclosed group` rather than the whole drawing.
 pub fn regex_error(e: &regex::Error) -> String {
     let text = e.to_string();
-    let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
     last.trim().trim_start_matches("error: ").to_string()
 }
 
@@ -253,14 +334,24 @@ mod tests {
         );
         assert_eq!(
             e,
-            "f:4:26: route \"in-1\" match has both path and path_regex; use one\n\
-             f:4:62: invalid method \"P T\"\n\
-             f:4:89: invalid header name \"b c\""
+            "f:4:23: route \"in-1\" match has both path and path_regex; use one\n\
+             f:4:55: invalid method \"P T\"\n\
+             f:4:81: invalid header name \"b c\""
         );
-        let (_, e) = listener_errors("listen: 0.0.0.0:8080\nroutes:\n  - upstream: a\n    match: {path_regex: \"(\"}\n");
-        assert_eq!(e, "f:4:25: path_regex \"(\" does not compile: unclosed group");
-        let (_, e) = listener_errors("listen: 0.0.0.0:8080\nroutes:\n  - upstream: a\n    match: {path_prefix: api}\n");
-        assert_eq!(e, "f:4:26: path_prefix must start with \"/\", found \"api\"");
+        let (_, e) = listener_errors(
+            "listen: 0.0.0.0:8080\nroutes:\n  - upstream: a\n    match: {path_regex: \"(\"}\n",
+        );
+        assert_eq!(
+            e,
+            "f:4:25: path_regex \"(\" does not compile: unclosed group"
+        );
+        let (_, e) = listener_errors(
+            "listen: 0.0.0.0:8080\nroutes:\n  - upstream: a\n    match: {path_prefix: api}\n",
+        );
+        assert_eq!(
+            e,
+            "f:4:26: path_prefix must start with \"/\", found \"api\""
+        );
     }
 
     #[test]

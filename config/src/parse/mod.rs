@@ -31,7 +31,8 @@ pub struct Marks {
 
 #[derive(Debug, Default)]
 pub struct ListenerMarks {
-    pub listen: Mark,
+    /// None when the address was missing or wrong (already reported).
+    pub listen: Option<Mark>,
     /// One per route of the listener.
     pub routes: Vec<RouteMarks>,
 }
@@ -45,7 +46,14 @@ pub struct RouteMarks {
     pub filters: Vec<Mark>,
 }
 
-const TOP_KEYS: &[&str] = &["admin", "shutdown_grace", "log", "listeners", "upstreams", "filters"];
+const TOP_KEYS: &[&str] = &[
+    "admin",
+    "shutdown_grace",
+    "log",
+    "listeners",
+    "upstreams",
+    "filters",
+];
 
 /// Reads the whole file. `redacted_yaml` is left empty for the caller.
 pub fn config(file: &str, root: &Node, errs: &mut Errors) -> (Config, Marks) {
@@ -67,7 +75,10 @@ pub fn config(file: &str, root: &Node, errs: &mut Errors) -> (Config, Marks) {
         redacted_yaml: String::new(),
     };
     if root.is_null() {
-        errs.at(root.mark, "the file is empty; expected a mapping with at least \"listeners\"");
+        errs.at(
+            root.mark,
+            "the file is empty; expected a mapping with at least \"listeners\"",
+        );
         return (cfg, marks);
     }
     let place = "at the top level";
@@ -97,7 +108,10 @@ pub fn config(file: &str, root: &Node, errs: &mut Errors) -> (Config, Marks) {
     if let Some(node) = top.required("listeners", errs) {
         if let Some(map) = Map::any(node, "in listeners", errs) {
             if map.entries().next().is_none() {
-                errs.at(node.mark, "listeners is empty; define at least one listener");
+                errs.at(
+                    node.mark,
+                    "listeners is empty; define at least one listener",
+                );
             }
             for (name, name_mark, body) in map.entries() {
                 if let Some((l, m)) = listener::listener(name, name_mark, body, errs) {
@@ -107,7 +121,10 @@ pub fn config(file: &str, root: &Node, errs: &mut Errors) -> (Config, Marks) {
             }
         }
     }
-    if let Some(map) = top.get("upstreams").and_then(|n| Map::any(n, "in upstreams", errs)) {
+    if let Some(map) = top
+        .get("upstreams")
+        .and_then(|n| Map::any(n, "in upstreams", errs))
+    {
         for (name, _, body) in map.entries() {
             marks.upstream_names.push(name.to_string());
             if let Some(u) = upstream::upstream(name, body, errs) {
@@ -115,7 +132,10 @@ pub fn config(file: &str, root: &Node, errs: &mut Errors) -> (Config, Marks) {
             }
         }
     }
-    if let Some(map) = top.get("filters").and_then(|n| Map::any(n, "in filters", errs)) {
+    if let Some(map) = top
+        .get("filters")
+        .and_then(|n| Map::any(n, "in filters", errs))
+    {
         for (name, name_mark, body) in map.entries() {
             marks.filter_names.push(name.to_string());
             if let Some(f) = filter::filter(name, name_mark, body, errs) {
@@ -148,7 +168,11 @@ fn log(node: &Node, log: &mut Log, errs: &mut Errors) {
         }
     }
     if let Some(i) = m.opt("format", errs, |n, e| read::choice(n, &["json", "text"], e)) {
-        log.format = if i == 0 { LogFormat::Json } else { LogFormat::Text };
+        log.format = if i == 0 {
+            LogFormat::Json
+        } else {
+            LogFormat::Text
+        };
     }
     if let Some(b) = m.opt("access_log", errs, read::boolean) {
         log.access_log = b;
@@ -190,18 +214,35 @@ mod tests {
             "f:1:1: unknown key \"listner\" at the top level; did you mean \"listeners\"?\n\
              f:1:1: missing key \"listeners\" at the top level"
         );
-        assert_eq!(errors(""), "f:1:1: the file is empty; expected a mapping with at least \"listeners\"");
-        assert_eq!(errors("[1]"), "f:1:1: expected a mapping at the top level, found a list");
-        assert_eq!(errors("listeners: {}\nlog: {level: verbose}\n").lines().count(), 2);
+        assert_eq!(
+            errors(""),
+            "f:1:1: the file is empty; expected a mapping with at least \"listeners\""
+        );
+        assert_eq!(
+            errors("[1]"),
+            "f:1:1: expected a mapping at the top level, found a list"
+        );
+        assert_eq!(
+            errors("listeners: {}\nlog: {level: verbose}\n")
+                .lines()
+                .count(),
+            2
+        );
     }
 
     #[test]
     fn addresses() {
         let mut errs = Errors::new("f");
         let n = load("localhost:8080").unwrap();
-        assert_eq!(listen_addr(&n, &mut errs).map(|a| a.to_string()).as_deref(), Some("127.0.0.1:8080"));
+        assert_eq!(
+            listen_addr(&n, &mut errs).map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:8080")
+        );
         let n = load("\"[::1]:80\"").unwrap();
-        assert_eq!(listen_addr(&n, &mut errs).map(|a| a.to_string()).as_deref(), Some("[::1]:80"));
+        assert_eq!(
+            listen_addr(&n, &mut errs).map(|a| a.to_string()).as_deref(),
+            Some("[::1]:80")
+        );
         let n = load("example.com:80").unwrap();
         assert_eq!(listen_addr(&n, &mut errs), None);
         assert_eq!(errs.finish().0.len(), 1);

@@ -80,7 +80,10 @@ pub fn retry(name: &str, node: &Node, errs: &mut Errors) -> Option<Retry> {
     let attempts = m.opt("attempts", errs, |n, e| {
         let a = read::u32_(n, e)?;
         if a == 0 {
-            e.at(n.mark, "attempts must be at least 1 (it counts the first try)");
+            e.at(
+                n.mark,
+                "attempts must be at least 1 (it counts the first try)",
+            );
             return None;
         }
         Some(a)
@@ -110,11 +113,21 @@ pub fn retry(name: &str, node: &Node, errs: &mut Errors) -> Option<Retry> {
     let per_try_timeout = m.opt("per_try_timeout", errs, read::positive_duration);
     let (mut base, mut max) = (Duration::from_millis(25), Duration::from_millis(250));
     if let Some(b) = m.get("backoff") {
-        if let Some(bm) = Map::new(b, &format!("in backoff of retry filter {name:?}"), &["base", "max"], errs) {
-            base = bm.opt("base", errs, read::positive_duration).unwrap_or(base);
+        if let Some(bm) = Map::new(
+            b,
+            &format!("in backoff of retry filter {name:?}"),
+            &["base", "max"],
+            errs,
+        ) {
+            base = bm
+                .opt("base", errs, read::positive_duration)
+                .unwrap_or(base);
             max = bm.opt("max", errs, read::positive_duration).unwrap_or(max);
             if base > max {
-                errs.at(bm.mark, format!("backoff base {base:?} is more than max {max:?}"));
+                errs.at(
+                    bm.mark,
+                    format!("backoff base {base:?} is more than max {max:?}"),
+                );
             }
         }
     }
@@ -124,14 +137,21 @@ pub fn retry(name: &str, node: &Node, errs: &mut Errors) -> Option<Retry> {
         if let Some(bm) = Map::new(b, &place, &["ratio", "min_per_second"], errs) {
             if let Some(r) = bm.opt("ratio", errs, read::number) {
                 if r < 0.0 {
-                    errs.at(bm.key_mark("ratio").unwrap_or(bm.mark), format!("ratio must not be negative, found {r}"));
+                    errs.at(
+                        bm.key_mark("ratio").unwrap_or(bm.mark),
+                        format!("ratio must not be negative, found {r}"),
+                    );
                 }
                 ratio = r;
             }
-            min_per_second = bm.opt("min_per_second", errs, read::u32_).unwrap_or(min_per_second);
+            min_per_second = bm
+                .opt("min_per_second", errs, read::u32_)
+                .unwrap_or(min_per_second);
         }
     }
-    let max_body_bytes = m.opt("max_body_bytes", errs, read::size).unwrap_or(64 * 1024);
+    let max_body_bytes = m
+        .opt("max_body_bytes", errs, read::size)
+        .unwrap_or(64 * 1024);
     Some(Retry {
         attempts: attempts.unwrap_or(3),
         retry_on,
@@ -154,7 +174,12 @@ const BREAKER_KEYS: &[&str] = &[
     "failure_on",
 ];
 
-pub fn breaker(name: &str, kind_mark: Mark, node: &Node, errs: &mut Errors) -> Option<CircuitBreaker> {
+pub fn breaker(
+    name: &str,
+    kind_mark: Mark,
+    node: &Node,
+    errs: &mut Errors,
+) -> Option<CircuitBreaker> {
     let place = format!("in circuit_breaker filter {name:?}");
     let m = Map::new(node, &place, BREAKER_KEYS, errs)?;
     let consecutive = m.opt("consecutive_failures", errs, read::u32_).unwrap_or(5);
@@ -173,14 +198,21 @@ pub fn breaker(name: &str, kind_mark: Mark, node: &Node, errs: &mut Errors) -> O
         .unwrap_or(Duration::from_secs(300));
     if open_for > max_open_for {
         let mark = m.key_mark("open_for").unwrap_or(m.mark);
-        errs.at(mark, format!("open_for {open_for:?} is more than max_open_for {max_open_for:?}"));
+        errs.at(
+            mark,
+            format!("open_for {open_for:?} is more than max_open_for {max_open_for:?}"),
+        );
     }
     let half_open_requests = m
         .opt("half_open_requests", errs, read::at_least(1))
         .map_or(1, |n| u32::try_from(n).unwrap_or(u32::MAX));
-    let failure_on = m
-        .opt("failure_on", errs, conditions)
-        .unwrap_or_else(|| vec![Condition::ConnectFailure, Condition::Timeout, Condition::Status5xx]);
+    let failure_on = m.opt("failure_on", errs, conditions).unwrap_or_else(|| {
+        vec![
+            Condition::ConnectFailure,
+            Condition::Timeout,
+            Condition::Status5xx,
+        ]
+    });
     Some(CircuitBreaker {
         consecutive_failures: (consecutive > 0).then_some(consecutive),
         failure_rate,
@@ -197,17 +229,22 @@ fn failure_rate(filter: &str, node: &Node, errs: &mut Errors) -> Option<FailureR
     let threshold = m.req("threshold", errs, |n, e| {
         let t = read::number(n, e)?;
         if !(t > 0.0 && t <= 1.0) {
-            e.at(n.mark, format!("threshold is a fraction greater than 0 and at most 1, found {t}"));
+            e.at(
+                n.mark,
+                format!("threshold is a fraction greater than 0 and at most 1, found {t}"),
+            );
             return None;
         }
         Some(t)
     });
+    let min_requests = m.opt("min_requests", errs, read::u32_).unwrap_or(20);
+    let window = m
+        .opt("window", errs, read::positive_duration)
+        .unwrap_or(Duration::from_secs(10));
     Some(FailureRate {
         threshold: threshold?,
-        min_requests: m.opt("min_requests", errs, read::u32_).unwrap_or(20),
-        window: m
-            .opt("window", errs, read::positive_duration)
-            .unwrap_or(Duration::from_secs(10)),
+        min_requests,
+        window,
     })
 }
 
@@ -232,13 +269,28 @@ mod tests {
 
     #[test]
     fn retry_defaults_and_alias() {
-        let (r, e) = run_retry("on: [5xx, unavailable, 429, resource_exhausted]\nmethods: [get, post]\n");
+        let (r, e) =
+            run_retry("on: [5xx, unavailable, 429, resource_exhausted]\nmethods: [get, post]\n");
         assert_eq!(e, "");
         let r = r.unwrap();
-        assert_eq!(r.retry_on, [Condition::Status5xx, Condition::Grpc(14), Condition::Status(429), Condition::Grpc(8)]);
-        assert_eq!(r.methods, RetryMethods::List(vec!["GET".into(), "POST".into()]));
+        assert_eq!(
+            r.retry_on,
+            [
+                Condition::Status5xx,
+                Condition::Grpc(14),
+                Condition::Status(429),
+                Condition::Grpc(8)
+            ]
+        );
+        assert_eq!(
+            r.methods,
+            RetryMethods::List(vec!["GET".into(), "POST".into()])
+        );
         assert_eq!((r.attempts, r.max_body_bytes), (3, 65536));
-        assert_eq!((r.backoff_base, r.backoff_max), (Duration::from_millis(25), Duration::from_millis(250)));
+        assert_eq!(
+            (r.backoff_base, r.backoff_max),
+            (Duration::from_millis(25), Duration::from_millis(250))
+        );
         assert_eq!((r.budget_ratio, r.budget_min_per_second), (0.2, 10));
         let (r, _) = run_retry("{}");
         assert_eq!(r.unwrap().retry_on.len(), 6);
@@ -266,11 +318,21 @@ mod tests {
         let b = b.unwrap();
         assert_eq!(b.consecutive_failures, None);
         assert_eq!(b.failure_rate.unwrap().min_requests, 20);
-        assert_eq!(b.failure_on, [Condition::ConnectFailure, Condition::Timeout, Condition::Status5xx]);
+        assert_eq!(
+            b.failure_on,
+            [
+                Condition::ConnectFailure,
+                Condition::Timeout,
+                Condition::Status5xx
+            ]
+        );
         assert_eq!(
             run_breaker("failure_rate: {threshold: 1.5}\n").1,
             "f:1:27: threshold is a fraction greater than 0 and at most 1, found 1.5"
         );
-        assert_eq!(run_breaker("consecutive_failures: 0\n").1.lines().count(), 1);
+        assert_eq!(
+            run_breaker("consecutive_failures: 0\n").1.lines().count(),
+            1
+        );
     }
 }

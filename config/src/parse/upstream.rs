@@ -5,7 +5,10 @@ use std::time::Duration;
 use crate::error::Errors;
 use crate::node::Node;
 use crate::read::{self, Map};
-use crate::types::{Endpoint, HealthCheck, LoadBalancing, OutlierDetection, Pool, Upstream, UpstreamProtocol, UpstreamTls};
+use crate::types::{
+    Endpoint, HealthCheck, LoadBalancing, OutlierDetection, Pool, Upstream, UpstreamProtocol,
+    UpstreamTls,
+};
 
 const KEYS: &[&str] = &[
     "endpoints",
@@ -27,11 +30,20 @@ pub fn upstream(name: &str, node: &Node, errs: &mut Errors) -> Option<Upstream> 
         if items.is_empty() {
             e.at(n.mark, format!("upstream {name:?} has no endpoints"));
         }
-        Some(items.iter().filter_map(|i| endpoint(i, e)).collect::<Vec<_>>())
+        Some(
+            items
+                .iter()
+                .filter_map(|i| endpoint(i, e))
+                .collect::<Vec<_>>(),
+        )
     });
     let protocol = m
-        .opt("protocol", errs, |n, e| read::choice(n, &["http1", "http2"], e))
-        .map_or(UpstreamProtocol::Http1, |i| [UpstreamProtocol::Http1, UpstreamProtocol::Http2][i]);
+        .opt("protocol", errs, |n, e| {
+            read::choice(n, &["http1", "http2"], e)
+        })
+        .map_or(UpstreamProtocol::Http1, |i| {
+            [UpstreamProtocol::Http1, UpstreamProtocol::Http2][i]
+        });
     let connect_timeout = m
         .opt("connect_timeout", errs, read::positive_duration)
         .unwrap_or(Duration::from_secs(1));
@@ -40,12 +52,18 @@ pub fn upstream(name: &str, node: &Node, errs: &mut Errors) -> Option<Upstream> 
             read::choice(n, &["round_robin", "least_request", "p2c_ewma"], e)
         })
         .map_or(LoadBalancing::P2cEwma, |i| {
-            [LoadBalancing::RoundRobin, LoadBalancing::LeastRequest, LoadBalancing::P2cEwma][i]
+            [
+                LoadBalancing::RoundRobin,
+                LoadBalancing::LeastRequest,
+                LoadBalancing::P2cEwma,
+            ][i]
         });
-    let pool = m.opt("pool", errs, |n, e| pool(name, n, e)).unwrap_or(Pool {
-        idle_timeout: Duration::from_secs(90),
-        max_idle_per_endpoint: 64,
-    });
+    let pool = m
+        .opt("pool", errs, |n, e| pool(name, n, e))
+        .unwrap_or(Pool {
+            idle_timeout: Duration::from_secs(90),
+            max_idle_per_endpoint: 64,
+        });
     let dns_refresh = m
         .opt("dns_refresh", errs, read::positive_duration)
         .unwrap_or(Duration::from_secs(30));
@@ -99,18 +117,31 @@ fn valid_host(host: &str) -> bool {
 
 fn pool(upstream: &str, node: &Node, errs: &mut Errors) -> Option<Pool> {
     let place = format!("in pool of upstream {upstream:?}");
-    let m = Map::new(node, &place, &["idle_timeout", "max_idle_per_endpoint"], errs)?;
+    let m = Map::new(
+        node,
+        &place,
+        &["idle_timeout", "max_idle_per_endpoint"],
+        errs,
+    )?;
     Some(Pool {
         idle_timeout: m
             .opt("idle_timeout", errs, read::positive_duration)
             .unwrap_or(Duration::from_secs(90)),
-        max_idle_per_endpoint: m.opt("max_idle_per_endpoint", errs, read::usize_).unwrap_or(64),
+        max_idle_per_endpoint: m
+            .opt("max_idle_per_endpoint", errs, read::usize_)
+            .unwrap_or(64),
     })
 }
 
 fn health_check(upstream: &str, node: &Node, errs: &mut Errors) -> Option<HealthCheck> {
     let place = format!("in health_check of upstream {upstream:?}");
-    let keys = ["path", "interval", "timeout", "unhealthy_after", "healthy_after"];
+    let keys = [
+        "path",
+        "interval",
+        "timeout",
+        "unhealthy_after",
+        "healthy_after",
+    ];
     let m = Map::new(node, &place, &keys, errs)?;
     let path = m.req("path", errs, |n, e| {
         let p = read::nonempty(n, e)?;
@@ -126,14 +157,16 @@ fn health_check(upstream: &str, node: &Node, errs: &mut Errors) -> Option<Health
     };
     let unhealthy_after = count("unhealthy_after", 3, errs);
     let healthy_after = count("healthy_after", 2, errs);
+    let interval = m
+        .opt("interval", errs, read::positive_duration)
+        .unwrap_or(Duration::from_secs(5));
+    let timeout = m
+        .opt("timeout", errs, read::positive_duration)
+        .unwrap_or(Duration::from_secs(1));
     Some(HealthCheck {
         path: path?,
-        interval: m
-            .opt("interval", errs, read::positive_duration)
-            .unwrap_or(Duration::from_secs(5)),
-        timeout: m
-            .opt("timeout", errs, read::positive_duration)
-            .unwrap_or(Duration::from_secs(1)),
+        interval,
+        timeout,
         unhealthy_after,
         healthy_after,
     })
@@ -146,7 +179,10 @@ fn outlier(upstream: &str, node: &Node, errs: &mut Errors) -> Option<OutlierDete
     let max_ejected_percent = m.opt("max_ejected_percent", errs, |n, e| {
         let p = read::u32_(n, e)?;
         if p > 100 {
-            e.at(n.mark, format!("max_ejected_percent is a percentage, at most 100, found {p}"));
+            e.at(
+                n.mark,
+                format!("max_ejected_percent is a percentage, at most 100, found {p}"),
+            );
             return None;
         }
         Some(p)
@@ -196,7 +232,13 @@ mod tests {
         let (u, e) = run("endpoints: [a.svc:80, \"[::1]:81\", 10.0.0.1:82]\n");
         assert_eq!(e, "");
         let u = u.unwrap();
-        assert_eq!(u.endpoints[1], Endpoint { host: "::1".into(), port: 81 });
+        assert_eq!(
+            u.endpoints[1],
+            Endpoint {
+                host: "::1".into(),
+                port: 81
+            }
+        );
         assert_eq!(u.protocol, UpstreamProtocol::Http1);
         assert_eq!(u.load_balancing, LoadBalancing::P2cEwma);
         assert_eq!(u.pool.max_idle_per_endpoint, 64);

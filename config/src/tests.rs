@@ -1,0 +1,306 @@
+//! Whole-file tests: the contract's full example, one-pass errors,
+//! cross-checks, redaction, odd input.
+
+use std::time::Duration;
+
+use super::*;
+
+const FULL: &str = include_str!("../testdata/full.yaml");
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "JWT_SECRET" => Some("s3cr3t-value".into()),
+        "PORT" => Some("8081".into()),
+        _ => None,
+    }
+}
+
+fn ok(text: &str) -> Config {
+    parse_with_env("kaname.yaml", text, &env).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn errors(text: &str) -> String {
+    match parse_with_env("kaname.yaml", text, &env) {
+        Ok(_) => panic!("expected errors"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn full_example_parses() {
+    let cfg = ok(FULL);
+    assert_eq!(cfg.admin.listen.to_string(), "127.0.0.1:9901");
+    assert_eq!(cfg.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(cfg.log.format, LogFormat::Json);
+    let names: Vec<_> = cfg.listeners.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["inbound", "outbound"]);
+    let inbound = &cfg.listeners[0];
+    assert_eq!(inbound.max_request_body, Some(10 << 20));
+    let tls = inbound.tls.as_ref().unwrap();
+    assert_eq!(tls.client_ca.as_deref(), Some("/etc/kaname/tls/ca.crt"));
+    assert_eq!(
+        tls.allowed_identities,
+        ["spiffe://cluster.local/ns/shop/sa/web"]
+    );
+    let r = &inbound.routes[0];
+    assert_eq!(r.name, "orders-api");
+    assert_eq!(
+        r.matcher.methods,
+        Some(vec!["GET".to_string(), "POST".to_string()])
+    );
+    assert_eq!(
+        r.matcher.headers,
+        vec![("x-api-version".to_string(), "2".to_string())]
+    );
+    assert_eq!(r.filters, ["auth", "per-user", "retries", "breaker"]);
+    assert_eq!(r.timeout, Some(Duration::from_secs(2)));
+    assert_eq!(cfg.listeners[1].routes[0].name, "outbound-1");
+    let orders = cfg.upstream("orders").unwrap();
+    assert_eq!(
+        orders.endpoints,
+        [Endpoint {
+            host: "127.0.0.1".into(),
+            port: 3000
+        }]
+    );
+    assert_eq!(orders.health_check.as_ref().unwrap().path, "/healthz");
+    let payments = cfg.upstream("payments").unwrap();
+    assert_eq!(
+        payments.tls.as_ref().unwrap().server_name.as_deref(),
+        Some("payments.shop.svc")
+    );
+    assert_eq!(cfg.filters.len(), 5);
+    let FilterKind::Jwt(jwt) = &cfg.filter("auth").unwrap().kind else {
+        panic!()
+    };
+    assert_eq!(
+        jwt.forward_claims[1],
+        ("scope".to_string(), "x-user-scope".to_string())
+    );
+    assert_eq!(
+        jwt.jwks,
+        Some(JwksSource::File("/etc/kaname/jwks.json".into()))
+    );
+    let FilterKind::Retry(retry) = &cfg.filter("retries").unwrap().kind else {
+        panic!()
+    };
+    assert_eq!(retry.per_try_timeout, Some(Duration::from_millis(500)));
+    let FilterKind::CircuitBreaker(b) = &cfg.filter("breaker").unwrap().kind else {
+        panic!()
+    };
+    assert_eq!(b.failure_rate.as_ref().unwrap().min_requests, 20);
+    let FilterKind::ConcurrencyLimit(c) = &cfg.filter("protect").unwrap().kind else {
+        panic!()
+    };
+    assert_eq!((c.max_in_flight, c.max_queue), (64, 256));
+    assert!(warnings(&cfg).is_empty());
+}
+
+#[test]
+fn redacted_yaml_hides_secrets_and_reads_back() {
+    let text = FULL
+        .replace(
+            "      # secret: ${JWT_SECRET}",
+            "      secret: ${JWT_SECRET}",
+        )
+        .replace("      jwks: { file: /etc/kaname/jwks.json }", "")
+        .replace("[RS256, ES256]", "[HS256]");
+    let cfg = ok(&text);
+    let FilterKind::Jwt(jwt) = &cfg.filter("auth").unwrap().kind else {
+        panic!()
+    };
+    assert_eq!(jwt.secret.as_deref(), Some("s3cr3t-value"));
+    let y = &cfg.redacted_yaml;
+    assert!(!y.contains("s3cr3t"), "{y}");
+    assert!(!y.contains("tls.key"), "{y}");
+    assert!(y.contains("secret: \"<redacted>\""), "{y}");
+    let back = ok(y);
+    assert_eq!(
+        back.listeners,
+        cfg.listeners
+            .iter()
+            .cloned()
+            .map(|mut l| {
+                if let Some(t) = &mut l.tls {
+                    t.key = "<redacted>".into()
+                }
+                l
+            })
+            .collect::<Vec<_>>()
+    );
+}
+
+const SMALL: &str = "\
+listeners:
+  main:
+    listen: 127.0.0.1:${PORT}
+    routes:
+      - match: { path_prefix: / }
+        upstream: app
+        filters: &chain [auth, limit]
+      - upstream: app
+        filters: *chain
+upstreams:
+  app: { endpoints: [127.0.0.1:3000] }
+filters:
+  auth: { jwt: { secret: x, algorithms: [HS256] } }
+  limit: { rate_limit: { key: jwt:sub, rate: 10/s } }
+";
+
+#[test]
+fn anchors_env_and_defaults() {
+    let cfg = ok(SMALL);
+    let l = &cfg.listeners[0];
+    assert_eq!(l.listen.to_string(), "127.0.0.1:8081");
+    assert_eq!(l.routes[1].name, "main-2");
+    assert_eq!(l.routes[1].filters, ["auth", "limit"]);
+    assert!(cfg.redacted_yaml.contains("listen: \"<redacted>\""));
+    let u = cfg.upstream("app").unwrap();
+    assert_eq!(
+        (u.protocol, u.load_balancing),
+        (UpstreamProtocol::Http1, LoadBalancing::P2cEwma)
+    );
+    assert_eq!(u.connect_timeout, Duration::from_secs(1));
+}
+
+#[test]
+fn all_errors_in_one_pass_sorted() {
+    let text = SMALL
+        .replace("[auth, limit]", "[limit, auht]")
+        .replace(
+            "upstream: app\n        filters: &",
+            "upstream: ap\n        filters: &",
+        )
+        .replace("${PORT}", "${NOPE}")
+        .replace("rate: 10/s", "rate: 10/s, burst: lots")
+        + "  retries: { retry: { atempts: 2 } }\n";
+    assert_eq!(
+        errors(&text),
+        "kaname.yaml:3:13: environment variable \"NOPE\" is not set and has no default\n\
+         kaname.yaml:6:19: route \"main-1\" names unknown upstream \"ap\"; did you mean \"app\"?\n\
+         kaname.yaml:7:26: rate_limit filter \"limit\" keys on jwt:sub but route \"main-1\" has no jwt filter before it\n\
+         kaname.yaml:7:26: rate_limit filter \"limit\" keys on jwt:sub but route \"main-2\" has no jwt filter before it\n\
+         kaname.yaml:7:33: route \"main-1\" names unknown filter \"auht\"; did you mean \"auth\"?\n\
+         kaname.yaml:7:33: route \"main-2\" names unknown filter \"auht\"; did you mean \"auth\"?\n\
+         kaname.yaml:14:59: expected a whole number, found \"lots\"\n\
+         kaname.yaml:15:23: unknown key \"atempts\" in retry filter \"retries\"; did you mean \"attempts\"?"
+    );
+}
+
+#[test]
+fn addresses_must_differ() {
+    let text = "\
+admin: { listen: 127.0.0.1:9000 }
+listeners:
+  a: { listen: 0.0.0.0:9000, routes: [{upstream: u}] }
+  b: { listen: 127.0.0.1:8000, routes: [{upstream: u}] }
+  c: { listen: 127.0.0.1:8000, routes: [{upstream: u}] }
+  d: { listen: 127.0.0.1:0, routes: [{upstream: u}] }
+  e: { listen: 127.0.0.1:0, routes: [{upstream: u}] }
+upstreams: { u: { endpoints: [a:1] } }
+";
+    assert_eq!(
+        errors(text),
+        "kaname.yaml:3:16: listener \"a\" listens on 0.0.0.0:9000, already used by admin\n\
+         kaname.yaml:5:16: listener \"c\" listens on 127.0.0.1:8000, already used by listener \"b\""
+    );
+}
+
+#[test]
+fn unsupported_and_duplicates() {
+    let text = "\
+listeners:
+  a: { listen: 127.0.0.1:1, routes: [{name: r, upstream: u}] }
+  a: { listen: 127.0.0.1:2, routes: [{name: r, upstream: u}] }
+upstreams: { u: { endpoints: [a:1] } }
+";
+    assert_eq!(
+        errors(text),
+        "kaname.yaml:3:3: duplicate key \"a\" in listeners"
+    );
+}
+
+#[test]
+fn warns_about_grpc_to_http1() {
+    let text = "\
+listeners:
+  a: { listen: 127.0.0.1:1, routes: [{name: g, match: {path_prefix: /shop.Orders/}, upstream: u}] }
+upstreams: { u: { endpoints: [a:1] } }
+";
+    assert_eq!(
+        warnings(&ok(text)),
+        ["route \"g\" can receive gRPC but upstream \"u\" is http1; gRPC needs protocol: http2"]
+    );
+}
+
+#[test]
+fn missing_file() {
+    let e = load("/nonexistent/kaname.yaml").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "/nonexistent/kaname.yaml:0:0: cannot read /nonexistent/kaname.yaml: No such file or directory"
+    );
+}
+
+#[test]
+fn garbage_never_panics() {
+    let odd = [
+        "",
+        "~",
+        "---",
+        "...",
+        "[",
+        "{",
+        "]",
+        "a: [",
+        "\"unterminated",
+        "- - - -",
+        "? a\n: b",
+        "!!binary x",
+        "&a *a",
+        "a: *b",
+        "listeners: 5",
+        "listeners: [1, 2]",
+        "listeners: {a: 1}",
+        "listeners: {a: {routes: 1}}",
+        "listeners: {a: {routes: [1, null, [], {}]}}",
+        "filters: {f: 1}",
+        "filters: {f: {jwt: [1]}}",
+        "upstreams: {u: {endpoints: [\":\", \"[\", \"]:1\", \"a:\", \"a:b:c\"]}}",
+        "\u{0}",
+        "\t",
+        "a:\n\tb: 1",
+        "{? [a]: b}",
+        "listeners: {a: {listen: \"${\", routes: []}}",
+        "<<: [1]",
+        "{<<: {a: 1}}",
+        "listeners:\n  x:\n    listen: 1.2.3.4:99999\n",
+        "log: {level: [x]}",
+        "shutdown_grace: 99999999999999999999h",
+        "filters: {r: {rate_limit: {key: \"header:\", rate: \"4294967296/s\"}}}",
+        "filters: {c: {circuit_breaker: {failure_rate: {threshold: .nan}}}}",
+    ];
+    for text in odd {
+        let result = std::panic::catch_unwind(|| parse_with_env("f", text, &env));
+        assert!(result.is_ok(), "panicked on {text:?}");
+    }
+    // Deep nesting stops at the parser's recursion limit, not the stack.
+    let deep = format!("a: {}{}", "[".repeat(100_000), "]".repeat(100_000));
+    assert!(parse_with_env("f", &deep, &env).is_err());
+    let deep_map: String = (0..2000)
+        .map(|i| format!("{}k:\n", "  ".repeat(i)))
+        .collect();
+    assert!(parse_with_env("f", &deep_map, &env).is_err());
+    // Lots of random YAML punctuation.
+    const JUNK: &[u8] = b"ab:- []{}&*!|>'\"\n#%@`,?~";
+    let mut x: u32 = 7;
+    for _ in 0..200 {
+        let bytes: String = (0..64)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                char::from(JUNK[(x >> 16) as usize % JUNK.len()])
+            })
+            .collect();
+        let _ = parse_with_env("f", &bytes, &env);
+    }
+}
