@@ -23,9 +23,13 @@ pub fn spawn(app: Arc<App>) -> Option<RecommendedWatcher> {
         _ => PathBuf::from("."),
     };
     let (tx, rx) = mpsc::unbounded_channel();
+    let name = file
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(e) = event {
-            if !e.kind.is_access() {
+            if !e.kind.is_access() && e.paths.iter().any(|p| concerns_config(p, &name)) {
                 let _ = tx.send(());
             }
         }
@@ -64,6 +68,15 @@ async fn run(app: Arc<App>, file: PathBuf, mut events: mpsc::UnboundedReceiver<(
         last = now;
         tracing::info!(file = %file.display(), "config file changed");
         let _ = app.reload().await;
+    }
+}
+
+/// Events on the file itself, or on Kubernetes' `..data` symlink swap;
+/// other files in the directory (logs, say) are none of our business.
+fn concerns_config(path: &Path, name: &std::ffi::OsStr) -> bool {
+    match path.file_name() {
+        Some(n) => n == name || n.as_encoded_bytes().starts_with(b".."),
+        None => false,
     }
 }
 

@@ -1,0 +1,307 @@
+//! Zero-downtime reload: under load, across 20 reloads and an invalid file,
+//! no request fails; listeners move; a rename of the file reloads; filter
+//! state survives where its config did not change.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::{free_port, metric_value, HttpClient, Kaname, TestUpstream};
+
+/// The whole file as `Kaname::start` writes it, so rewrites keep the admin port.
+fn full_config(k: &Kaname, body: &str) -> String {
+    format!(
+        "admin:\n  listen: {}\nlog:\n  level: info\n  format: text\n{body}",
+        k.admin
+    )
+}
+
+/// Replaces the config file the way editors and Kubernetes do: write a
+/// sibling, then rename it over the original.
+fn replace_config(k: &Kaname, body: &str) {
+    let tmp = k.config_path.with_extension("yaml.tmp");
+    std::fs::write(&tmp, full_config(k, body)).expect("write new config");
+    std::fs::rename(&tmp, &k.config_path).expect("rename config into place");
+}
+
+async fn post_reload(k: &Kaname) -> (u16, String) {
+    let client = HttpClient::http1();
+    let req = http::Request::post(k.admin_url("/reload"))
+        .body(support::empty())
+        .expect("build POST");
+    let resp = client.send(req).await;
+    (resp.status.as_u16(), resp.text())
+}
+
+async fn metrics(k: &Kaname) -> String {
+    HttpClient::http1()
+        .get(&k.admin_url("/metrics"))
+        .await
+        .text()
+}
+
+/// Two configs that differ in routes (which upstream /svc goes to, an extra
+/// route) and in a route's settings (timeout).
+fn version(port: u16, a: &TestUpstream, b: &TestUpstream, which: u32) -> String {
+    let (target, timeout, extra) = if which % 2 == 0 {
+        ("a", "2s", "")
+    } else {
+        (
+            "b",
+            "3s",
+            "      - name: extra\n        match: { path: /extra }\n        upstream: b\n",
+        )
+    };
+    format!(
+        "listeners:
+  main:
+    listen: 127.0.0.1:{port}
+    routes:
+      - name: svc
+        match: {{ path_prefix: /svc }}
+        upstream: {target}
+        timeout: {timeout}
+{extra}upstreams:
+  a:
+    endpoints: [{}]
+  b:
+    endpoints: [{}]
+",
+        a.addr, b.addr
+    )
+}
+
+/// Polls until `/svc` is answered by `want`, within 5 s.
+async fn wait_for_upstream(client: &HttpClient, port: u16, want: &str) {
+    let start = Instant::now();
+    loop {
+        let resp = client.get(&format!("http://127.0.0.1:{port}/svc")).await;
+        if resp.header("x-upstream") == Some(want) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "/svc still not served by {want} 5 s after reload (got {:?})",
+            resp.header("x-upstream")
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_reloads_under_load_lose_nothing() {
+    let a = TestUpstream::start("a").await;
+    let b = TestUpstream::start("b").await;
+    let port = free_port();
+    let k = Kaname::start(&version(port, &a, &b, 0)).await;
+
+    // Load: HTTP/1.1 keep-alive and HTTP/2 clients, bounded by a stop flag
+    // (set after the reloads) and a hard cap of 60 s and 200k requests each.
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut load = Vec::new();
+    for i in 0..4 {
+        let client = if i % 2 == 0 {
+            HttpClient::http1()
+        } else {
+            HttpClient::http2()
+        };
+        let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+        load.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed)
+                && started.elapsed() < Duration::from_secs(60)
+                && n < 200_000
+            {
+                n += 1;
+                match client
+                    .try_get(
+                        &format!("http://127.0.0.1:{port}/svc"),
+                        Duration::from_secs(10),
+                    )
+                    .await
+                {
+                    Ok(r) if r.status == 200 => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) => {
+                        failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("status {}: {}", r.status, r.text()))
+                    }
+                    Err(e) => failures.lock().unwrap().push(e),
+                }
+            }
+        }));
+    }
+
+    let probe = HttpClient::http1();
+    for i in 1..=20u32 {
+        replace_config(&k, &version(port, &a, &b, i));
+        let (status, text) = post_reload(&k).await;
+        assert_eq!(status, 200, "reload {i}: {text}");
+        let want = if i % 2 == 0 { "a" } else { "b" };
+        wait_for_upstream(&probe, port, want).await;
+        let extra = probe.get(&format!("http://127.0.0.1:{port}/extra")).await;
+        assert_eq!(
+            extra.status,
+            if i % 2 == 0 { 404 } else { 200 },
+            "reload {i}: /extra"
+        );
+
+        if i == 10 {
+            // An invalid file in the middle: refused, old behaviour kept.
+            let before = metric_value(
+                &metrics(&k).await,
+                "kaname_config_reloads_total{result=\"failure\"}",
+            )
+            .unwrap_or(0.0);
+            replace_config(
+                &k,
+                "listeners:\n  main:\n    listen: nowhere\n    routes: []\n",
+            );
+            let (status, text) = post_reload(&k).await;
+            assert_eq!(status, 400, "invalid file must be refused: {text}");
+            assert!(
+                text.contains("kaname.yaml:"),
+                "errors name the file: {text}"
+            );
+            wait_for_upstream(&probe, port, "a").await;
+            let after = metric_value(
+                &metrics(&k).await,
+                "kaname_config_reloads_total{result=\"failure\"}",
+            )
+            .expect("failure counter present");
+            assert!(
+                after >= before + 1.0,
+                "failure counted: {before} -> {after}"
+            );
+            // Put a valid file back (the same as reload 10) before going on.
+            replace_config(&k, &version(port, &a, &b, i));
+            assert_eq!(post_reload(&k).await.0, 200);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await.expect("load task");
+    }
+    let failures = failures.lock().unwrap();
+    let served = ok.load(Ordering::Relaxed);
+    println!(
+        "reloads under load: {served} requests ok, {} failed",
+        failures.len()
+    );
+    assert!(served > 100, "the load ran ({served} requests)");
+    assert!(
+        failures.is_empty(),
+        "{} failed requests, first: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    let m = metrics(&k).await;
+    let successes =
+        metric_value(&m, "kaname_config_reloads_total{result=\"success\"}").unwrap_or(0.0);
+    assert!(
+        successes >= 21.0,
+        "21 successful reloads counted, got {successes}"
+    );
+}
+
+#[tokio::test]
+async fn listener_moves_to_a_new_port() {
+    let a = TestUpstream::start("a").await;
+    let (p1, p2) = (free_port(), free_port());
+    let body = |p: u16| {
+        format!(
+            "listeners:\n  main:\n    listen: 127.0.0.1:{p}\n    routes:\n      - match: {{ path_prefix: / }}\n        upstream: a\nupstreams:\n  a:\n    endpoints: [{}]\n",
+            a.addr
+        )
+    };
+    let k = Kaname::start(&body(p1)).await;
+    let client = HttpClient::http1_no_pool();
+    assert_eq!(
+        client.get(&format!("http://127.0.0.1:{p1}/x")).await.status,
+        200
+    );
+
+    replace_config(&k, &body(p2));
+    let (status, text) = post_reload(&k).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        client.get(&format!("http://127.0.0.1:{p2}/x")).await.status,
+        200
+    );
+    // The old port is closed: new connections are refused.
+    let start = Instant::now();
+    loop {
+        match tokio::net::TcpStream::connect(("127.0.0.1", p1)).await {
+            Err(_) => break,
+            Ok(_) => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(5),
+                    "old port {p1} still accepting"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn renaming_a_new_file_into_place_reloads() {
+    let a = TestUpstream::start("a").await;
+    let b = TestUpstream::start("b").await;
+    let port = free_port();
+    let k = Kaname::start(&version(port, &a, &b, 0)).await;
+    let client = HttpClient::http1();
+    wait_for_upstream(&client, port, "a").await;
+    // No POST /reload, no signal: the file watcher must see the rename.
+    replace_config(&k, &version(port, &a, &b, 1));
+    wait_for_upstream(&client, port, "b").await;
+    let m = metrics(&k).await;
+    assert!(
+        metric_value(&m, "kaname_config_reloads_total{result=\"success\"}").unwrap_or(0.0) >= 1.0,
+        "the watcher's reload is counted"
+    );
+}
+
+#[tokio::test]
+async fn sighup_reloads_and_a_bad_file_keeps_the_old_config() {
+    let a = TestUpstream::start("a").await;
+    let b = TestUpstream::start("b").await;
+    let port = free_port();
+    let k = Kaname::start(&version(port, &a, &b, 0)).await;
+    let client = HttpClient::http1();
+    // A broken file: the watcher and SIGHUP both refuse it.
+    replace_config(
+        &k,
+        "listeners:\n  main:\n    listen: 127.0.0.1:1\n    routez: []\n",
+    );
+    support::send_signal(k.pid, "HUP");
+    let start = Instant::now();
+    loop {
+        let m = metrics(&k).await;
+        if metric_value(&m, "kaname_config_reloads_total{result=\"failure\"}").unwrap_or(0.0) >= 1.0
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "failed reload not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_for_upstream(&client, port, "a").await;
+    assert!(
+        k.stderr().contains("unknown key \"routez\""),
+        "the error is logged with its position"
+    );
+    replace_config(&k, &version(port, &a, &b, 1));
+    support::send_signal(k.pid, "HUP");
+    wait_for_upstream(&client, port, "b").await;
+}
