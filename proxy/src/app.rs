@@ -207,6 +207,7 @@ impl App {
                 Arc::new(server_builder(l)),
                 shared.clone(),
                 self.drain.clone(),
+                l.idle_timeout,
                 stop_rx,
             ));
             tracing::info!(listener = %l.name, addr = %l.listen, "listening");

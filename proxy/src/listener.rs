@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::chain::ListenerRoutes;
+use crate::conn::{Activity, ActivityIo};
 use crate::drain::Drain;
 use crate::headers::{
     add_forwarded, ensure_request_id, strip_hop_by_hop, wants_upgrade, X_REQUEST_ID,
@@ -62,6 +63,7 @@ pub async fn accept_loop(
     builder: Arc<auto::Builder<TokioExecutor>>,
     shared: Arc<ListenerShared>,
     drain: Drain,
+    idle_timeout: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -79,25 +81,41 @@ pub async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
+        let activity = Activity::new();
         let shared2 = shared.clone();
-        let service = hyper::service::service_fn(move |req| handle(shared2.clone(), peer, req));
+        let activity2 = activity.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let guard = activity2.request();
+            let fut = handle(shared2.clone(), peer, req);
+            async move {
+                let res = fut.await;
+                drop(guard);
+                res
+            }
+        });
         let (token, mut draining) = drain.connection();
         let gauge = shared.connections.clone();
         gauge.inc();
         let builder = builder.clone();
         tokio::spawn(async move {
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let io = ActivityIo::new(TokioIo::new(stream), activity.clone());
+            let conn = builder.serve_connection_with_upgrades(io, service);
             tokio::pin!(conn);
-            let finished = tokio::select! {
-                r = conn.as_mut() => Some(r),
-                _ = draining.wait_for(|d| *d) => None,
-            };
-            let result = match finished {
-                Some(r) => r,
-                None => {
-                    // Finish requests in flight, refuse new ones, then close.
-                    conn.as_mut().graceful_shutdown();
-                    conn.as_mut().await
+            let result = loop {
+                let deadline = activity.idle_deadline(idle_timeout);
+                let event = tokio::select! {
+                    r = conn.as_mut() => ConnEvent::Done(r),
+                    _ = draining.wait_for(|d| *d) => ConnEvent::Close,
+                    _ = tokio::time::sleep_until(deadline) => ConnEvent::Tick,
+                };
+                match event {
+                    ConnEvent::Done(r) => break r,
+                    ConnEvent::Tick if !activity.is_idle(idle_timeout) => continue,
+                    ConnEvent::Tick | ConnEvent::Close => {
+                        // Finish requests in flight, refuse new ones, then close.
+                        conn.as_mut().graceful_shutdown();
+                        break conn.as_mut().await;
+                    }
                 }
             };
             if let Err(e) = result {
@@ -107,6 +125,12 @@ pub async fn accept_loop(
             drop(token);
         });
     }
+}
+
+enum ConnEvent<T> {
+    Done(T),
+    Close,
+    Tick,
 }
 
 struct InFlightGuard(IntGauge);

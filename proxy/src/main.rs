@@ -4,6 +4,7 @@
 mod admin;
 mod app;
 mod chain;
+mod conn;
 mod demo;
 mod drain;
 mod explain;

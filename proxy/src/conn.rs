@@ -1,0 +1,149 @@
+//! One client connection: served until it ends, drained on shutdown, and
+//! closed once idle for the listener's `idle_timeout` (no request in flight
+//! and no byte either way), as Envoy's `idle_timeout` does.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::rt::{Read, ReadBufCursor, Write};
+use tokio::time::Instant;
+
+/// What the idle timer looks at, shared by the IO wrapper and the service.
+pub struct Activity {
+    epoch: Instant,
+    /// Milliseconds since `epoch` of the last byte read or written.
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Activity {
+            epoch: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+        })
+    }
+
+    fn touch(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        // Relaxed and racy on purpose: the timer only needs roughly when.
+        self.last_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// Marks a request in flight until the guard drops.
+    pub fn request(self: &Arc<Self>) -> RequestGuard {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        RequestGuard(self.clone())
+    }
+
+    /// When the connection will have been idle for `timeout`, or None when
+    /// a request is in flight (checked again after `timeout`).
+    pub fn idle_deadline(&self, timeout: Duration) -> Instant {
+        let last = self.epoch + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        last + timeout
+    }
+
+    pub fn is_idle(&self, timeout: Duration) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0 && Instant::now() >= self.idle_deadline(timeout)
+    }
+}
+
+pub struct RequestGuard(Arc<Activity>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+/// An IO that records activity on every successful read and write.
+pub struct ActivityIo<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T> ActivityIo<T> {
+    pub fn new(inner: T, activity: Arc<Activity>) -> Self {
+        ActivityIo { inner, activity }
+    }
+}
+
+impl<T: Read + Unpin> Read for ActivityIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<T: Write + Unpin> Write for ActivityIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(_)) = polled {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(_)) = polled {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_only_without_requests_and_after_timeout() {
+        let a = Activity::new();
+        let t = Duration::from_secs(5);
+        a.touch();
+        assert!(!a.is_idle(t));
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(a.is_idle(t));
+        let g = a.request();
+        assert!(!a.is_idle(t), "a request in flight keeps it open");
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(!a.is_idle(t));
+        drop(g);
+        assert!(!a.is_idle(t), "the end of a request is activity");
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(a.is_idle(t));
+    }
+}

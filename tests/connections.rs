@@ -1,0 +1,257 @@
+//! Connection-level behaviour and hostile input on raw sockets: idle and
+//! header-read timeouts, oversized heads and bodies, request smuggling
+//! shapes. The upstream counts what reaches it.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{free_port, HttpClient, Kaname, TestUpstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn config(port: u16, up: &TestUpstream, listener_extra: &str) -> String {
+    format!(
+        "listeners:
+  main:
+    listen: 127.0.0.1:{port}
+{listener_extra}    routes:
+      - match: {{ path_prefix: / }}
+        upstream: up
+upstreams:
+  up:
+    endpoints: [{}]
+",
+        up.addr
+    )
+}
+
+/// Reads until EOF or `deadline`; returns what was read and whether the
+/// peer closed.
+async fn read_until_close(s: &mut TcpStream, deadline: Duration) -> (String, bool) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let start = Instant::now();
+    loop {
+        let left = deadline.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return (String::from_utf8_lossy(&buf).into_owned(), false);
+        }
+        match tokio::time::timeout(left, s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&buf).into_owned(), true),
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => return (String::from_utf8_lossy(&buf).into_owned(), false),
+        }
+    }
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connection_is_closed_after_idle_timeout() {
+    let up = TestUpstream::start("up").await;
+    let port = free_port();
+    let _k = Kaname::start(&config(port, &up, "    idle_timeout: 300ms\n")).await;
+
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    // Busy for ~1 s (a request every 100 ms): activity keeps it open.
+    for i in 0..10 {
+        s.write_all(b"GET /busy HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head)
+            .await
+            .unwrap_or_else(|e| panic!("request {i}: connection closed while busy: {e}"));
+        assert_eq!(&head, b"HTTP/1.1 200");
+        // Drain the rest of this response.
+        let mut rest = [0u8; 8192];
+        let _ = tokio::time::timeout(Duration::from_millis(100), s.read(&mut rest)).await;
+    }
+    let started = Instant::now();
+    let (_, closed) = read_until_close(&mut s, Duration::from_secs(5)).await;
+    assert!(closed, "idle connection still open 5 s later");
+    println!("idle connection closed after {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn slowloris_is_cut_and_does_not_starve_others() {
+    let up = TestUpstream::start("up").await;
+    let port = free_port();
+    let _k = Kaname::start(&config(port, &up, "    header_read_timeout: 500ms\n")).await;
+
+    // 50 clients sending their head a byte at a time.
+    let mut slow = Vec::new();
+    for _ in 0..50 {
+        slow.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect");
+            let head =
+                b"GET /slow HTTP/1.1\r\nhost: x\r\nx-a: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+            let started = Instant::now();
+            for b in head.iter() {
+                if s.write_all(&[*b]).await.is_err() {
+                    return started.elapsed();
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if started.elapsed() > Duration::from_secs(10) {
+                    break;
+                }
+            }
+            let (_, _) = read_until_close(&mut s, Duration::from_secs(1)).await;
+            started.elapsed()
+        }));
+    }
+    // Meanwhile a normal client is served at once.
+    let client = HttpClient::http1();
+    for _ in 0..5 {
+        let r = client.get(&format!("http://127.0.0.1:{port}/normal")).await;
+        assert_eq!(r.status, 200);
+    }
+    for t in slow {
+        let took = t.await.expect("slow client");
+        assert!(
+            took < Duration::from_secs(5),
+            "a byte-at-a-time client was not cut off ({took:?})"
+        );
+    }
+    assert!(
+        up.recorded().iter().all(|r| r.path != "/slow"),
+        "no slow request reached the upstream"
+    );
+}
+
+#[tokio::test]
+async fn oversized_head_gets_431() {
+    let up = TestUpstream::start("up").await;
+    let port = free_port();
+    let _k = Kaname::start(&config(port, &up, "    max_header_bytes: 16KiB\n")).await;
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let big = "a".repeat(20 * 1024);
+    let req = format!("GET /big HTTP/1.1\r\nhost: x\r\nx-big: {big}\r\n\r\n");
+    let _ = s.write_all(req.as_bytes()).await;
+    let (text, closed) = read_until_close(&mut s, Duration::from_secs(5)).await;
+    assert!(
+        text.starts_with("HTTP/1.1 431"),
+        "expected 431, got {:?}",
+        text.lines().next()
+    );
+    assert!(closed, "connection closed after 431");
+    assert_eq!(up.hits(), 0);
+}
+
+#[tokio::test]
+async fn body_over_the_limit_gets_413() {
+    let up = TestUpstream::start("up").await;
+    let port = free_port();
+    let _k = Kaname::start(&config(port, &up, "    max_request_body: 1KiB\n")).await;
+    // Declared length over the limit: refused before the upstream is asked.
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let body = "b".repeat(4096);
+    let req = format!(
+        "POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let (text, _) = read_until_close(&mut s, Duration::from_secs(2)).await;
+    assert!(
+        text.starts_with("HTTP/1.1 413"),
+        "got {:?}",
+        text.lines().next()
+    );
+    assert!(text.contains("kaname-error: payload_too_large"));
+    assert_eq!(up.hits(), 0, "the upstream never saw the request");
+
+    // Chunked, no declared length: cut when the limit is crossed.
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let mut req =
+        String::from("POST /up HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n");
+    for _ in 0..8 {
+        req.push_str("200\r\n");
+        req.push_str(&"c".repeat(0x200));
+        req.push_str("\r\n");
+    }
+    req.push_str("0\r\n\r\n");
+    let _ = s.write_all(req.as_bytes()).await;
+    let (text, _) = read_until_close(&mut s, Duration::from_secs(5)).await;
+    assert!(
+        text.starts_with("HTTP/1.1 413"),
+        "got {:?}",
+        text.lines().next()
+    );
+    assert!(
+        up.recorded()
+            .iter()
+            .all(|r| r.body_len.unwrap_or(0) <= 1024),
+        "the upstream never received more than the limit"
+    );
+}
+
+/// Each smuggling shape is refused with 400 and the connection closed; the
+/// upstream sees none of them.
+#[tokio::test]
+async fn request_smuggling_shapes_are_refused() {
+    refused_with_400(&[
+        (
+            "two different content-lengths",
+            "POST /s HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\ncontent-length: 5\r\n\r\nabcde",
+        ),
+        (
+            "transfer-encoding chunked, identity",
+            "POST /s HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "obs-fold header line",
+            "GET /s HTTP/1.1\r\nhost: x\r\nx-folded: a\r\n b\r\n\r\n",
+        ),
+        (
+            "space before the colon",
+            "GET /s HTTP/1.1\r\nhost : x\r\n\r\n",
+        ),
+    ])
+    .await;
+}
+
+/// hyper accepts these two (TE wins over CL and the connection closes after;
+/// bare LF is read as CRLF) and kaname re-frames them for the upstream, so
+/// the upstream cannot read them differently; refusing them outright needs
+/// a stricter HTTP/1 head check.
+#[tokio::test]
+#[ignore = "needs a strict HTTP/1 head check before hyper's parser"]
+async fn ambiguous_framing_is_refused() {
+    refused_with_400(&[
+        (
+            "content-length and transfer-encoding",
+            "POST /s HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+        ),
+        ("bare LF line endings", "GET /s HTTP/1.1\nhost: x\n\n"),
+    ])
+    .await;
+}
+
+async fn refused_with_400(cases: &[(&str, &str)]) {
+    let up = TestUpstream::start("up").await;
+    let port = free_port();
+    let _k = Kaname::start(&config(port, &up, "")).await;
+    let mut wrong = Vec::new();
+    for (name, raw) in cases {
+        let mut s = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let _ = s.write_all(raw.as_bytes()).await;
+        let (text, closed) = read_until_close(&mut s, Duration::from_secs(3)).await;
+        let status = text.lines().next().unwrap_or("").to_owned();
+        if !status.starts_with("HTTP/1.1 400") || !closed {
+            wrong.push(format!("{name}: {status:?} closed={closed}"));
+        }
+    }
+    assert!(wrong.is_empty(), "not refused with 400 + close: {wrong:#?}");
+    assert_eq!(up.hits(), 0, "the upstream saw a smuggling attempt");
+}
