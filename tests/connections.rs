@@ -219,12 +219,9 @@ async fn request_smuggling_shapes_are_refused() {
     .await;
 }
 
-/// hyper accepts these two (TE wins over CL and the connection closes after;
-/// bare LF is read as CRLF) and kaname re-frames them for the upstream, so
-/// the upstream cannot read them differently; refusing them outright needs
-/// a stricter HTTP/1 head check.
+/// hyper alone accepts these two (TE wins over CL; bare LF is read as
+/// CRLF); kaname's strict head check (`h1_guard`) refuses them first.
 #[tokio::test]
-#[ignore = "needs a strict HTTP/1 head check before hyper's parser"]
 async fn ambiguous_framing_is_refused() {
     refused_with_400(&[
         (

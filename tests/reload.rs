@@ -45,7 +45,7 @@ async fn metrics(k: &Kaname) -> String {
 /// Two configs that differ in routes (which upstream /svc goes to, an extra
 /// route) and in a route's settings (timeout).
 fn version(port: u16, a: &TestUpstream, b: &TestUpstream, which: u32) -> String {
-    let (target, timeout, extra) = if which % 2 == 0 {
+    let (target, timeout, extra) = if which.is_multiple_of(2) {
         ("a", "2s", "")
     } else {
         (
@@ -190,7 +190,7 @@ async fn twenty_reloads_under_load_lose_nothing() {
     for t in load {
         t.await.expect("load task");
     }
-    let failures = failures.lock().unwrap();
+    let failures = failures.lock().unwrap().clone();
     let served = ok.load(Ordering::Relaxed);
     println!(
         "reloads under load: {served} requests ok, {} failed",

@@ -9,6 +9,7 @@
 
 mod env;
 mod error;
+mod locate;
 mod node;
 mod parse;
 mod read;
@@ -19,6 +20,7 @@ mod units;
 mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
+pub use locate::locate;
 pub use types::*;
 
 use error::Errors;

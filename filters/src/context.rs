@@ -39,3 +39,33 @@ impl UpstreamFailure {
         }
     }
 }
+
+/// Placed by the forwarder in the extensions of every response that came
+/// from (or failed on) an endpoint: the address that try used. Filters cannot
+/// name the proxy's endpoint type, so they speak in addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TriedEndpoint(pub SocketAddr);
+
+/// Set by the retry filter on a retry's request: the forwarder picks another
+/// endpoint than this one when the balancer has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AvoidEndpoint(pub SocketAddr);
+
+/// Set by the retry filter on each try's request; the forwarder writes the
+/// endpoint it picked into it. A try cut by `per_try_timeout` leaves no
+/// response to carry a `TriedEndpoint`, so this is how the next try still
+/// learns which endpoint to avoid.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointSlot(pub Arc<std::sync::Mutex<Option<SocketAddr>>>);
+
+impl EndpointSlot {
+    pub fn set(&self, addr: SocketAddr) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(addr);
+        }
+    }
+
+    pub fn get(&self) -> Option<SocketAddr> {
+        self.0.lock().ok().and_then(|slot| *slot)
+    }
+}

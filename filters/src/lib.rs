@@ -4,10 +4,16 @@
 #![forbid(unsafe_code)]
 
 pub mod body;
+pub mod circuit_breaker;
+pub mod claims;
+pub mod concurrency_limit;
 pub mod context;
 pub mod error_response;
+pub mod jwt;
 pub mod metrics;
+pub mod rate_limit;
 pub mod registry;
+pub mod retry;
 
 pub use body::{Body, BoxError};
 pub use context::{RequestContext, UpstreamFailure};

@@ -240,6 +240,12 @@ impl Metrics {
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        // Both results exist at 0 from the start: a counter series born at 1
+        // shows no increase() in Prometheus, so the first failed reload
+        // would never alert.
+        for result in ["success", "failure"] {
+            m.config_reloads_total.with_label_values(&[result]);
+        }
         m
     }
 

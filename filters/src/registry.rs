@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use kaname_config::types::{Filter, JwksSource};
+use kaname_config::types::{Filter, FilterKind, JwksSource};
 
 use crate::metrics::Metrics;
 use crate::RouteService;
@@ -52,9 +52,24 @@ pub fn build(filter: &Filter, ctx: &BuildContext<'_>) -> Result<Arc<dyn FilterLa
     let _ = ctx;
     #[allow(clippy::match_single_binding)] // one arm per filter kind lands here
     match &filter.kind {
-        kind => Err(BuildError::Unsupported {
-            filter: filter.name.clone(),
-            kind: kind.kind_name(),
-        }),
+        FilterKind::Retry(cfg) => Ok(Arc::new(crate::retry::RetryLayer::new(
+            &filter.name,
+            cfg,
+            ctx.metrics,
+        )?)),
+        FilterKind::CircuitBreaker(cfg) => Ok(Arc::new(crate::circuit_breaker::BreakerLayer::new(
+            &filter.name,
+            cfg,
+            ctx.metrics,
+        ))),
+        FilterKind::Jwt(cfg) => Ok(Arc::new(crate::jwt::JwtLayer::new(&filter.name, cfg, ctx)?)),
+        FilterKind::RateLimit(cfg) => Ok(Arc::new(crate::rate_limit::RateLimitLayer::new(
+            &filter.name,
+            cfg,
+            ctx.metrics,
+        )?)),
+        FilterKind::ConcurrencyLimit(cfg) => Ok(Arc::new(
+            crate::concurrency_limit::ConcurrencyLayer::new(&filter.name, cfg, ctx.metrics)?,
+        )),
     }
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use kaname_config::Config;
 use kaname_filters::metrics::Metrics;
 use tokio::net::TcpListener;
@@ -15,7 +15,8 @@ use tokio::sync::{watch, Mutex};
 
 use crate::chain::Runtime;
 use crate::drain::Drain;
-use crate::listener::{accept_loop, server_builder, ListenerShared};
+use crate::listener::{accept_loop, server_builder, GuardSettings, ListenerShared};
+use crate::tls::server::ServerTls;
 use crate::{EXIT_INVALID_CONFIG, EXIT_RUNTIME};
 
 /// A bound listener and the switch that stops its accept loop.
@@ -105,6 +106,7 @@ impl App {
     pub async fn start(file: String, config: Config) -> Result<Arc<App>, StartError> {
         let metrics = Arc::new(Metrics::new());
         let config = Arc::new(config);
+        let tls = build_tls(&config, &metrics).map_err(|e| StartError::Config(e.join("\n")))?;
         let runtime = Runtime::build(config.clone(), &metrics, None)
             .await
             .map_err(|e| StartError::Config(format!("{file}: {e}")))?;
@@ -131,7 +133,7 @@ impl App {
             let mut bound = app.listeners.lock().await;
             let rt = app.runtime.load_full();
             let fresh = Self::bind_new(&rt, &bound).await?;
-            app.apply(&rt, &mut bound, fresh);
+            app.apply(&rt, &mut bound, fresh, tls);
         }
         tokio::spawn(crate::admin::serve(admin, app.clone()));
         app.ready.store(true, Ordering::SeqCst);
@@ -170,6 +172,7 @@ impl App {
         rt: &Runtime,
         bound: &mut HashMap<String, BoundListener>,
         mut fresh: HashMap<String, TcpListener>,
+        mut tls: HashMap<String, Option<Arc<ServerTls>>>,
     ) {
         let stale: Vec<String> = bound
             .keys()
@@ -186,8 +189,10 @@ impl App {
             let Some(routes) = rt.listeners.get(&l.name) else {
                 continue;
             };
+            let listener_tls = tls.remove(&l.name).flatten();
             if let Some(b) = bound.get(&l.name) {
                 b.shared.routes.store(routes.clone());
+                b.shared.tls.store(listener_tls);
                 continue;
             }
             let Some(tcp) = fresh.remove(&l.name) else {
@@ -200,6 +205,7 @@ impl App {
                     .requests_in_flight
                     .with_label_values(&[&l.name]),
                 connections: self.metrics.connections_open.with_label_values(&[&l.name]),
+                tls: ArcSwapOption::new(listener_tls),
             });
             let (stop, stop_rx) = watch::channel(false);
             tokio::spawn(accept_loop(
@@ -208,6 +214,7 @@ impl App {
                 shared.clone(),
                 self.drain.clone(),
                 l.idle_timeout,
+                GuardSettings::of(l),
                 stop_rx,
             ));
             tracing::info!(listener = %l.name, addr = %l.listen, "listening");
@@ -254,6 +261,8 @@ impl App {
         let config = Arc::new(
             parsed.map_err(|errs| errs.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?,
         );
+        // TLS files are loaded again, so a reload picks up changed files too.
+        let tls = build_tls(&config, &self.metrics)?;
         let previous = self.runtime.load_full();
         let next = Runtime::build(config, &self.metrics, Some(&previous))
             .await
@@ -261,7 +270,7 @@ impl App {
         let fresh = Self::bind_new(&next, &bound)
             .await
             .map_err(|e| vec![e.to_string()])?;
-        self.apply(&next, &mut bound, fresh);
+        self.apply(&next, &mut bound, fresh, tls);
         self.runtime.store(Arc::new(next));
         self.metrics
             .config_last_reload_success_timestamp_seconds
@@ -313,6 +322,25 @@ impl App {
         }
         tracing::info!("stopped");
     }
+}
+
+/// Checks every TLS file of the config (with `kaname check`'s messages),
+/// then loads each listener's TLS termination.
+fn build_tls(
+    config: &Config,
+    metrics: &Metrics,
+) -> Result<HashMap<String, Option<Arc<ServerTls>>>, Vec<String>> {
+    let problems = crate::tls::files::check_report(config);
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let mut out = HashMap::new();
+    for l in &config.listeners {
+        let tls =
+            ServerTls::build(l, metrics).map_err(|e| vec![format!("{}: {e}", config.file)])?;
+        out.insert(l.name.clone(), tls);
+    }
+    Ok(out)
 }
 
 fn unix_now() -> f64 {

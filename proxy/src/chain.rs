@@ -72,7 +72,10 @@ impl Runtime {
     ) -> Result<Runtime, BuildError> {
         let mut upstreams = HashMap::new();
         for u in &config.upstreams {
-            upstreams.insert(u.name.clone(), reuse_or_build_upstream(u, previous).await);
+            upstreams.insert(
+                u.name.clone(),
+                reuse_or_build_upstream(u, metrics, previous).await,
+            );
         }
         let jwks_fetcher = |source: &kaname_config::JwksSource| crate::jwks::fetcher(source);
         let ctx = kaname_filters::BuildContext {
@@ -179,13 +182,17 @@ impl Runtime {
     }
 }
 
-async fn reuse_or_build_upstream(u: &UpstreamConfig, previous: Option<&Runtime>) -> Arc<Upstream> {
+async fn reuse_or_build_upstream(
+    u: &UpstreamConfig,
+    metrics: &Metrics,
+    previous: Option<&Runtime>,
+) -> Arc<Upstream> {
     if let Some(old) = previous.and_then(|p| p.upstreams.get(&u.name)) {
         if &old.config == u {
             return old.clone();
         }
     }
-    Upstream::build(u).await
+    Upstream::build(u, metrics).await
 }
 
 impl ListenerRoutes {

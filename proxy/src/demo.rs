@@ -57,6 +57,7 @@ pub fn run() -> ExitCode {
             }
         };
         crate::logging::init(&config.log);
+        let token = demo_token(&config);
         let app = match App::start("<demo>".into(), config).await {
             Ok(app) => app,
             Err(e) => {
@@ -65,6 +66,7 @@ pub fn run() -> ExitCode {
             }
         };
         print_banner(proxy, admin, echo);
+        print_jwt_banner(proxy, token.as_deref());
         app.run_until_signalled().await
     })
 }
@@ -89,12 +91,50 @@ Try:
   curl -i --http2-prior-knowledge http://127.0.0.1:{proxy}/api/hello
   # no route: kaname's own 404 with a JSON body
   curl -i http://127.0.0.1:{proxy}/nowhere
+  # rate limit (10 at once, then 5/s per client): the last ones get 429 with Retry-After
+  for i in $(seq 15); do curl -s -o /dev/null -w '%{{http_code}} ' http://127.0.0.1:{proxy}/api/hello; done; echo
+  # overload: 4 slow requests inside, 8 queued for 500ms, then 503 overloaded
+  for i in $(seq 10); do curl -s -o /dev/null -w '%{{http_code}}\n' 'http://127.0.0.1:{proxy}/api/x?delay_ms=1500' & done; wait
   # slow upstream cut by the route timeout (504)
   curl -i 'http://127.0.0.1:{proxy}/slow/?delay_ms=3000'
   # the admin port
   curl http://127.0.0.1:{admin}/metrics | grep kaname_requests_total
   curl http://127.0.0.1:{admin}/config
 Ctrl-C stops it."#
+    );
+}
+
+/// A token for the demo's `auth` filter (HS256 with the secret of the
+/// embedded config), valid for ten years, so the printed curl just works.
+fn demo_token(config: &kaname_config::Config) -> Option<String> {
+    let jwt = config.filters.iter().find_map(|f| match &f.kind {
+        kaname_config::FilterKind::Jwt(j) => Some(j),
+        _ => None,
+    })?;
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = serde_json::json!({
+        "sub": "demo-user",
+        "iss": jwt.issuers.first()?,
+        "iat": now,
+        "exp": now + 10 * 365 * 24 * 3600,
+    });
+    let key = jsonwebtoken::EncodingKey::from_secret(jwt.secret.as_ref()?.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).ok()
+}
+
+fn print_jwt_banner(proxy: u16, token: Option<&str>) {
+    let Some(token) = token else {
+        return;
+    };
+    println!(
+        r#"
+JWT authentication on /secure/ (filter "auth", HS256):
+  # a valid token: forwarded, the upstream sees x-user-id: demo-user
+  curl -i http://127.0.0.1:{proxy}/secure/hello -H 'Authorization: Bearer {token}'
+  # no token: 401 with WWW-Authenticate: Bearer
+  curl -i http://127.0.0.1:{proxy}/secure/hello
+  # a tampered token: 401, error_description="invalid signature"
+  curl -i http://127.0.0.1:{proxy}/secure/hello -H 'Authorization: Bearer {token}x'"#
     );
 }
 

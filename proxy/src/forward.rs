@@ -11,17 +11,14 @@ use http::{header, uri::PathAndQuery, HeaderValue, Request, Response, StatusCode
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use kaname_config::UpstreamProtocol;
+use kaname_filters::context::{AvoidEndpoint, EndpointSlot, TriedEndpoint};
+use kaname_filters::retry::classify::{grpc_status, GRPC_UNAVAILABLE};
 use kaname_filters::{Body, BoxError, ErrorKind, RequestContext, UpstreamFailure};
 use prometheus::{Histogram, IntCounter};
 use tokio::time::Instant;
 
 use crate::headers::{strip_hop_by_hop, wants_upgrade};
 use crate::upstream::{Endpoint, Upstream};
-
-/// Set by a retry filter on a request to ask for another endpoint than the
-/// one the previous try failed on.
-#[derive(Clone)]
-pub struct AvoidEndpoint(pub Arc<Endpoint>);
 
 /// Per-upstream handles of the attempt metrics, resolved once.
 #[derive(Clone)]
@@ -81,16 +78,20 @@ impl tower::Service<Request<Body>> for Forward {
 }
 
 /// Counts an attempt as a timeout when its future is dropped unfinished
-/// (a per-try or route timeout fired, or the client went away).
+/// (a per-try or route timeout fired, or the client went away), and tells
+/// outlier detection how the try on its endpoint went.
 struct AttemptRecord<'a> {
     metrics: &'a AttemptMetrics,
+    upstream: &'a Upstream,
+    endpoint: &'a Arc<Endpoint>,
     started: Instant,
     done: bool,
 }
 
 impl AttemptRecord<'_> {
-    fn finish(&mut self, outcome: &IntCounter) {
+    fn finish(&mut self, outcome: &IntCounter, failed: bool) {
         self.done = true;
+        self.upstream.report(self.endpoint, failed);
         outcome.inc();
         self.metrics
             .duration
@@ -101,6 +102,7 @@ impl AttemptRecord<'_> {
 impl Drop for AttemptRecord<'_> {
     fn drop(&mut self) {
         if !self.done {
+            self.upstream.report(self.endpoint, true);
             self.metrics.timeout.inc();
             self.metrics
                 .duration
@@ -117,8 +119,8 @@ impl Forward {
             .get::<RequestContext>()
             .map(|c| c.grpc)
             .unwrap_or(false);
-        let avoid = req.extensions().get::<AvoidEndpoint>().map(|a| a.0.clone());
-        let Some(endpoint) = up.pick(avoid.as_deref()) else {
+        let avoid = req.extensions().get::<AvoidEndpoint>().map(|a| a.0);
+        let Some(endpoint) = up.pick(avoid) else {
             return failure(
                 ErrorKind::UpstreamUnavailable,
                 UpstreamFailure::Connect,
@@ -127,6 +129,10 @@ impl Forward {
             );
         };
 
+        if let Some(slot) = req.extensions().get::<EndpointSlot>() {
+            slot.set(endpoint.addr);
+        }
+        let tried = TriedEndpoint(endpoint.addr);
         let authority = req.uri().authority().cloned();
         let pq = req
             .uri()
@@ -167,24 +173,39 @@ impl Forward {
         let _in_flight = endpoint.start();
         let mut record = AttemptRecord {
             metrics: &self.metrics,
+            upstream: up,
+            endpoint: &endpoint,
             started: Instant::now(),
             done: false,
         };
-        match up.client.request(req).await {
+        let replay = (upgrade.is_none() && replayable(&req)).then(|| head_copy(&req));
+        let mut result = up.client.request(req).await;
+        if let (Err(e), Some(again)) = (&result, replay) {
+            // The upstream closed an idle pooled connection as the request
+            // went out on it: send it once more, on another connection.
+            if closed_before_answer(e) {
+                tracing::debug!(upstream = %up.name, "stale pooled connection, sent again");
+                // The lost try still counts as an attempt that was reset.
+                self.metrics.reset.inc();
+                result = up.client.request(again).await;
+            }
+        }
+        match result {
             Ok(mut res) => {
                 let status = res.status();
-                let grpc_failed = grpc
-                    && res
-                        .headers()
-                        .get("grpc-status")
-                        .is_some_and(|s| s.as_bytes() != b"0");
-                record.finish(if status.is_server_error() {
+                let grpc_code = grpc.then(|| grpc_status(res.headers())).flatten();
+                let grpc_failed = grpc_code.is_some_and(|c| c != 0);
+                // Outlier detection counts 5xx and gRPC UNAVAILABLE (in the
+                // head; a status in trailers is not looked at here).
+                let failed = status.is_server_error() || grpc_code == Some(GRPC_UNAVAILABLE);
+                let outcome = if status.is_server_error() {
                     &self.metrics.http_error
                 } else if grpc_failed {
                     &self.metrics.grpc_error
                 } else {
                     &self.metrics.success
-                });
+                };
+                record.finish(outcome, failed);
                 let switching = status == StatusCode::SWITCHING_PROTOCOLS;
                 if let (true, Some(client_side)) = (switching, upgrade) {
                     let upstream_side = hyper::upgrade::on(&mut res);
@@ -192,6 +213,7 @@ impl Forward {
                 }
                 let (mut parts, body) = res.into_parts();
                 strip_hop_by_hop(&mut parts.headers, switching);
+                parts.extensions.insert(tried);
                 Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed())
             }
             Err(e) => {
@@ -200,7 +222,8 @@ impl Forward {
                     UpstreamFailure::Connect => &self.metrics.connect_failure,
                     _ => &self.metrics.reset,
                 };
-                record.finish(outcome);
+                // A body over its limit is the client's fault, not the endpoint's.
+                record.finish(outcome, kind != ErrorKind::PayloadTooLarge);
                 let message = format!(
                     "upstream \"{}\" endpoint {}: {}",
                     up.name,
@@ -208,10 +231,51 @@ impl Forward {
                     error_chain(&e)
                 );
                 tracing::debug!(%message, "try failed");
-                failure(kind, why, &message, grpc)
+                let mut res = failure(kind, why, &message, grpc);
+                res.extensions_mut().insert(tried);
+                res
             }
         }
     }
+}
+
+/// Safe to send twice, as Go's net/http judges it for a stale connection:
+/// an idempotent method and no body.
+fn replayable(req: &Request<Body>) -> bool {
+    use http::Method;
+    use http_body::Body as _;
+    req.body().is_end_stream()
+        && matches!(
+            *req.method(),
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        )
+}
+
+fn head_copy(req: &Request<Body>) -> Request<Body> {
+    let mut copy = Request::new(kaname_filters::body::empty());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    *copy.extensions_mut() = req.extensions().clone();
+    copy
+}
+
+/// "connection closed before message completed": no byte of an answer.
+fn closed_before_answer(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            return h.is_incomplete_message();
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Connect failure, reset, or a request body over its limit (413).

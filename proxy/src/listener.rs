@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use http::{header, Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -22,33 +22,69 @@ use tokio::time::Instant;
 use crate::chain::ListenerRoutes;
 use crate::conn::{Activity, ActivityIo};
 use crate::drain::Drain;
+use crate::h1_guard::H1Guard;
 use crate::headers::{
     add_forwarded, ensure_request_id, strip_hop_by_hop, wants_upgrade, X_REQUEST_ID,
 };
 use crate::request_metrics::{grpc_status_of, GrpcStatusBody, RouteMetrics};
+use crate::tls::io::ServerIo;
+use crate::tls::server::{ConnTls, ServerTls};
 
 /// What every connection of a listener shares. `routes` is swapped on reload.
 pub struct ListenerShared {
     pub routes: ArcSwap<ListenerRoutes>,
     pub in_flight: IntGauge,
     pub connections: IntGauge,
+    /// TLS termination, when the listener has `tls`; swapped on reload.
+    pub tls: ArcSwapOption<ServerTls>,
+}
+
+/// How the strict HTTP/1 head check runs on a listener's connections.
+#[derive(Clone, Copy)]
+pub struct GuardSettings {
+    /// The largest head hyper accepts (its read buffer).
+    pub head_limit: usize,
+    /// Off for a listener that serves HTTP/2 only.
+    pub enabled: bool,
+}
+
+impl GuardSettings {
+    pub fn of(cfg: &ListenerConfig) -> Self {
+        GuardSettings {
+            head_limit: head_limit(cfg),
+            enabled: cfg.protocol != ListenerProtocol::Http2,
+        }
+    }
+}
+
+fn head_limit(cfg: &ListenerConfig) -> usize {
+    // hyper's floor is 8 KiB; it answers 431 when the head is larger.
+    usize::try_from(cfg.max_header_bytes)
+        .unwrap_or(usize::MAX)
+        .max(8192)
 }
 
 /// Builds the HTTP server settings of a listener.
 pub fn server_builder(cfg: &ListenerConfig) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
-    let header_limit = usize::try_from(cfg.max_header_bytes).unwrap_or(usize::MAX);
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.header_read_timeout)
-        // hyper's floor is 8 KiB; it answers 431 when the head is larger.
-        .max_buf_size(header_limit.max(8192))
+        .max_buf_size(head_limit(cfg))
         .max_headers(1000);
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(1024)
-        .keep_alive_interval(Some(Duration::from_secs(60)));
+        // Rapid reset (CVE-2023-44487): a client that opens and resets
+        // streams faster than they are accepted gets a GOAWAY.
+        .max_pending_accept_reset_streams(Some(20))
+        // Streams kaname itself had to reset for the client's errors.
+        .max_local_error_reset_streams(Some(1024))
+        // What one connection may buffer to send to a slow reader.
+        .max_send_buf_size(400 * 1024)
+        .keep_alive_interval(Some(Duration::from_secs(60)))
+        .keep_alive_timeout(Duration::from_secs(20));
     match cfg.protocol {
         ListenerProtocol::Auto => b,
         ListenerProtocol::Http1 => b.http1_only(),
@@ -64,6 +100,7 @@ pub async fn accept_loop(
     shared: Arc<ListenerShared>,
     drain: Drain,
     idle_timeout: Duration,
+    guard: GuardSettings,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -81,24 +118,38 @@ pub async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let activity = Activity::new();
-        let shared2 = shared.clone();
-        let activity2 = activity.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let guard = activity2.request();
-            let fut = handle(shared2.clone(), peer, req);
-            async move {
-                let res = fut.await;
-                drop(guard);
-                res
-            }
-        });
         let (token, mut draining) = drain.connection();
         let gauge = shared.connections.clone();
         gauge.inc();
         let builder = builder.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
-            let io = ActivityIo::new(TokioIo::new(stream), activity.clone());
+            // TLS first where configured (bounded and counted in `accept`);
+            // a connection whose handshake fails is dropped.
+            let (io, conn_tls) = match shared.tls.load_full() {
+                None => (ServerIo::Plain(stream), None),
+                Some(tls) => match tls.accept(stream).await {
+                    Some((s, c)) => (ServerIo::Tls(Box::new(s)), Some(c)),
+                    None => {
+                        gauge.dec();
+                        drop(token);
+                        return;
+                    }
+                },
+            };
+            let activity = Activity::new();
+            let activity2 = activity.clone();
+            let service = hyper::service::service_fn(move |req| {
+                let guard = activity2.request();
+                let fut = handle(shared.clone(), peer, conn_tls.clone(), req);
+                async move {
+                    let res = fut.await;
+                    drop(guard);
+                    res
+                }
+            });
+            let io = ActivityIo::new(TokioIo::new(io), activity.clone());
+            let io = H1Guard::new(io, guard.head_limit, guard.enabled);
             let conn = builder.serve_connection_with_upgrades(io, service);
             tokio::pin!(conn);
             let result = loop {
@@ -162,6 +213,7 @@ fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
 async fn handle(
     shared: Arc<ListenerShared>,
     peer: SocketAddr,
+    tls: Option<Arc<ConnTls>>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
@@ -170,6 +222,13 @@ async fn handle(
     let routes = shared.routes.load_full();
     let (mut parts, body) = req.into_parts();
     let request_id = ensure_request_id(&mut parts.headers);
+    if let Some(t) = &tls {
+        // The identity header is kaname's word, never the client's.
+        parts.headers.remove(&t.header);
+        if let Some(id) = &t.identity {
+            parts.headers.insert(t.header.clone(), id.clone());
+        }
+    }
     let grpc = is_grpc(&parts.headers);
     let method = parts.method.clone();
     let path = routes.access_log.then(|| parts.uri.path().to_owned());
@@ -187,7 +246,7 @@ async fn handle(
         Some(route) => {
             let upgrade = parts.version == http::Version::HTTP_11 && wants_upgrade(&parts.headers);
             strip_hop_by_hop(&mut parts.headers, upgrade);
-            add_forwarded(&mut parts.headers, peer.ip(), false);
+            add_forwarded(&mut parts.headers, peer.ip(), tls.is_some());
             parts.extensions.insert(RequestContext {
                 client_addr: peer,
                 listener: routes.name.clone(),
@@ -196,6 +255,19 @@ async fn handle(
                 grpc,
             });
             let res = match route.max_request_body {
+                // The handshake accepts any certificate of `client_ca`;
+                // `allowed_identities` is enforced per request (403).
+                _ if tls.as_ref().is_some_and(|t| !t.allowed) => ErrorKind::Forbidden.response(
+                    &format!(
+                        "client identity {:?} is not allowed on listener \"{}\"",
+                        tls.as_ref()
+                            .and_then(|t| t.identity.as_ref())
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or(""),
+                        routes.name
+                    ),
+                    grpc,
+                ),
                 Some(limit) if declared_length(&parts.headers).is_some_and(|n| n > limit) => {
                     ErrorKind::PayloadTooLarge.response(
                         &format!("request body is larger than the limit of {limit} bytes"),
@@ -219,6 +291,9 @@ async fn handle(
                     match deadline {
                         None => call.await.unwrap_or_else(|never| match never {}),
                         Some(d) => match tokio::time::timeout(d, call).await {
+                            Ok(Ok(r)) if grpc_deadline.is_some() => {
+                                crate::grpc_deadline::bound(r, started + d, &route.upstream)
+                            }
                             Ok(r) => r.unwrap_or_else(|never| match never {}),
                             Err(_) => {
                                 let mut r = ErrorKind::UpstreamTimeout.response(

@@ -9,12 +9,15 @@ mod demo;
 mod drain;
 mod explain;
 mod forward;
+mod grpc_deadline;
+mod h1_guard;
 mod headers;
 mod jwks;
 mod listener;
 mod logging;
 mod request_metrics;
 mod router;
+mod tls;
 mod upstream;
 mod watch;
 
@@ -62,7 +65,10 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Run(a) => app::run_file(&a.config),
+        Command::Run(a) => {
+            raise_fd_limit();
+            app::run_file(&a.config)
+        }
         Command::Check(a) => check(&a.config),
         Command::Explain(a) => match kaname_config::load(&a.config) {
             Ok(cfg) => {
@@ -72,6 +78,16 @@ fn main() -> ExitCode {
             Err(errors) => report(&errors),
         },
         Command::Demo => demo::run(),
+    }
+}
+
+/// Each client and upstream connection is a file descriptor, and the usual
+/// soft limit (1024) would refuse connections long before memory runs out:
+/// raise it to the hard limit, as servers do.
+fn raise_fd_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open file limit"),
+        Err(e) => eprintln!("warning: could not raise the open file limit: {e}"),
     }
 }
 
@@ -85,6 +101,14 @@ fn report(errors: &kaname_config::ConfigErrors) -> ExitCode {
 fn check(file: &str) -> ExitCode {
     match kaname_config::load(file) {
         Ok(cfg) => {
+            // TLS files are read here, not by the config crate.
+            let tls_errors = tls::files::check_report(&cfg);
+            if !tls_errors.is_empty() {
+                for e in &tls_errors {
+                    eprintln!("{e}");
+                }
+                return ExitCode::from(EXIT_INVALID_CONFIG);
+            }
             for w in kaname_config::warnings(&cfg) {
                 eprintln!("warning: {w}");
             }

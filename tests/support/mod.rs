@@ -8,6 +8,11 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod client;
+pub mod grpc;
+pub mod jwt;
+pub mod limits;
+pub mod resilience;
+pub mod tls;
 pub mod upstream;
 
 use std::fs::File;

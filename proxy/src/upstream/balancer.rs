@@ -1,5 +1,6 @@
 //! Picking an endpoint: round_robin, least_request, p2c_ewma.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -28,11 +29,9 @@ impl Balancer {
     pub fn pick(
         &self,
         endpoints: &[Arc<Endpoint>],
-        avoid: Option<&Endpoint>,
+        avoid: Option<SocketAddr>,
     ) -> Option<Arc<Endpoint>> {
-        let usable = |e: &&Arc<Endpoint>| {
-            e.is_healthy() && avoid.is_none_or(|a| !std::ptr::eq(a, e.as_ref()))
-        };
+        let usable = |e: &&Arc<Endpoint>| e.is_healthy() && avoid != Some(e.addr);
         let mut candidates: Vec<&Arc<Endpoint>> = endpoints.iter().filter(usable).collect();
         if candidates.is_empty() {
             candidates = endpoints.iter().filter(|e| e.is_healthy()).collect();
@@ -110,7 +109,7 @@ mod tests {
         let b = Balancer::new(LoadBalancing::P2cEwma);
         let e = eps(2);
         for _ in 0..10 {
-            assert_eq!(b.pick(&e, Some(&e[0])).unwrap().addr.port(), 1001);
+            assert_eq!(b.pick(&e, Some(e[0].addr)).unwrap().addr.port(), 1001);
         }
     }
 

@@ -2,9 +2,11 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use http::uri::Authority;
+use prometheus::IntGauge;
 use tokio::time::Instant;
 
 /// The round-trip time an endpoint is assumed to have before it answered once.
@@ -24,8 +26,14 @@ pub struct Endpoint {
     /// When the EWMA last moved, in nanoseconds since `epoch`.
     stamp_ns: AtomicU64,
     epoch: Instant,
-    /// Cleared by health checks and outlier ejection.
+    /// The verdict of active health checks (true until they say otherwise).
     healthy: AtomicBool,
+    /// Set by outlier detection for `eject_for`.
+    ejected: AtomicBool,
+    /// Failed tries in a row, for outlier detection.
+    pub(super) consecutive_failures: AtomicU32,
+    /// `kaname_upstream_endpoint_healthy{upstream,endpoint}`, once attached.
+    gauge: OnceLock<IntGauge>,
 }
 
 impl Endpoint {
@@ -40,6 +48,9 @@ impl Endpoint {
             stamp_ns: AtomicU64::new(0),
             epoch: Instant::now(),
             healthy: AtomicBool::new(true),
+            ejected: AtomicBool::new(false),
+            consecutive_failures: AtomicU32::new(0),
+            gauge: OnceLock::new(),
         }
     }
 
@@ -47,13 +58,42 @@ impl Endpoint {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Takes traffic: passes its health checks and is not ejected.
     pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed) && !self.is_ejected()
+    }
+
+    /// The health checks' verdict alone.
+    pub fn passes_checks(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    #[cfg_attr(not(test), allow(dead_code))] // health checks and ejection set it
+    pub fn is_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Relaxed)
+    }
+
+    /// Set by active health checks.
     pub fn set_healthy(&self, healthy: bool) {
         self.healthy.store(healthy, Ordering::Relaxed);
+        self.publish();
+    }
+
+    /// Set and cleared by outlier detection.
+    pub fn set_ejected(&self, ejected: bool) {
+        self.ejected.store(ejected, Ordering::Relaxed);
+        self.publish();
+    }
+
+    /// Attaches the endpoint's gauge and shows its state on it.
+    pub fn attach_gauge(&self, gauge: IntGauge) {
+        let _ = self.gauge.set(gauge);
+        self.publish();
+    }
+
+    fn publish(&self) {
+        if let Some(g) = self.gauge.get() {
+            g.set(i64::from(self.is_healthy()));
+        }
     }
 
     /// The load score p2c_ewma compares: expected latency times the queue.

@@ -2,9 +2,13 @@
 //! its connection pool.
 
 mod balancer;
+mod connector;
 mod endpoint;
+mod health;
+mod outlier;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -13,12 +17,15 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use kaname_config::{Upstream as UpstreamConfig, UpstreamProtocol};
+use kaname_filters::metrics::Metrics;
 use kaname_filters::Body;
+use prometheus::IntGaugeVec;
 
 pub use balancer::Balancer;
 pub use endpoint::Endpoint;
+pub use outlier::OutlierDetector;
 
-pub type HttpClient = Client<HttpConnector, Body>;
+pub type HttpClient = Client<connector::Connector, Body>;
 
 pub struct Upstream {
     pub name: Arc<str>,
@@ -26,12 +33,17 @@ pub struct Upstream {
     pub client: HttpClient,
     balancer: Balancer,
     endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
+    outlier: Option<OutlierDetector>,
+    /// `kaname_upstream_endpoint_healthy`, for endpoints as they appear.
+    healthy_gauge: IntGaugeVec,
+    /// Every endpoint is out, so all get traffic (logged on the change).
+    panicking: AtomicBool,
 }
 
 impl Upstream {
     /// Builds the pool and resolves the endpoints once; names that do not
     /// resolve yet are retried by the DNS refresh task.
-    pub async fn build(config: &UpstreamConfig) -> Arc<Self> {
+    pub async fn build(config: &UpstreamConfig, metrics: &Metrics) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
@@ -48,11 +60,27 @@ impl Upstream {
         let up = Arc::new(Upstream {
             name: config.name.as_str().into(),
             config: config.clone(),
-            client: builder.build(connector),
+            // TLS files were checked before this build; if they broke since,
+            // the connector refuses to connect rather than send plain text.
+            client: builder.build(connector::Connector::new(
+                connector,
+                crate::tls::client::ClientTls::build(config),
+            )),
             balancer: Balancer::new(config.load_balancing),
             endpoints: ArcSwap::from_pointee(Vec::new()),
+            outlier: config.outlier_detection.clone().map(|o| {
+                let ejections = metrics
+                    .upstream_ejections_total
+                    .with_label_values(&[&config.name]);
+                OutlierDetector::new(config.name.as_str().into(), o, ejections)
+            }),
+            healthy_gauge: metrics.upstream_endpoint_healthy.clone(),
+            panicking: AtomicBool::new(false),
         });
         up.resolve().await;
+        if let Some(hc) = &config.health_check {
+            health::spawn(Arc::downgrade(&up), hc.clone());
+        }
         if config
             .endpoints
             .iter()
@@ -63,9 +91,34 @@ impl Upstream {
         up
     }
 
-    /// Picks an endpoint for one try.
-    pub fn pick(&self, avoid: Option<&Endpoint>) -> Option<Arc<Endpoint>> {
-        self.balancer.pick(&self.endpoints.load(), avoid)
+    /// Picks an endpoint for one try. When every endpoint is unhealthy or
+    /// ejected the balancer uses them all (panic mode, as Envoy): that is
+    /// logged when it starts and when it ends.
+    pub fn pick(&self, avoid: Option<SocketAddr>) -> Option<Arc<Endpoint>> {
+        let endpoints = self.endpoints.load();
+        let panic = !endpoints.is_empty() && !endpoints.iter().any(|e| e.is_healthy());
+        if panic != self.panicking.load(Ordering::Relaxed)
+            && panic != self.panicking.swap(panic, Ordering::Relaxed)
+        {
+            if panic {
+                tracing::warn!(upstream = %self.name, "every endpoint is unhealthy or ejected; sending to all of them (panic mode)");
+            } else {
+                tracing::info!(upstream = %self.name, "an endpoint is healthy again; panic mode over");
+            }
+        }
+        self.balancer.pick(&endpoints, avoid)
+    }
+
+    /// The endpoints now.
+    pub fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>> {
+        self.endpoints.load_full()
+    }
+
+    /// One try's outcome on `endpoint`, for outlier detection.
+    pub fn report(&self, endpoint: &Arc<Endpoint>, failed: bool) {
+        if let Some(o) = &self.outlier {
+            o.report(endpoint, &self.endpoints.load(), failed);
+        }
     }
 
     /// Resolves every endpoint; keeps the `Endpoint` (and its load figures)
@@ -93,7 +146,15 @@ impl Upstream {
                     continue;
                 }
                 let kept = old.iter().find(|o| o.addr == addr).cloned();
-                next.push(kept.unwrap_or_else(|| Arc::new(Endpoint::new(addr))));
+                next.push(kept.unwrap_or_else(|| {
+                    let ep = Endpoint::new(addr);
+                    let endpoint = addr.to_string();
+                    ep.attach_gauge(
+                        self.healthy_gauge
+                            .with_label_values(&[&*self.name, &endpoint]),
+                    );
+                    Arc::new(ep)
+                }));
             }
         }
         self.endpoints.store(Arc::new(next));

@@ -1,0 +1,343 @@
+//! The `circuit_breaker` filter: stops sending to an upstream that keeps
+//! failing, and answers at once instead (503 `circuit_open` with
+//! `Retry-After`, or UNAVAILABLE for gRPC) without touching the upstream.
+//!
+//! ```yaml
+//! breaker:
+//!   circuit_breaker:
+//!     consecutive_failures: 5
+//!     failure_rate: { threshold: 0.5, min_requests: 20, window: 10s }
+//!     open_for: 10s
+//!     max_open_for: 5m
+//!     half_open_requests: 1
+//!     failure_on: [connect_failure, timeout, 5xx]
+//! ```
+//!
+//! State is kept per upstream and shared by every route naming the filter.
+//! The state machine is in `state.rs`; this file adds the lock, the metrics
+//! and the tower service. A gRPC answer with its status in trailers is
+//! judged when its trailers pass by.
+
+mod state;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use kaname_config::types::{CircuitBreaker as BreakerConfig, Condition};
+use prometheus::{IntCounter, IntGauge};
+use tokio::time::Instant;
+use tower::util::BoxCloneSyncService;
+use tower::Service;
+
+pub use state::{Admit, CircuitState, Phase};
+
+use crate::context::{RequestContext, UpstreamFailure};
+use crate::metrics::Metrics;
+use crate::registry::{FilterLayer, RouteInfo};
+use crate::retry::classify::{self, Observed};
+use crate::{is_grpc, Body, BoxError, ErrorKind, RouteService};
+
+/// A built circuit_breaker filter: one breaker per upstream.
+pub struct BreakerLayer {
+    name: String,
+    config: BreakerConfig,
+    failure_on: Arc<[Condition]>,
+    metrics: Arc<Metrics>,
+    breakers: Mutex<HashMap<Arc<str>, Arc<Breaker>>>,
+}
+
+/// One upstream's breaker and its metric handles.
+pub struct Breaker {
+    upstream: Arc<str>,
+    state: Mutex<CircuitState>,
+    /// closed, open, half_open
+    gauges: [IntGauge; 3],
+    transitions: [IntCounter; 3],
+    rejected: IntCounter,
+}
+
+#[derive(Clone)]
+pub struct BreakerService {
+    inner: RouteService,
+    breaker: Arc<Breaker>,
+    failure_on: Arc<[Condition]>,
+}
+
+// === impl BreakerLayer ===
+
+impl BreakerLayer {
+    pub fn new(name: &str, config: &BreakerConfig, metrics: &Arc<Metrics>) -> Self {
+        BreakerLayer {
+            name: name.to_owned(),
+            config: config.clone(),
+            failure_on: config.failure_on.clone().into(),
+            metrics: metrics.clone(),
+            breakers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn breaker(&self, upstream: &Arc<str>) -> Arc<Breaker> {
+        let new = || {
+            Arc::new(Breaker::new(
+                &self.name,
+                upstream,
+                &self.config,
+                &self.metrics,
+            ))
+        };
+        match self.breakers.lock() {
+            Ok(mut map) => map.entry(upstream.clone()).or_insert_with(new).clone(),
+            Err(_) => new(),
+        }
+    }
+}
+
+impl FilterLayer for BreakerLayer {
+    fn wrap(&self, route: &RouteInfo, inner: RouteService) -> RouteService {
+        BoxCloneSyncService::new(BreakerService {
+            inner,
+            breaker: self.breaker(&route.upstream),
+            failure_on: self.failure_on.clone(),
+        })
+    }
+}
+
+// === impl Breaker ===
+
+impl Breaker {
+    pub fn new(filter: &str, upstream: &Arc<str>, cfg: &BreakerConfig, m: &Metrics) -> Self {
+        let gauges = Phase::ALL.map(|p| {
+            m.circuit_breaker_state
+                .with_label_values(&[filter, upstream, p.as_str()])
+        });
+        let transitions = Phase::ALL.map(|p| {
+            m.circuit_breaker_transitions_total
+                .with_label_values(&[filter, upstream, p.as_str()])
+        });
+        let b = Breaker {
+            upstream: upstream.clone(),
+            state: Mutex::new(CircuitState::new(cfg, Instant::now())),
+            gauges,
+            transitions,
+            rejected: m
+                .circuit_breaker_rejected_total
+                .with_label_values(&[filter, upstream]),
+        };
+        b.show(Phase::Closed);
+        b
+    }
+
+    fn show(&self, phase: Phase) {
+        for (p, g) in Phase::ALL.iter().zip(&self.gauges) {
+            g.set(i64::from(*p == phase));
+        }
+    }
+
+    fn moved(&self, to: Option<Phase>) {
+        let Some(to) = to else { return };
+        self.show(to);
+        let i = Phase::ALL.iter().position(|p| *p == to).unwrap_or(0);
+        self.transitions[i].inc();
+        match to {
+            Phase::Open => tracing::warn!(upstream = %self.upstream, "circuit breaker opened"),
+            _ => {
+                tracing::info!(upstream = %self.upstream, state = to.as_str(), "circuit breaker moved")
+            }
+        }
+    }
+
+    /// A permit to send, or how long the circuit stays open.
+    fn acquire(self: &Arc<Self>) -> Result<Permit, std::time::Duration> {
+        let admitted = match self.state.lock() {
+            Ok(mut s) => s.admit(Instant::now()),
+            // A poisoned lock must not stop traffic: let it through uncounted.
+            Err(_) => return Ok(Permit::uncounted(self)),
+        };
+        let (admit, moved) = admitted?;
+        self.moved(moved);
+        Ok(Permit {
+            breaker: self.clone(),
+            admit: Some(admit),
+            dropped_is_failure: false,
+        })
+    }
+
+    fn record(&self, admit: Admit, failed: bool) {
+        let moved = match self.state.lock() {
+            Ok(mut s) => s.record(admit, failed, Instant::now()),
+            Err(_) => None,
+        };
+        self.moved(moved);
+    }
+}
+
+/// A request let through; its result is recorded once, or it is released
+/// when dropped unjudged.
+struct Permit {
+    breaker: Arc<Breaker>,
+    admit: Option<Admit>,
+    /// While waiting for the head: a dropped future is a route timeout.
+    dropped_is_failure: bool,
+}
+
+impl Permit {
+    fn uncounted(breaker: &Arc<Breaker>) -> Self {
+        Permit {
+            breaker: breaker.clone(),
+            admit: None,
+            dropped_is_failure: false,
+        }
+    }
+
+    fn record(mut self, failed: bool) {
+        if let Some(admit) = self.admit.take() {
+            self.breaker.record(admit, failed);
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let Some(admit) = self.admit.take() else {
+            return;
+        };
+        if self.dropped_is_failure {
+            self.breaker.record(admit, true);
+        } else if let Ok(mut s) = self.breaker.state.lock() {
+            s.release(admit);
+        }
+    }
+}
+
+// === impl BreakerService ===
+
+impl Service<Request<Body>> for BreakerService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let mut this = self.clone();
+        Box::pin(async move { Ok(this.run(req).await) })
+    }
+}
+
+impl BreakerService {
+    async fn run(&mut self, req: Request<Body>) -> Response<Body> {
+        let grpc = req
+            .extensions()
+            .get::<RequestContext>()
+            .map_or_else(|| is_grpc(req.headers()), |c| c.grpc);
+        let mut permit = match self.breaker.acquire() {
+            Ok(p) => p,
+            Err(wait) => {
+                self.breaker.rejected.inc();
+                let mut res = ErrorKind::CircuitOpen.response(
+                    &format!("circuit to upstream \"{}\" is open", self.breaker.upstream),
+                    grpc,
+                );
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+                return res;
+            }
+        };
+        permit.dropped_is_failure = self.failure_on.contains(&Condition::Timeout);
+        let res = self
+            .inner
+            .call(req)
+            .await
+            .unwrap_or_else(|never| match never {});
+        permit.dropped_is_failure = false;
+        let observed = Observed::of(&res);
+        let in_trailers = grpc
+            && observed.grpc.is_none()
+            && observed.failure.is_none()
+            && res.status() == StatusCode::OK;
+        if in_trailers {
+            let failure_on = self.failure_on.clone();
+            return res.map(|body| {
+                TrailerWatch {
+                    inner: body,
+                    permit: Some(permit),
+                    failure_on,
+                    observed,
+                }
+                .boxed()
+            });
+        }
+        permit.record(classify::is_failure(&self.failure_on, &observed));
+        res
+    }
+}
+
+/// Passes a gRPC answer's body through and judges the call by the
+/// `grpc-status` of its trailers (a body that breaks is a reset).
+struct TrailerWatch {
+    inner: Body,
+    permit: Option<Permit>,
+    failure_on: Arc<[Condition]>,
+    observed: Observed,
+}
+
+impl TrailerWatch {
+    fn judge(&mut self, grpc: Option<u32>, failure: Option<UpstreamFailure>) {
+        if let Some(p) = self.permit.take() {
+            let o = Observed {
+                grpc,
+                failure,
+                ..self.observed
+            };
+            p.record(classify::is_failure(&self.failure_on, &o));
+        }
+    }
+}
+
+impl HttpBody for TrailerWatch {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(t) = frame.trailers_ref() {
+                    let code = classify::grpc_status(t);
+                    this.judge(code, None);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.judge(None, Some(UpstreamFailure::Reset)),
+            // Ended without trailers: not a gRPC failure the breaker counts.
+            Poll::Ready(None) => this.judge(None, None),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests;

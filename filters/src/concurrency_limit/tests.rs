@@ -1,0 +1,236 @@
+//! The concurrency_limit service against an upstream whose answers the test
+//! releases, with paused time.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::StatusCode;
+use http_body_util::StreamBody;
+use kaname_config::types::ConcurrencyLimit as ConcurrencyConfig;
+use tokio::sync::{mpsc, Semaphore};
+use tower::ServiceExt;
+
+use super::*;
+use crate::body;
+
+fn config(max_in_flight: usize, max_queue: usize) -> ConcurrencyConfig {
+    ConcurrencyConfig {
+        max_in_flight,
+        max_queue,
+        queue_timeout: Duration::from_millis(100),
+        priority_header: Some("x-priority".into()),
+    }
+}
+
+fn route() -> RouteInfo {
+    RouteInfo {
+        listener: "l".into(),
+        route: "r".into(),
+        upstream: "u".into(),
+    }
+}
+
+/// Counts requests inside and the most ever inside; each answer waits for
+/// a permit of `gate`.
+#[derive(Clone, Default)]
+struct Counting {
+    now: Arc<AtomicUsize>,
+    max: Arc<AtomicUsize>,
+}
+
+fn gated_upstream(c: Counting, gate: Arc<Semaphore>) -> RouteService {
+    BoxCloneSyncService::new(tower::service_fn(move |_req: Request<Body>| {
+        let c = c.clone();
+        let gate = gate.clone();
+        async move {
+            let n = c.now.fetch_add(1, Ordering::SeqCst) + 1;
+            c.max.fetch_max(n, Ordering::SeqCst);
+            if let Ok(p) = gate.acquire().await {
+                p.forget();
+            }
+            c.now.fetch_sub(1, Ordering::SeqCst);
+            Ok::<_, Infallible>(Response::new(body::empty()))
+        }
+    }))
+}
+
+fn request(priority: Option<&str>, grpc: bool) -> Request<Body> {
+    let mut b = Request::post("/");
+    if let Some(p) = priority {
+        b = b.header("x-priority", p);
+    }
+    if grpc {
+        b = b.header("content-type", "application/grpc");
+    }
+    b.body(body::empty()).expect("request")
+}
+
+#[tokio::test(start_paused = true)]
+async fn never_more_than_max_in_flight_and_overflow_sheds() {
+    let m = Arc::new(Metrics::new());
+    let layer = ConcurrencyLayer::new("protect", &config(2, 3), &m).expect("layer");
+    let counting = Counting::default();
+    let gate = Arc::new(Semaphore::new(0));
+    let svc = layer.wrap(&route(), gated_upstream(counting.clone(), gate.clone()));
+
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let svc = svc.clone();
+        tasks.push(tokio::spawn(svc.oneshot(request(None, false))));
+    }
+    while layer.limiter().queued() < 3 {
+        tokio::task::yield_now().await;
+    }
+    // Two inside, three waiting: the sixth is shed at once.
+    let shed = svc
+        .clone()
+        .oneshot(request(None, false))
+        .await
+        .expect("infallible");
+    assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(shed.headers()["kaname-error"], "overloaded");
+    assert_eq!(shed.headers()["retry-after"], "1");
+    assert_eq!(
+        m.shed_total.with_label_values(&["protect", "normal"]).get(),
+        1
+    );
+    assert_eq!(
+        m.concurrency_in_flight
+            .with_label_values(&["protect"])
+            .get(),
+        2
+    );
+    assert_eq!(m.queue_depth.with_label_values(&["protect"]).get(), 3);
+
+    gate.add_permits(5);
+    for t in tasks {
+        let res = t.await.expect("join").expect("infallible");
+        assert_eq!(res.status(), StatusCode::OK);
+        drop(res); // the body holds the slot
+    }
+    assert_eq!(counting.max.load(Ordering::SeqCst), 2);
+    assert_eq!(layer.limiter().in_flight(), 0);
+    assert_eq!(
+        m.concurrency_in_flight
+            .with_label_values(&["protect"])
+            .get(),
+        0
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn queue_timeout_sheds_and_grpc_gets_resource_exhausted() {
+    let m = Arc::new(Metrics::new());
+    let layer = ConcurrencyLayer::new("protect", &config(1, 10), &m).expect("layer");
+    let gate = Arc::new(Semaphore::new(0));
+    let svc = layer.wrap(&route(), gated_upstream(Counting::default(), gate.clone()));
+    let first = tokio::spawn(svc.clone().oneshot(request(None, false)));
+    while layer.limiter().in_flight() < 1 {
+        tokio::task::yield_now().await;
+    }
+    let start = tokio::time::Instant::now();
+    let res = svc
+        .clone()
+        .oneshot(request(Some("high"), true))
+        .await
+        .expect("infallible");
+    assert_eq!(start.elapsed(), Duration::from_millis(100));
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["grpc-status"], "8");
+    assert_eq!(res.headers()["kaname-error"], "overloaded");
+    assert_eq!(
+        m.shed_total.with_label_values(&["protect", "high"]).get(),
+        1
+    );
+    gate.add_permits(1);
+    drop(first.await.expect("join").expect("infallible"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_slot_is_held_until_the_body_ends() {
+    let m = Arc::new(Metrics::new());
+    let layer = ConcurrencyLayer::new("protect", &config(1, 0), &m).expect("layer");
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+    let rx = Arc::new(std::sync::Mutex::new(Some(rx)));
+    let upstream = BoxCloneSyncService::new(tower::service_fn(move |_req: Request<Body>| {
+        let rx = rx.lock().expect("lock").take();
+        async move {
+            let body = match rx {
+                Some(rx) => {
+                    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                        rx.recv().await.map(|f| (f, rx))
+                    });
+                    StreamBody::new(stream).boxed()
+                }
+                None => body::empty(),
+            };
+            Ok::<_, Infallible>(Response::new(body))
+        }
+    }));
+    let svc = layer.wrap(&route(), upstream);
+    let res = svc
+        .clone()
+        .oneshot(request(None, false))
+        .await
+        .expect("infallible");
+    assert_eq!(res.status(), StatusCode::OK);
+    // Head received, body still streaming: the slot is taken.
+    let shed = svc
+        .clone()
+        .oneshot(request(None, false))
+        .await
+        .expect("infallible");
+    assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    let mut body = res.into_body();
+    tx.send(Ok(Frame::data(Bytes::from_static(b"chunk"))))
+        .await
+        .expect("send");
+    let frame = body.frame().await.expect("a frame").expect("ok");
+    assert_eq!(
+        frame.into_data().expect("data"),
+        Bytes::from_static(b"chunk")
+    );
+    assert_eq!(layer.limiter().in_flight(), 1);
+    drop(tx);
+    assert!(body.frame().await.is_none());
+    assert_eq!(
+        layer.limiter().in_flight(),
+        0,
+        "released at the end of the body"
+    );
+    let again = svc
+        .clone()
+        .oneshot(request(None, false))
+        .await
+        .expect("infallible");
+    assert_eq!(again.status(), StatusCode::OK);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_priority_header_everyone_is_normal() {
+    let m = Arc::new(Metrics::new());
+    let cfg = ConcurrencyConfig {
+        priority_header: None,
+        ..config(1, 0)
+    };
+    let layer = ConcurrencyLayer::new("plain", &cfg, &m).expect("layer");
+    let gate = Arc::new(Semaphore::new(0));
+    let svc = layer.wrap(&route(), gated_upstream(Counting::default(), gate.clone()));
+    let first = tokio::spawn(svc.clone().oneshot(request(None, false)));
+    while layer.limiter().in_flight() < 1 {
+        tokio::task::yield_now().await;
+    }
+    let res = svc
+        .clone()
+        .oneshot(request(Some("high"), false))
+        .await
+        .expect("infallible");
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        m.shed_total.with_label_values(&["plain", "normal"]).get(),
+        1
+    );
+    gate.add_permits(1);
+    drop(first.await.expect("join").expect("infallible"));
+}

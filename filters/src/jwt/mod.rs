@@ -1,0 +1,313 @@
+//! The `jwt` filter: lets a request through only with a valid JSON Web
+//! Token, and tells the upstream who the caller is.
+//!
+//! ```yaml
+//! auth:
+//!   jwt:
+//!     issuer: https://auth.example.com
+//!     audiences: [orders]
+//!     algorithms: [RS256, ES256]
+//!     jwks: { url: https://auth.example.com/.well-known/jwks.json, refresh: 5m }
+//!     leeway: 30s
+//!     required_claims: [sub]
+//!     forward_claims: { sub: x-user-id }
+//!     forward_token: false
+//! ```
+//!
+//! - The algorithm is taken from the filter's `algorithms` and the key's
+//!   type ([`keys`]), never from the token alone; `none` is never accepted.
+//! - Keys come from a JWKS file or URL kept fresh by [`jwks_cache`], or an
+//!   HS* `secret`.
+//! - Refusals are 401 `unauthenticated` with `WWW-Authenticate: Bearer
+//!   error="invalid_token", error_description="..."` (no `error` when the
+//!   token is missing, RFC 6750 §3.1), or 403 `forbidden` when a required
+//!   claim is absent; gRPC calls get the trailers-only form.
+//! - A valid request gets `forward_claims` headers (client-sent ones of
+//!   those names always removed), loses the token if `forward_token:
+//!   false`, and carries [`VerifiedClaims`] in its extensions.
+//! - Verified tokens are cached ([`token_cache`]) until their `exp`.
+
+pub mod claims_headers;
+pub mod jwks_cache;
+pub mod keys;
+pub mod token;
+pub mod token_cache;
+pub mod verify;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header::{HeaderValue, WWW_AUTHENTICATE};
+use http::{Request, Response};
+use jsonwebtoken::Algorithm;
+use kaname_config::types::{Jwt as JwtConfig, TokenSource};
+use prometheus::IntCounter;
+use serde_json::{Map, Value};
+use tower::Service;
+
+use crate::claims::VerifiedClaims;
+use crate::registry::{BuildContext, BuildError, FilterLayer, RouteInfo};
+use crate::{is_grpc, Body, ErrorKind, RouteService};
+use claims_headers::ForwardClaims;
+use jwks_cache::{JwksCache, Refresher, TaskGuard};
+use keys::{KeySet, Lookup};
+use token_cache::TokenCache;
+use verify::{Failure, Rejection, Verifier, MAX_TOKEN_BYTES};
+
+/// Verified tokens kept per filter.
+const TOKEN_CACHE_CAPACITY: usize = 10_000;
+
+/// A built jwt filter: its keys, refresh task and caches, shared by every
+/// route that names it.
+pub struct JwtLayer {
+    shared: Arc<Shared>,
+}
+
+/// The jwt service of one route.
+#[derive(Clone)]
+pub struct JwtService {
+    shared: Arc<Shared>,
+    inner: RouteService,
+}
+
+struct Shared {
+    source: TokenSource,
+    forward_token: bool,
+    forward: ForwardClaims,
+    verifier: Verifier,
+    keys: Arc<JwksCache>,
+    tokens: TokenCache,
+    results: Results,
+    _task: TaskGuard,
+}
+
+/// `kaname_jwt_validations_total{filter,result}`, resolved once.
+struct Results {
+    ok: IntCounter,
+    by_failure: Vec<(Failure, IntCounter)>,
+}
+
+// === impl JwtLayer ===
+
+impl JwtLayer {
+    pub fn new(name: &str, cfg: &JwtConfig, ctx: &BuildContext<'_>) -> Result<Self, BuildError> {
+        let invalid = |message: String| BuildError::Invalid {
+            filter: name.to_string(),
+            message,
+        };
+        let allowed = cfg
+            .algorithms
+            .iter()
+            .map(|a| a.parse::<Algorithm>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| invalid("unknown algorithm".into()))?;
+        if allowed.is_empty() {
+            return Err(invalid("no algorithm is allowed".into()));
+        }
+        let forward = ForwardClaims::new(&cfg.forward_claims).map_err(invalid)?;
+        let m = ctx.metrics;
+        let (keys, task) = match (&cfg.secret, &cfg.jwks) {
+            (Some(secret), _) => (
+                JwksCache::fixed(KeySet::from_secret(secret.as_bytes(), &allowed)),
+                TaskGuard::none(),
+            ),
+            (None, Some(source)) => JwksCache::spawn(Refresher {
+                filter: name.to_string(),
+                fetcher: (ctx.jwks_fetcher)(source),
+                refresh: match source {
+                    kaname_config::types::JwksSource::Url { refresh, .. } => *refresh,
+                    // A file is re-read as often, so a rotated file is seen.
+                    kaname_config::types::JwksSource::File(_) => {
+                        std::time::Duration::from_secs(300)
+                    }
+                },
+                allowed: allowed.clone(),
+                success: m.jwks_refreshes_total.with_label_values(&[name, "success"]),
+                failure: m.jwks_refreshes_total.with_label_values(&[name, "failure"]),
+            }),
+            (None, None) => return Err(invalid("needs jwks or secret".into())),
+        };
+        let results = Results {
+            ok: m.jwt_validations_total.with_label_values(&[name, "ok"]),
+            by_failure: Failure::ALL
+                .iter()
+                .map(|f| {
+                    (
+                        *f,
+                        m.jwt_validations_total
+                            .with_label_values(&[name, f.label()]),
+                    )
+                })
+                .collect(),
+        };
+        let verifier = Verifier::new(
+            &allowed,
+            &cfg.issuers,
+            &cfg.audiences,
+            cfg.leeway.as_secs(),
+            &cfg.required_claims,
+        );
+        Ok(JwtLayer {
+            shared: Arc::new(Shared {
+                source: cfg.from.clone(),
+                forward_token: cfg.forward_token,
+                forward,
+                verifier,
+                keys,
+                tokens: TokenCache::new(TOKEN_CACHE_CAPACITY),
+                results,
+                _task: task,
+            }),
+        })
+    }
+}
+
+impl FilterLayer for JwtLayer {
+    fn wrap(&self, _route: &RouteInfo, inner: RouteService) -> RouteService {
+        RouteService::new(JwtService {
+            shared: self.shared.clone(),
+            inner,
+        })
+    }
+}
+
+// === impl JwtService ===
+
+impl Service<Request<Body>> for JwtService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Route services are always ready (the listener never polls).
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let shared = self.shared.clone();
+        let mut inner = self.inner.clone();
+        Box::pin(async move {
+            let grpc = is_grpc(req.headers());
+            match shared.authenticate(&req).await {
+                Ok(claims) => {
+                    shared.results.ok.inc();
+                    let req = shared.prepare(req, claims);
+                    inner.call(req).await
+                }
+                Err(rejection) => {
+                    shared.count(rejection.failure);
+                    Ok(refusal(&rejection, grpc))
+                }
+            }
+        })
+    }
+}
+
+// === impl Shared ===
+
+impl Shared {
+    async fn authenticate(
+        &self,
+        req: &Request<Body>,
+    ) -> Result<Arc<Map<String, Value>>, Rejection> {
+        let Some(token) = token::extract(&self.source, req) else {
+            return Err(Rejection::new(Failure::Missing, "missing bearer token"));
+        };
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(Rejection::new(Failure::Malformed, "token is too large"));
+        }
+        self.keys.wait_first_fetch().await;
+        let now = jsonwebtoken::get_current_timestamp();
+        let cache_key = TokenCache::key(&token);
+        let mut current = self.keys.current();
+        if let Some(claims) = self.tokens.get(&cache_key, current.generation, now) {
+            return Ok(claims);
+        }
+        let header = self.verifier.inspect(&token)?;
+        if matches!(
+            current.keys.lookup(header.kid.as_deref(), header.alg),
+            Lookup::NoKeys | Lookup::UnknownKid
+        ) && self.keys.refetch().await
+        {
+            current = self.keys.current();
+        }
+        let verified = match current.keys.lookup(header.kid.as_deref(), header.alg) {
+            Lookup::Found(candidates) => self.verifier.verify(&token, &header, &candidates)?,
+            Lookup::NoKeys => {
+                return Err(Rejection::new(
+                    Failure::UnknownKey,
+                    "signing keys not available yet",
+                ))
+            }
+            Lookup::UnknownKid => {
+                return Err(Rejection::new(
+                    Failure::UnknownKey,
+                    "no signing key matches the token's kid",
+                ))
+            }
+            Lookup::WrongAlgorithm => {
+                return Err(Rejection::new(
+                    Failure::BadSignature,
+                    "token algorithm does not match its signing key",
+                ))
+            }
+        };
+        self.tokens.insert(
+            cache_key,
+            current.generation,
+            verified.exp.saturating_add(self.verifier.leeway),
+            verified.claims.clone(),
+            now,
+        );
+        Ok(verified.claims)
+    }
+
+    /// What a verified request carries to the upstream.
+    fn prepare(&self, mut req: Request<Body>, claims: Arc<Map<String, Value>>) -> Request<Body> {
+        self.forward.apply(&claims, req.headers_mut());
+        if !self.forward_token {
+            token::strip(&self.source, &mut req);
+        }
+        req.extensions_mut().insert(VerifiedClaims(claims));
+        req
+    }
+
+    fn count(&self, failure: Failure) {
+        if let Some((_, c)) = self.results.by_failure.iter().find(|(f, _)| *f == failure) {
+            c.inc();
+        }
+    }
+}
+
+/// kaname's answer for a refusal, with RFC 6750's `WWW-Authenticate`.
+fn refusal(r: &Rejection, grpc: bool) -> Response<Body> {
+    let (kind, challenge) = match r.failure {
+        // §3.1: no error code when the request had no token at all.
+        Failure::Missing => (ErrorKind::Unauthenticated, "Bearer".to_string()),
+        Failure::Forbidden => (
+            ErrorKind::Forbidden,
+            format!(
+                "Bearer error=\"insufficient_scope\", error_description=\"{}\"",
+                r.description
+            ),
+        ),
+        _ => (
+            ErrorKind::Unauthenticated,
+            format!(
+                "Bearer error=\"invalid_token\", error_description=\"{}\"",
+                r.description
+            ),
+        ),
+    };
+    let mut res = kind.response(&r.description, grpc);
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        res.headers_mut().insert(WWW_AUTHENTICATE, v);
+    }
+    res
+}
+
+#[cfg(test)]
+mod tests;

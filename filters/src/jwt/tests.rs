@@ -1,0 +1,251 @@
+//! The jwt service against a recording upstream: what passes, what is
+//! refused and how, and what the upstream receives.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use http::{HeaderMap, StatusCode};
+use jsonwebtoken::{encode, EncodingKey, Header};
+use kaname_config::types::JwksSource;
+use serde_json::json;
+use tower::util::BoxCloneSyncService;
+use tower::ServiceExt;
+
+use super::*;
+use crate::body;
+use crate::metrics::Metrics;
+use crate::registry::JwksFetcher;
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+fn config() -> JwtConfig {
+    JwtConfig {
+        issuers: vec!["me".into()],
+        audiences: vec![],
+        algorithms: vec!["HS256".into()],
+        jwks: None,
+        secret: Some(SECRET.into()),
+        leeway: Duration::ZERO,
+        from: TokenSource::Header {
+            name: "authorization".into(),
+            prefix: "Bearer ".into(),
+        },
+        required_claims: vec!["sub".into()],
+        forward_claims: vec![
+            ("sub".into(), "x-user-id".into()),
+            ("roles".into(), "x-roles".into()),
+        ],
+        forward_token: true,
+    }
+}
+
+struct NoFetch;
+
+impl JwksFetcher for NoFetch {
+    fn fetch(&self) -> Pin<Box<dyn Future<Output = Result<bytes::Bytes, String>> + Send + '_>> {
+        Box::pin(async { Err("no fetch in these tests".to_string()) })
+    }
+}
+
+/// What the upstream saw: headers, URI and the claims extension.
+type Seen = Arc<Mutex<Vec<(HeaderMap, String, Option<VerifiedClaims>)>>>;
+
+fn service(cfg: &JwtConfig, metrics: &Arc<Metrics>) -> (RouteService, Seen) {
+    let fetcher = |_: &JwksSource| -> Arc<dyn JwksFetcher> { Arc::new(NoFetch) };
+    let ctx = BuildContext {
+        metrics,
+        jwks_fetcher: &fetcher,
+    };
+    let layer = JwtLayer::new("auth", cfg, &ctx).unwrap();
+    let seen: Seen = Arc::default();
+    let record = seen.clone();
+    let upstream = BoxCloneSyncService::new(tower::service_fn(move |req: Request<Body>| {
+        record.lock().unwrap().push((
+            req.headers().clone(),
+            req.uri().to_string(),
+            req.extensions().get::<VerifiedClaims>().cloned(),
+        ));
+        async { Ok::<_, Infallible>(Response::new(body::empty())) }
+    }));
+    let route = RouteInfo {
+        listener: "l".into(),
+        route: "r".into(),
+        upstream: "u".into(),
+    };
+    (layer.wrap(&route, upstream), seen)
+}
+
+fn token(claims: Value) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn good_claims() -> Value {
+    json!({"sub": "alice", "iss": "me", "roles": ["a", "b"],
+           "exp": jsonwebtoken::get_current_timestamp() + 600})
+}
+
+async fn send(svc: &RouteService, headers: &[(&str, &str)]) -> Response<Body> {
+    let mut b = Request::get("/x");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    svc.clone()
+        .oneshot(b.body(body::empty()).unwrap())
+        .await
+        .unwrap()
+}
+
+fn result(m: &Metrics, r: &str) -> u64 {
+    m.jwt_validations_total
+        .with_label_values(&["auth", r])
+        .get()
+}
+
+#[tokio::test]
+async fn valid_token_passes_with_claims() {
+    let m = Arc::new(Metrics::new());
+    let (svc, seen) = service(&config(), &m);
+    let bearer = format!("Bearer {}", token(good_claims()));
+    let res = send(
+        &svc,
+        &[
+            ("authorization", &bearer),
+            ("x-user-id", "mallory"),
+            ("x-roles", "admin"),
+        ],
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let seen = seen.lock().unwrap();
+    let (headers, _, claims) = &seen[0];
+    let ids: Vec<_> = headers.get_all("x-user-id").iter().collect();
+    assert_eq!(ids, ["alice"], "client's x-user-id replaced");
+    assert_eq!(headers["x-roles"], "a b");
+    assert_eq!(
+        headers["authorization"],
+        bearer.as_str(),
+        "token kept by default"
+    );
+    let claims = claims.as_ref().expect("VerifiedClaims in extensions");
+    assert_eq!(claims.get_str("sub").as_deref(), Some("alice"));
+    assert_eq!(result(&m, "ok"), 1);
+}
+
+#[tokio::test]
+async fn missing_token_has_no_error_attribute() {
+    let m = Arc::new(Metrics::new());
+    let (svc, seen) = service(&config(), &m);
+    let res = send(&svc, &[("authorization", "Basic eDp5")]).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(res.headers()["www-authenticate"], "Bearer");
+    assert_eq!(res.headers()["kaname-error"], "unauthenticated");
+    assert!(seen.lock().unwrap().is_empty());
+    assert_eq!(result(&m, "missing"), 1);
+}
+
+#[tokio::test]
+async fn invalid_token_is_described() {
+    let m = Arc::new(Metrics::new());
+    let (svc, seen) = service(&config(), &m);
+    let mut c = good_claims();
+    c["exp"] = json!(1);
+    let res = send(&svc, &[("authorization", &format!("Bearer {}", token(c)))]).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        res.headers()["www-authenticate"],
+        r#"Bearer error="invalid_token", error_description="token expired""#
+    );
+    assert!(seen.lock().unwrap().is_empty());
+    assert_eq!(result(&m, "expired"), 1);
+}
+
+#[tokio::test]
+async fn missing_required_claim_is_forbidden() {
+    let m = Arc::new(Metrics::new());
+    let (svc, _) = service(&config(), &m);
+    let mut c = good_claims();
+    c.as_object_mut().unwrap().remove("sub");
+    let res = send(&svc, &[("authorization", &format!("Bearer {}", token(c)))]).await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert_eq!(res.headers()["kaname-error"], "forbidden");
+    assert!(res.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains("insufficient_scope"));
+    assert_eq!(result(&m, "forbidden"), 1);
+}
+
+#[tokio::test]
+async fn grpc_gets_trailers_only_unauthenticated() {
+    let m = Arc::new(Metrics::new());
+    let (svc, _) = service(&config(), &m);
+    let res = send(&svc, &[("content-type", "application/grpc")]).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["grpc-status"], "16");
+}
+
+#[tokio::test]
+async fn forward_token_false_strips_query_token() {
+    let m = Arc::new(Metrics::new());
+    let mut cfg = config();
+    cfg.from = TokenSource::Query("access_token".into());
+    cfg.forward_token = false;
+    let (svc, seen) = service(&cfg, &m);
+    let req = Request::get(format!("/x?a=1&access_token={}", token(good_claims())))
+        .body(body::empty())
+        .unwrap();
+    let res = svc.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(seen.lock().unwrap()[0].1, "/x?a=1");
+}
+
+#[tokio::test]
+async fn repeated_token_is_served_from_the_cache() {
+    let m = Arc::new(Metrics::new());
+    let (svc, _) = service(&config(), &m);
+    let bearer = format!("Bearer {}", token(good_claims()));
+    for _ in 0..3 {
+        let res = send(&svc, &[("authorization", &bearer)]).await;
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    assert_eq!(result(&m, "ok"), 3);
+}
+
+#[tokio::test]
+async fn jwks_not_loaded_answers_keys_not_available() {
+    let m = Arc::new(Metrics::new());
+    let mut cfg = config();
+    cfg.secret = None;
+    cfg.algorithms = vec!["ES256".into()];
+    cfg.jwks = Some(JwksSource::Url {
+        url: "http://127.0.0.1:1/jwks".into(),
+        refresh: Duration::from_secs(60),
+    });
+    let (svc, _) = service(&cfg, &m);
+    let header = base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        r#"{"alg":"ES256","kid":"k"}"#,
+    );
+    let res = send(
+        &svc,
+        &[("authorization", &format!("Bearer {header}.e30.AAAA"))],
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert!(res.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains("signing keys not available yet"));
+    assert_eq!(result(&m, "unknown_key"), 1);
+    assert!(
+        m.jwks_refreshes_total
+            .with_label_values(&["auth", "failure"])
+            .get()
+            >= 1
+    );
+}

@@ -1,0 +1,287 @@
+//! The `retry` filter: sends a failed request again, a bounded number of
+//! times, to another endpoint when there is one.
+//!
+//! ```yaml
+//! retries:
+//!   retry:
+//!     attempts: 3
+//!     retry_on: [connect_failure, reset, timeout, 503, unavailable]
+//!     per_try_timeout: 500ms
+//!     backoff: { base: 25ms, max: 250ms }
+//!     budget: { ratio: 0.2, min_per_second: 10 }
+//!     max_body_bytes: 64KiB
+//! ```
+//!
+//! The loop is a plain `async fn` (as linkerd's `http/retry`): a try, then
+//! the decision, then the wait. A response is returned to the client only
+//! once it is final, so an answer whose body started to flow is never
+//! retried by construction. Each way a retry can end has its reason:
+//! the answer is not retryable, tries are used up, the body cannot be
+//! replayed, `Retry-After` asks for longer than `backoff.max`, or the budget
+//! (kept per upstream, shared by the routes naming this filter) is spent.
+
+mod backoff;
+mod budget;
+pub mod classify;
+mod replay;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{header, Method, Request, Response, StatusCode};
+use kaname_config::types::{Condition, Retry as RetryConfig, RetryMethods};
+use prometheus::IntCounter;
+use tower::util::BoxCloneSyncService;
+use tower::Service;
+
+pub use backoff::{Backoff, InvalidBackoff};
+pub use budget::RetryBudget;
+pub use replay::Replay;
+
+use crate::context::{AvoidEndpoint, EndpointSlot, RequestContext, TriedEndpoint, UpstreamFailure};
+use crate::metrics::Metrics;
+use crate::registry::{BuildError, FilterLayer, RouteInfo};
+use crate::{is_grpc, Body, ErrorKind, RouteService};
+use classify::Observed;
+
+/// The settings of one retry filter, checked.
+#[derive(Debug)]
+struct Policy {
+    attempts: u32,
+    retry_on: Vec<Condition>,
+    /// Upper-case methods that may be retried (gRPC calls are exempt).
+    methods: Vec<Method>,
+    per_try_timeout: Option<Duration>,
+    backoff: Backoff,
+    max_body: usize,
+    /// `retry_on` names a gRPC code, so trailers may be worth a peek.
+    grpc_codes: bool,
+    ratio: f64,
+    min_per_second: u32,
+}
+
+/// A built retry filter; budgets per upstream live here.
+pub struct RetryLayer {
+    policy: Arc<Policy>,
+    metrics: Arc<Metrics>,
+    budgets: Mutex<HashMap<Arc<str>, Arc<RetryBudget>>>,
+}
+
+/// The retry service of one route.
+#[derive(Clone)]
+pub struct RetryService {
+    inner: RouteService,
+    policy: Arc<Policy>,
+    budget: Arc<RetryBudget>,
+    retries: IntCounter,
+    exhausted: IntCounter,
+}
+
+// === impl RetryLayer ===
+
+impl RetryLayer {
+    pub fn new(name: &str, cfg: &RetryConfig, metrics: &Arc<Metrics>) -> Result<Self, BuildError> {
+        let invalid = |message: String| BuildError::Invalid {
+            filter: name.to_owned(),
+            message,
+        };
+        let backoff =
+            Backoff::new(cfg.backoff_base, cfg.backoff_max).map_err(|e| invalid(e.to_string()))?;
+        let methods = match &cfg.methods {
+            RetryMethods::Idempotent => vec![
+                Method::GET,
+                Method::HEAD,
+                Method::OPTIONS,
+                Method::PUT,
+                Method::DELETE,
+                Method::TRACE,
+            ],
+            RetryMethods::List(list) => list
+                .iter()
+                .map(|m| Method::from_bytes(m.as_bytes()).map_err(|e| invalid(e.to_string())))
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(RetryLayer {
+            policy: Arc::new(Policy {
+                attempts: cfg.attempts.max(1),
+                retry_on: cfg.retry_on.clone(),
+                methods,
+                per_try_timeout: cfg.per_try_timeout,
+                backoff,
+                max_body: usize::try_from(cfg.max_body_bytes).unwrap_or(usize::MAX),
+                grpc_codes: cfg.retry_on.iter().any(|c| matches!(c, Condition::Grpc(_))),
+                ratio: cfg.budget_ratio,
+                min_per_second: cfg.budget_min_per_second,
+            }),
+            metrics: metrics.clone(),
+            budgets: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn budget(&self, upstream: &Arc<str>) -> Arc<RetryBudget> {
+        let new = || {
+            Arc::new(RetryBudget::new(
+                self.policy.ratio,
+                self.policy.min_per_second,
+            ))
+        };
+        match self.budgets.lock() {
+            Ok(mut map) => map.entry(upstream.clone()).or_insert_with(new).clone(),
+            Err(_) => new(),
+        }
+    }
+}
+
+impl FilterLayer for RetryLayer {
+    fn wrap(&self, route: &RouteInfo, inner: RouteService) -> RouteService {
+        let labels = [&*route.route, &*route.upstream];
+        BoxCloneSyncService::new(RetryService {
+            inner,
+            policy: self.policy.clone(),
+            budget: self.budget(&route.upstream),
+            retries: self.metrics.retries_total.with_label_values(&labels),
+            exhausted: self
+                .metrics
+                .retry_budget_exhausted_total
+                .with_label_values(&labels),
+        })
+    }
+}
+
+// === impl RetryService ===
+
+impl Service<Request<Body>> for RetryService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.run(req).await) })
+    }
+}
+
+impl RetryService {
+    async fn run(mut self, req: Request<Body>) -> Response<Body> {
+        let p = self.policy.clone();
+        self.budget.deposit();
+        let grpc = req
+            .extensions()
+            .get::<RequestContext>()
+            .map_or_else(|| is_grpc(req.headers()), |c| c.grpc);
+        // Every gRPC call is a POST: `methods` does not apply to them.
+        let may_retry = p.attempts > 1 && (grpc || p.methods.contains(req.method()));
+        if !may_retry {
+            return self.try_once(req, grpc).await;
+        }
+        let (parts, body) = req.into_parts();
+        let too_large = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .is_some_and(|n| n > p.max_body as u64);
+        let replay = Replay::new(body, p.max_body, too_large);
+        let mut body = replay.first();
+        let mut avoid = None;
+        let mut tries = 1;
+        loop {
+            let mut req = Request::from_parts(parts.clone(), body);
+            let slot = EndpointSlot::default();
+            req.extensions_mut().insert(slot.clone());
+            if let Some(addr) = avoid {
+                req.extensions_mut().insert(AvoidEndpoint(addr));
+            }
+            let res = self.try_once(req, grpc).await;
+            if tries >= p.attempts || !replay.replayable() {
+                return res;
+            }
+            let (res, observed) = match Observed::of(&res) {
+                o if grpc
+                    && p.grpc_codes
+                    && o.grpc.is_none()
+                    && o.failure.is_none()
+                    && res.status() == StatusCode::OK =>
+                {
+                    classify::peek_grpc_trailers(res, p.max_body).await
+                }
+                o => (res, o),
+            };
+            if !classify::matches(&p.retry_on, &observed) {
+                return res;
+            }
+            let wait = match retry_after(&res) {
+                // The upstream asks for longer than we would wait: its
+                // answer stands rather than a retry it asked us not to send.
+                Some(d) if d > p.backoff.max() => return res,
+                Some(d) => d,
+                None => p.backoff.jittered(tries),
+            };
+            if !self.budget.withdraw() {
+                self.exhausted.inc();
+                return res;
+            }
+            let Some(next) = replay.next() else {
+                return res;
+            };
+            avoid = res
+                .extensions()
+                .get::<TriedEndpoint>()
+                .map(|t| t.0)
+                .or_else(|| slot.get());
+            drop(res);
+            tracing::debug!(try_ = tries + 1, ?wait, ?observed, "retrying");
+            tokio::time::sleep(wait).await;
+            self.retries.inc();
+            body = next;
+            tries += 1;
+        }
+    }
+
+    /// One try, cut by `per_try_timeout`: a cut try is a `timeout` failure
+    /// and, when it is the last, the client's 504 upstream_timeout.
+    async fn try_once(&mut self, req: Request<Body>, grpc: bool) -> Response<Body> {
+        let call = self.inner.call(req);
+        let Some(limit) = self.policy.per_try_timeout else {
+            return call.await.unwrap_or_else(|never| match never {});
+        };
+        match tokio::time::timeout(limit, call).await {
+            Ok(res) => res.unwrap_or_else(|never| match never {}),
+            Err(_) => {
+                let mut res = ErrorKind::UpstreamTimeout.response(
+                    &format!("no response within per_try_timeout {limit:?}"),
+                    grpc,
+                );
+                res.extensions_mut().insert(UpstreamFailure::Timeout);
+                res
+            }
+        }
+    }
+}
+
+/// `Retry-After` of a 503, in delay-seconds (an HTTP date is ignored).
+fn retry_after(res: &Response<Body>) -> Option<Duration> {
+    if res.status() != StatusCode::SERVICE_UNAVAILABLE {
+        return None;
+    }
+    let secs: u64 = res
+        .headers()
+        .get(header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,612 @@
+//! No example can rot: every YAML and JSON file under `examples/` must
+//! parse, every kaname config there must pass `kaname check` with no
+//! warning, and the deployment examples must agree with the configs they
+//! ship (ports, probes, grace periods, metric names).
+//!
+//! Which YAML is a kaname config: any YAML document with a top-level
+//! `listeners:` key (the one key every kaname config has and no Kubernetes,
+//! compose or Prometheus file does), and any such document embedded as a
+//! `*.yaml` / `*.yml` value of a Kubernetes ConfigMap's `data`. Files named
+//! `kaname*.yaml` must be configs (a guard against the rule missing one);
+//! the Prometheus files beside them end in `.yml` (`kaname-rules.yml`).
+//!
+//! Placeholders: `{UPPER}` (the `kaname demo` template, examples/demo.yaml)
+//! is replaced by a free port; `${VAR}` without a default is set from
+//! `EXAMPLE_ENV` for the `kaname check` process. `kaname check` runs in the
+//! config's directory; a directory with a `make-certs.sh` (examples/mtls) gets
+//! its certificates made first, in a temporary copy.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use saphyr::{LoadableYamlNode, YamlOwned as Yaml};
+use support::{free_port, KANAME};
+
+/// Values for `${VAR}` references without a default in example configs.
+const EXAMPLE_ENV: &[(&str, &str)] = &[("JWT_SECRET", "example-secret-at-least-32-bytes-long")];
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn examples_dir() -> PathBuf {
+    repo().join("examples")
+}
+
+/// Every file under `dir`, recursively, sorted.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("read {}: {e}", d.display())) {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn ext(path: &Path) -> &str {
+    path.extension().and_then(|e| e.to_str()).unwrap_or("")
+}
+
+fn is_yaml(path: &Path) -> bool {
+    matches!(ext(path), "yaml" | "yml")
+}
+
+fn rel(path: &Path) -> String {
+    path.strip_prefix(repo())
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+fn load_yaml(name: &str, text: &str) -> Vec<Yaml> {
+    Yaml::load_from_str(text).unwrap_or_else(|e| panic!("{name}: invalid YAML: {e}"))
+}
+
+fn get<'a>(node: &'a Yaml, path: &[&str]) -> Option<&'a Yaml> {
+    let mut node = node;
+    for key in path {
+        node = node.as_mapping_get(key)?;
+    }
+    Some(node)
+}
+
+fn get_str<'a>(node: &'a Yaml, path: &[&str]) -> Option<&'a str> {
+    get(node, path)?.as_str()
+}
+
+fn is_kaname_config(doc: &Yaml) -> bool {
+    doc.as_mapping_get("listeners").is_some()
+}
+
+/// A kaname config found in examples/: where it came from and its text.
+struct FoundConfig {
+    origin: String,
+    text: String,
+    /// The file itself, when the config is a whole file (checked in place so
+    /// errors name the real file and line).
+    path: Option<PathBuf>,
+    /// The directory it lives in.
+    dir: PathBuf,
+}
+
+/// Every kaname config under examples/, whole files and ConfigMap entries.
+fn kaname_configs() -> Vec<FoundConfig> {
+    let mut found = Vec::new();
+    for path in walk(&examples_dir()).into_iter().filter(|p| is_yaml(p)) {
+        let text = read(&path);
+        let filled = fill_placeholders(&text);
+        let docs = load_yaml(&rel(&path), filled.as_deref().unwrap_or(&text));
+        let named_kaname = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("kaname") && n.ends_with(".yaml"));
+        if docs.len() == 1 && is_kaname_config(&docs[0]) {
+            found.push(FoundConfig {
+                origin: rel(&path),
+                text,
+                path: Some(path.clone()),
+                dir: path.parent().expect("parent").to_path_buf(),
+            });
+            continue;
+        }
+        assert!(
+            !named_kaname || docs.iter().any(|d| get_str(d, &["kind"]).is_some()),
+            "{}: named kaname* but not a kaname config (no top-level listeners:)",
+            rel(&path)
+        );
+        for doc in &docs {
+            if get_str(doc, &["kind"]) != Some("ConfigMap") {
+                continue;
+            }
+            let name = get_str(doc, &["metadata", "name"]).unwrap_or("?");
+            let Some(data) = get(doc, &["data"]).and_then(|d| d.as_mapping()) else {
+                continue;
+            };
+            for (key, value) in data {
+                let (Some(key), Some(value)) = (key.as_str(), value.as_str()) else {
+                    continue;
+                };
+                if !(key.ends_with(".yaml") || key.ends_with(".yml")) {
+                    continue;
+                }
+                let origin = format!("{} (ConfigMap {name}, {key})", rel(&path));
+                let inner = load_yaml(&origin, value);
+                if inner.len() == 1 && is_kaname_config(&inner[0]) {
+                    found.push(FoundConfig {
+                        origin,
+                        text: value.to_string(),
+                        path: None,
+                        dir: path.parent().expect("parent").to_path_buf(),
+                    });
+                }
+            }
+        }
+    }
+    found
+}
+
+/// `{UPPER}` placeholders, replaced by free ports.
+fn fill_placeholders(text: &str) -> Option<String> {
+    let re = regex::Regex::new(r"\{([A-Z][A-Z0-9_]*)\}").expect("regex");
+    let names: BTreeSet<String> = re
+        .captures_iter(text)
+        // `${VAR}` is an environment reference, not a template placeholder.
+        .filter(|c| {
+            let start = c.get(0).expect("match").start();
+            start == 0 || &text[start - 1..start] != "$"
+        })
+        .map(|c| c[1].to_string())
+        .collect();
+    if names.is_empty() {
+        return None;
+    }
+    let mut out = text.to_string();
+    for name in names {
+        out = out.replace(&format!("{{{name}}}"), &free_port().to_string());
+    }
+    Some(out)
+}
+
+/// `${VAR}` references without a default.
+fn required_env(text: &str) -> Vec<String> {
+    let re = regex::Regex::new(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}").expect("regex");
+    re.captures_iter(text).map(|c| c[1].to_string()).collect()
+}
+
+/// An example directory with this script needs its certificates made
+/// before its configs can be checked (they are not committed).
+const MAKE_CERTS: &str = "make-certs.sh";
+
+fn make_certs(script: &Path, out: &Path) {
+    let run = Command::new("sh")
+        .arg(script)
+        .arg(out)
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+    assert!(
+        run.status.success(),
+        "{} failed (needs openssl): {}",
+        rel(script),
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
+
+fn run_check(path: &Path, cwd: &Path, env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(KANAME);
+    cmd.current_dir(cwd)
+        .arg("check")
+        .arg("-c")
+        .arg(path)
+        .env_remove("KANAME_CONFIG")
+        .env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run kaname check")
+}
+
+#[test]
+fn every_yaml_and_json_file_under_examples_parses() {
+    let files = walk(&examples_dir());
+    let mut yaml = 0;
+    let mut json = 0;
+    for path in &files {
+        let text = read(path);
+        if is_yaml(path) {
+            // A template (examples/demo.yaml) is YAML once its placeholders
+            // are filled, as `kaname demo` does.
+            let text = fill_placeholders(&text).unwrap_or(text);
+            let docs = load_yaml(&rel(path), &text);
+            assert!(!docs.is_empty(), "{}: no YAML document", rel(path));
+            for (i, doc) in docs.iter().enumerate() {
+                assert!(
+                    !doc.is_badvalue() && !doc.is_null(),
+                    "{}: document {i} is empty or invalid",
+                    rel(path)
+                );
+            }
+            yaml += 1;
+        } else if ext(path) == "json" {
+            serde_json::from_str::<serde_json::Value>(&text)
+                .unwrap_or_else(|e| panic!("{}: invalid JSON: {e}", rel(path)));
+            json += 1;
+        }
+    }
+    // The walk found the examples: a broken walk must not pass silently.
+    assert!(yaml >= 15, "only {yaml} YAML files found under examples/");
+    assert!(json >= 2, "only {json} JSON files found under examples/");
+}
+
+#[test]
+fn multi_document_yaml_is_read_whole() {
+    let docs = load_yaml(
+        "service.yaml",
+        &read(&examples_dir().join("kubernetes/service.yaml")),
+    );
+    let kinds: Vec<_> = docs.iter().filter_map(|d| get_str(d, &["kind"])).collect();
+    assert_eq!(kinds, ["Service", "Service"]);
+}
+
+#[test]
+fn every_kaname_config_under_examples_passes_check() {
+    let configs = kaname_configs();
+    let origins: Vec<&str> = configs.iter().map(|c| c.origin.as_str()).collect();
+    for expected in [
+        "examples/quickstart.yaml",
+        "examples/demo.yaml",
+        "examples/compose/kaname-orders.yaml",
+        "examples/compose/kaname-payments.yaml",
+        "examples/kubernetes/configmap.yaml (ConfigMap orders-kaname, kaname.yaml)",
+    ] {
+        assert!(
+            origins.contains(&expected),
+            "{expected} not recognised as a kaname config; found {origins:?}"
+        );
+    }
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (i, config) in configs.iter().enumerate() {
+        let env: Vec<(&str, &str)> = required_env(&config.text)
+            .iter()
+            .map(|name| {
+                *EXAMPLE_ENV
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "{}: ${{{name}}} has no default; add a value to EXAMPLE_ENV",
+                            config.origin
+                        )
+                    })
+            })
+            .collect();
+        let filled = fill_placeholders(&config.text);
+        // Relative paths in a config (certificates) are relative to the
+        // directory it is run from: its own, as the examples' READMEs say.
+        let mut cwd = config.dir.clone();
+        let path = match (&config.path, filled) {
+            (Some(path), None) if !config.dir.join(MAKE_CERTS).exists() => path.clone(),
+            (_, filled) => {
+                let work = dir.path().join(format!("example-{i}"));
+                std::fs::create_dir(&work).expect("mkdir");
+                if config.dir.join(MAKE_CERTS).exists() {
+                    make_certs(&config.dir.join(MAKE_CERTS), &work.join("certs"));
+                    cwd = work.clone();
+                }
+                let name = config
+                    .path
+                    .as_ref()
+                    .and_then(|p| p.file_name())
+                    .map_or_else(|| "kaname.yaml".into(), |n| n.to_os_string());
+                let path = work.join(name);
+                std::fs::write(&path, filled.unwrap_or_else(|| config.text.clone()))
+                    .expect("write config");
+                path
+            }
+        };
+        let out = run_check(&path, &cwd, &env);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stdout.contains(": ok ("),
+            "kaname check failed on {} ({}):\n{stdout}{stderr}",
+            config.origin,
+            out.status
+        );
+        assert!(
+            !stderr.contains("warning"),
+            "kaname check warns about {}:\n{stderr}",
+            config.origin
+        );
+        eprintln!("kaname check ok: {}", config.origin);
+    }
+}
+
+#[test]
+fn check_refuses_a_broken_example() {
+    // The check above means something: a misspelt key in a shipped example
+    // fails it, naming the line.
+    let text = read(&examples_dir().join("quickstart.yaml"));
+    assert!(text.contains("connect_timeout:"));
+    let broken = text.replace("connect_timeout:", "conect_timeout:");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("kaname.yaml");
+    std::fs::write(&path, broken).expect("write");
+    let out = run_check(&path, dir.path(), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.contains("conect_timeout"), "stderr: {stderr}");
+}
+
+// === Kubernetes: the manifests agree with the config they ship ===
+
+fn duration_secs(s: &str) -> u64 {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().unwrap_or_else(|_| panic!("duration {s:?}"));
+    match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => panic!("duration {s:?}: unit"),
+    }
+}
+
+fn port_of(listen: &str) -> u64 {
+    listen
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {listen:?}"))
+}
+
+fn seq(node: Option<&Yaml>) -> Vec<Yaml> {
+    node.and_then(|n| n.as_sequence())
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn int(node: &Yaml, path: &[&str]) -> Option<u64> {
+    get(node, path)?.as_integer().map(|i| i as u64)
+}
+
+#[test]
+fn kubernetes_manifests_agree_with_the_sidecar_config() {
+    let k8s = examples_dir().join("kubernetes");
+    let cm = &load_yaml("configmap.yaml", &read(&k8s.join("configmap.yaml")))[0];
+    let config_text = get_str(cm, &["data", "kaname.yaml"]).expect("data.kaname.yaml");
+    let config = &load_yaml("kaname.yaml", config_text)[0];
+    let admin_port = port_of(get_str(config, &["admin", "listen"]).expect("admin.listen"));
+    let inbound_port =
+        port_of(get_str(config, &["listeners", "inbound", "listen"]).expect("inbound listener"));
+    let grace = duration_secs(get_str(config, &["shutdown_grace"]).unwrap_or("30s"));
+    assert!(
+        get_str(config, &["admin", "listen"]).is_some_and(|a| a.starts_with("0.0.0.0")),
+        "probes reach the admin port on the pod IP: it must not listen on loopback only"
+    );
+
+    let deploy = &load_yaml("deployment.yaml", &read(&k8s.join("deployment.yaml")))[0];
+    let pod = get(deploy, &["spec", "template", "spec"]).expect("pod spec");
+    let tgp = int(pod, &["terminationGracePeriodSeconds"]).expect("terminationGracePeriodSeconds");
+    assert!(
+        tgp > grace,
+        "terminationGracePeriodSeconds {tgp} <= shutdown_grace {grace}s"
+    );
+
+    // The sidecar: a native sidecar init container, probed on the admin port.
+    let inits = seq(pod.as_mapping_get("initContainers"));
+    let sidecar = inits
+        .iter()
+        .find(|c| get_str(c, &["name"]) == Some("kaname"))
+        .expect("kaname init container");
+    assert_eq!(get_str(sidecar, &["restartPolicy"]), Some("Always"));
+    let ports: BTreeMap<String, u64> = seq(sidecar.as_mapping_get("ports"))
+        .iter()
+        .map(|p| {
+            (
+                get_str(p, &["name"]).expect("port name").to_string(),
+                int(p, &["containerPort"]).expect("containerPort"),
+            )
+        })
+        .collect();
+    assert_eq!(ports.get("admin"), Some(&admin_port));
+    assert_eq!(ports.get("http"), Some(&inbound_port));
+    for (probe, path) in [
+        ("startupProbe", "/ready"),
+        ("readinessProbe", "/ready"),
+        ("livenessProbe", "/live"),
+    ] {
+        let p = get(sidecar, &[probe, "httpGet"]).unwrap_or_else(|| panic!("{probe}"));
+        assert_eq!(get_str(p, &["path"]), Some(path), "{probe}");
+        assert_eq!(get_str(p, &["port"]), Some("admin"), "{probe}");
+    }
+    let mem_request = get_str(sidecar, &["resources", "requests", "memory"]).expect("request");
+    let mem_limit = get_str(sidecar, &["resources", "limits", "memory"]).expect("limit");
+    assert!(mem_request.ends_with("Mi") && mem_limit.ends_with("Mi"));
+    let mount = seq(sidecar.as_mapping_get("volumeMounts"));
+    assert_eq!(get_str(&mount[0], &["mountPath"]), Some("/etc/kaname"));
+
+    let annotations =
+        get(deploy, &["spec", "template", "metadata", "annotations"]).expect("annotations");
+    assert_eq!(
+        get_str(annotations, &["prometheus.io/scrape"]),
+        Some("true")
+    );
+    assert_eq!(
+        get_str(annotations, &["prometheus.io/port"]),
+        Some(admin_port.to_string().as_str())
+    );
+
+    // The Service reaches the sidecar's inbound port, never the app's.
+    let services = load_yaml("service.yaml", &read(&k8s.join("service.yaml")));
+    let main = services
+        .iter()
+        .find(|s| get_str(s, &["metadata", "name"]) == Some("orders"))
+        .expect("Service orders");
+    let target = int(&seq(get(main, &["spec", "ports"]))[0], &["targetPort"]).expect("targetPort");
+    assert_eq!(target, inbound_port);
+
+    // The ServiceMonitor selects the admin Service and scrapes its admin port.
+    let admin_svc = services
+        .iter()
+        .find(|s| get_str(s, &["metadata", "name"]) == Some("orders-kaname-admin"))
+        .expect("Service orders-kaname-admin");
+    let sm = &load_yaml(
+        "servicemonitor.yaml",
+        &read(&k8s.join("servicemonitor.yaml")),
+    )[0];
+    let component = get_str(
+        sm,
+        &[
+            "spec",
+            "selector",
+            "matchLabels",
+            "app.kubernetes.io/component",
+        ],
+    );
+    assert_eq!(
+        component,
+        get_str(
+            admin_svc,
+            &["metadata", "labels", "app.kubernetes.io/component"]
+        )
+    );
+    let endpoint = &seq(get(sm, &["spec", "endpoints"]))[0];
+    assert_eq!(get_str(endpoint, &["port"]), Some("admin"));
+    assert_eq!(get_str(endpoint, &["path"]), Some("/metrics"));
+}
+
+#[test]
+fn compose_mounts_existing_files() {
+    let compose_dir = examples_dir().join("compose");
+    let compose = &load_yaml("compose.yaml", &read(&compose_dir.join("compose.yaml")))[0];
+    let services = get(compose, &["services"])
+        .and_then(|s| s.as_mapping())
+        .expect("services");
+    let mut sidecars = 0;
+    for (name, svc) in services {
+        for volume in seq(svc.as_mapping_get("volumes")) {
+            let spec = volume.as_str().expect("short volume syntax");
+            let host = spec.split(':').next().expect("host path");
+            let path = compose_dir.join(host);
+            assert!(
+                path.exists(),
+                "{name:?} mounts {host}, which does not exist"
+            );
+            if spec.contains(":/etc/kaname/kaname.yaml") {
+                sidecars += 1;
+            }
+        }
+    }
+    assert_eq!(sidecars, 2, "two services, each behind a kaname sidecar");
+}
+
+// === The Dockerfile builds what CI tests ===
+
+#[test]
+fn dockerfile_builds_what_ci_tests() {
+    let dockerfile = read(&repo().join("Dockerfile"));
+    let instructions: Vec<&str> = dockerfile
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .collect();
+    assert!(
+        instructions
+            .iter()
+            .any(|l| l.trim_end_matches('\\').trim() == "cargo build --release --locked -p kaname"),
+        "the build step must be exactly `cargo build --release --locked -p kaname`"
+    );
+    let from: Vec<&&str> = instructions
+        .iter()
+        .filter(|l| l.starts_with("FROM "))
+        .collect();
+    assert!(
+        from.last().is_some_and(|l| l.contains("distroless")),
+        "{from:?}"
+    );
+    assert!(instructions.contains(&"USER 65532:65532"));
+    assert!(instructions.contains(&"EXPOSE 9901"));
+    assert!(instructions.contains(
+        &r#"ENTRYPOINT ["/usr/local/bin/kaname", "run", "-c", "/etc/kaname/kaname.yaml"]"#
+    ));
+    let ignore = read(&repo().join(".dockerignore"));
+    assert!(ignore.lines().any(|l| l.trim() == "target/"));
+    assert!(
+        !ignore
+            .lines()
+            .any(|l| ["examples/", "tests/", "Cargo.lock"].contains(&l.trim())),
+        "the build needs Cargo.lock, examples/demo.yaml and the [[test]] paths"
+    );
+}
+
+// === Rules and dashboard name only families kaname exports ===
+
+/// Family names registered in filters/src/metrics.rs, plus process_*.
+fn registered_families() -> BTreeSet<String> {
+    let src = read(&repo().join("filters/src/metrics.rs"));
+    let re = regex::Regex::new(r#""(kaname_[a-z_]+)""#).expect("regex");
+    re.captures_iter(&src).map(|c| c[1].to_string()).collect()
+}
+
+fn referenced_families(text: &str) -> BTreeSet<String> {
+    let re = regex::Regex::new(r"\b(kaname_[a-z_]+|process_[a-z_]+)").expect("regex");
+    re.captures_iter(text).map(|c| c[1].to_string()).collect()
+}
+
+#[test]
+fn rules_and_dashboard_use_only_exported_metric_names() {
+    let families = registered_families();
+    assert!(families.len() >= 25, "{families:?}");
+    // What prometheus' process collector exports.
+    let process = [
+        "process_cpu_seconds_total",
+        "process_open_fds",
+        "process_max_fds",
+        "process_virtual_memory_bytes",
+        "process_resident_memory_bytes",
+        "process_start_time_seconds",
+        "process_threads",
+    ];
+    let mut files = vec![
+        examples_dir().join("prometheus/kaname-rules.yml"),
+        examples_dir().join("prometheus/kaname-rules.test.yml"),
+        examples_dir().join("grafana/kaname-dashboard.json"),
+    ];
+    files.extend(
+        walk(&repo().join("docs"))
+            .into_iter()
+            .filter(|p| p.file_name().is_some_and(|n| n == "observability.md")),
+    );
+    for file in files {
+        for name in referenced_families(&read(&file)) {
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .filter(|b| families.contains(*b))
+                .unwrap_or(&name);
+            assert!(
+                families.contains(base) || process.contains(&base),
+                "{} names {name}, which kaname does not export",
+                rel(&file)
+            );
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! Hostile HTTP/2 clients, with raw frames over TCP: rapid reset
+//! (CVE-2023-44487), SETTINGS and PING floods, a CONTINUATION flood. Each
+//! time kaname must survive, keep serving other clients, cut the attacker
+//! off (or hold it by backpressure), and keep its memory bounded.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{free_port, metric_value, HttpClient, Kaname, TestUpstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const DATA_END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const CONTINUATION: u8 = 0x9;
+/// How much kaname's RSS may grow during one attack: generous on purpose
+/// (allocator slack, metrics), far below what an unbounded queue would take.
+const RSS_GROWTH_KIB: u64 = 100 * 1024;
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = Vec::with_capacity(9 + payload.len());
+    f.extend_from_slice(&len.to_be_bytes()[1..]);
+    f.push(kind);
+    f.push(flags);
+    f.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// HPACK: `GET /` over http with `:authority` 127.0.0.1 (static table
+/// entries and one literal without indexing).
+fn get_block() -> Vec<u8> {
+    let mut b = vec![0x82, 0x86, 0x84, 0x01, 9];
+    b.extend_from_slice(b"127.0.0.1");
+    b
+}
+
+fn config(port: u16, up: &TestUpstream) -> String {
+    format!(
+        "listeners:
+  main:
+    listen: 127.0.0.1:{port}
+    routes:
+      - match: {{ path_prefix: / }}
+        upstream: up
+upstreams:
+  up:
+    endpoints: [{}]
+",
+        up.addr
+    )
+}
+
+/// Connects and sends the preface and an empty SETTINGS frame.
+async fn h2_connect(port: u16) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    s.write_all(PREFACE).await.expect("preface");
+    s.write_all(&frame(SETTINGS, 0, 0, &[]))
+        .await
+        .expect("settings");
+    s
+}
+
+/// Reads frames until the peer closes or `deadline`; returns whether it
+/// closed and the GOAWAY error code, if one came.
+async fn read_until_goaway_or_close(s: &mut TcpStream, deadline: Duration) -> (bool, Option<u32>) {
+    let start = Instant::now();
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut goaway = None;
+    loop {
+        let left = deadline.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return (false, goaway);
+        }
+        match tokio::time::timeout(left, s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (true, goaway),
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => return (false, goaway),
+        }
+        // Walk whole frames; keep a partial one for the next read.
+        let mut at = 0;
+        while buf.len() >= at + 9 {
+            let len = u32::from_be_bytes([0, buf[at], buf[at + 1], buf[at + 2]]) as usize;
+            if buf.len() < at + 9 + len {
+                break;
+            }
+            if buf[at + 3] == GOAWAY && len >= 8 {
+                let p = &buf[at + 9..];
+                goaway = Some(u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
+            }
+            at += 9 + len;
+        }
+        buf.drain(..at);
+    }
+}
+
+/// Sends `frames` again and again for at most `deadline` or `max_bytes`;
+/// stops early when kaname stops reading (a write blocked 2 s: backpressure)
+/// or closes. Returns how much was sent.
+async fn flood(s: &mut TcpStream, batch: &[u8], deadline: Duration, max_bytes: usize) -> usize {
+    let start = Instant::now();
+    let mut sent = 0;
+    while start.elapsed() < deadline && sent < max_bytes {
+        match tokio::time::timeout(Duration::from_secs(2), s.write_all(batch)).await {
+            Ok(Ok(())) => sent += batch.len(),
+            Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    sent
+}
+
+/// A normal HTTP/2 client and an HTTP/1 client are both served.
+async fn others_are_served(port: u16) {
+    for client in [HttpClient::http2(), HttpClient::http1()] {
+        let r = client
+            .try_get(
+                &format!("http://127.0.0.1:{port}/normal"),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("a normal client was not served: {e}"));
+        assert_eq!(r.status, 200);
+    }
+}
+
+async fn in_flight_settles(k: &Kaname) {
+    let client = HttpClient::http1();
+    let start = Instant::now();
+    let mut last = None;
+    while start.elapsed() < Duration::from_secs(10) {
+        let text = client.get(&k.admin_url("/metrics")).await.text();
+        last = metric_value(&text, "kaname_requests_in_flight{listener=\"main\"}");
+        if last == Some(0.0) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("requests in flight did not return to 0 (last {last:?})");
+}
+
+#[tokio::test]
+async fn rapid_reset_is_cut_off_and_others_are_served() {
+    // A slow upstream: every accepted stream would cost kaname work.
+    let up = TestUpstream::slow("up", Duration::from_millis(200)).await;
+    let port = free_port();
+    let k = Kaname::start(&config(port, &up)).await;
+    let rss_before = k.rss_kib();
+
+    let mut s = h2_connect(port).await;
+    let block = get_block();
+    let mut batch = Vec::new();
+    let mut stream = 1u32;
+    let started = Instant::now();
+    let mut sent_streams = 0u32;
+    // Up to 100,000 streams, each opened and reset at once, in batches.
+    'attack: while sent_streams < 100_000 && started.elapsed() < Duration::from_secs(20) {
+        batch.clear();
+        for _ in 0..100 {
+            batch.extend(frame(
+                HEADERS,
+                DATA_END_STREAM | END_HEADERS,
+                stream,
+                &block,
+            ));
+            batch.extend(frame(RST_STREAM, 0, stream, &8u32.to_be_bytes()));
+            stream += 2;
+            sent_streams += 1;
+        }
+        match tokio::time::timeout(Duration::from_secs(2), s.write_all(&batch)).await {
+            Ok(Ok(())) => {}
+            _ => break 'attack,
+        }
+    }
+    let (closed, goaway) = read_until_goaway_or_close(&mut s, Duration::from_secs(10)).await;
+    println!(
+        "rapid reset: {sent_streams} streams sent in {:?}; closed={closed} goaway={goaway:?}; upstream saw {}",
+        started.elapsed(),
+        up.hits()
+    );
+    assert!(
+        closed || goaway.is_some(),
+        "kaname kept serving a client resetting every stream"
+    );
+    assert!(
+        (up.hits() as u32) < sent_streams / 10,
+        "most reset streams still reached the upstream ({} of {sent_streams})",
+        up.hits()
+    );
+    others_are_served(port).await;
+    in_flight_settles(&k).await;
+    let grown = k.rss_kib().saturating_sub(rss_before);
+    assert!(grown < RSS_GROWTH_KIB, "RSS grew by {grown} KiB");
+}
+
+#[tokio::test]
+async fn settings_and_ping_floods_stay_bounded() {
+    let up = TestUpstream::start("up").await;
+    let port = free_port();
+    let k = Kaname::start(&config(port, &up)).await;
+    let rss_before = k.rss_kib();
+
+    // SETTINGS frames (each asks for an ACK) and PINGs (each asks for a
+    // PONG), never reading the answers: kaname must stop reading (TCP
+    // backpressure) or close, not queue answers without bound.
+    let mut settings = Vec::new();
+    for _ in 0..1000 {
+        // SETTINGS_MAX_CONCURRENT_STREAMS = 100
+        settings.extend(frame(SETTINGS, 0, 0, &[0, 3, 0, 0, 0, 100]));
+    }
+    let mut pings = Vec::new();
+    for i in 0u64..1000 {
+        pings.extend(frame(PING, 0, 0, &i.to_be_bytes()));
+    }
+    for (name, batch) in [("SETTINGS", settings), ("PING", pings)] {
+        let mut s = h2_connect(port).await;
+        let sent = flood(&mut s, &batch, Duration::from_secs(10), 200 << 20).await;
+        println!("{name} flood: {} MiB sent", sent >> 20);
+        // Meanwhile and after, others are served.
+        others_are_served(port).await;
+        let grown = k.rss_kib().saturating_sub(rss_before);
+        assert!(
+            grown < RSS_GROWTH_KIB,
+            "{name} flood: RSS grew by {grown} KiB"
+        );
+        drop(s);
+    }
+    in_flight_settles(&k).await;
+}
+
+#[tokio::test]
+async fn continuation_flood_is_cut_off() {
+    let up = TestUpstream::start("up").await;
+    let port = free_port();
+    let k = Kaname::start(&config(port, &up)).await;
+    let rss_before = k.rss_kib();
+
+    let mut s = h2_connect(port).await;
+    // HEADERS without END_HEADERS, then CONTINUATION frames that never end,
+    // each full of literal headers.
+    let first = frame(HEADERS, DATA_END_STREAM, 1, &get_block());
+    s.write_all(&first).await.expect("headers");
+    let mut block = Vec::new();
+    while block.len() < 16_000 {
+        // Literal without indexing, new name "x-flood", a 100-byte value.
+        block.extend_from_slice(&[0x00, 7]);
+        block.extend_from_slice(b"x-flood");
+        block.push(100);
+        block.extend_from_slice(&[b'a'; 100]);
+    }
+    let cont = frame(CONTINUATION, 0, 1, &block);
+    let sent = flood(&mut s, &cont, Duration::from_secs(10), 500 << 20).await;
+    let (closed, goaway) = read_until_goaway_or_close(&mut s, Duration::from_secs(10)).await;
+    println!(
+        "CONTINUATION flood: {} KiB sent; closed={closed} goaway={goaway:?}",
+        sent >> 10
+    );
+    assert!(
+        closed || goaway.is_some(),
+        "an endless header block was not cut off"
+    );
+    assert!(
+        sent < 100 << 20,
+        "kaname read {} MiB of one header block",
+        sent >> 20
+    );
+    assert_eq!(up.hits(), 0, "the endless request reached the upstream");
+    others_are_served(port).await;
+    let grown = k.rss_kib().saturating_sub(rss_before);
+    assert!(grown < RSS_GROWTH_KIB, "RSS grew by {grown} KiB");
+}

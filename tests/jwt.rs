@@ -1,0 +1,592 @@
+//! End-to-end tests of the `jwt` filter: the real binary, real keys
+//! generated here, tokens signed here, a recording upstream and a JWKS
+//! server on loopback.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use http::Request;
+use jsonwebtoken::{Algorithm, Header};
+use serde_json::{json, Value};
+use support::jwt::{
+    alg_name, b64, forge, hs256_with_secret, jwks, now, text_secret_key, JwksServer, TestKey,
+    ALL_ALGORITHMS,
+};
+use support::{empty, free_port, metric_value, HttpClient, Kaname, TestResponse, TestUpstream};
+
+const ISSUER: &str = "https://issuer.test";
+/// How long a wait for the JWKS to (re)appear may take.
+const JWKS_DEADLINE: Duration = Duration::from_secs(40);
+
+/// One listener, one catch-all route through filter `auth` to `up`.
+fn config(port: u16, up: &TestUpstream, jwt: &str) -> String {
+    format!(
+        "listeners:
+  main:
+    listen: 127.0.0.1:{port}
+    routes:
+      - match: {{ path_prefix: / }}
+        upstream: echo
+        filters: [auth]
+upstreams:
+  echo:
+    endpoints: [{}]
+filters:
+  auth:
+    jwt:
+{jwt}",
+        up.addr
+    )
+}
+
+fn claims(sub: &str) -> Value {
+    json!({"sub": sub, "iss": ISSUER, "aud": ["orders"], "exp": now() + 3600, "iat": now()})
+}
+
+async fn send(port: u16, token: Option<&str>, extra: &[(&str, &str)]) -> TestResponse {
+    let mut b = Request::get(format!("http://127.0.0.1:{port}/api/x"));
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    for (k, v) in extra {
+        b = b.header(*k, *v);
+    }
+    HttpClient::http1()
+        .send(b.body(empty()).expect("request"))
+        .await
+}
+
+/// The error_description of a 401/403, after checking the answer's shape.
+fn refused(resp: &TestResponse, status: u16, kind: &str) -> String {
+    resp.assert_kaname_error(status, kind);
+    let challenge = resp
+        .header("www-authenticate")
+        .unwrap_or_else(|| panic!("no WWW-Authenticate in {:?}", resp.headers))
+        .to_string();
+    let error = if status == 403 {
+        "insufficient_scope"
+    } else {
+        "invalid_token"
+    };
+    assert!(
+        challenge.starts_with(&format!("Bearer error=\"{error}\", error_description=\"")),
+        "challenge {challenge:?}"
+    );
+    challenge
+        .split("error_description=\"")
+        .nth(1)
+        .and_then(|d| d.strip_suffix('"'))
+        .expect("description")
+        .to_string()
+}
+
+async fn metrics(k: &Kaname) -> String {
+    HttpClient::http1()
+        .get(&k.admin_url("/metrics"))
+        .await
+        .text()
+}
+
+fn jwks_yaml(source: &str, algs: &[Algorithm]) -> String {
+    let algs: Vec<String> = algs.iter().map(|a| alg_name(*a)).collect();
+    format!(
+        "      issuer: {ISSUER}
+      audiences: [orders]
+      algorithms: [{}]
+      jwks: {source}
+      required_claims: [sub]
+      forward_claims: {{ sub: x-user-id, scope: x-user-scope }}
+",
+        algs.join(", ")
+    )
+}
+
+#[tokio::test]
+async fn every_algorithm_is_accepted() {
+    let up = TestUpstream::start("echo").await;
+    // Asymmetric algorithms through one JWKS file.
+    let asymmetric: Vec<TestKey> = ALL_ALGORITHMS[3..]
+        .iter()
+        .map(|a| TestKey::generate(*a, &format!("kid-{}", alg_name(*a))))
+        .collect();
+    let refs: Vec<&TestKey> = asymmetric.iter().collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("jwks.json");
+    std::fs::write(&file, jwks(&refs)).expect("write jwks");
+    let port = free_port();
+    let algs: Vec<Algorithm> = ALL_ALGORITHMS[3..].to_vec();
+    let yaml = jwks_yaml(&format!("{{ file: {} }}", file.display()), &algs);
+    let k = Kaname::start(&config(port, &up, &yaml)).await;
+    for key in &asymmetric {
+        let resp = send(port, Some(&key.sign(&claims(&alg_name(key.alg)))), &[]).await;
+        assert_eq!(resp.status, 200, "{:?}: {}", key.alg, resp.text());
+        assert_eq!(
+            up.last().header("x-user-id"),
+            Some(alg_name(key.alg).as_str())
+        );
+    }
+    let m = metrics(&k).await;
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"kaname_jwt_validations_total{filter="auth",result="ok"}"#
+        ),
+        Some(asymmetric.len() as f64)
+    );
+    assert!(
+        metric_value(
+            &m,
+            r#"kaname_jwks_refreshes_total{filter="auth",result="success"}"#
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
+    drop(k);
+
+    // HS256/384/512 with a secret from the config.
+    let secret = "a-demo-secret-of-enough-length-0123456789";
+    let port = free_port();
+    let yaml = format!(
+        "      issuer: {ISSUER}
+      audiences: [orders]
+      algorithms: [HS256, HS384, HS512]
+      secret: {secret}
+      forward_claims: {{ sub: x-user-id }}
+"
+    );
+    let _k = Kaname::start(&config(port, &up, &yaml)).await;
+    for alg in &ALL_ALGORITHMS[..3] {
+        let key = text_secret_key(*alg, secret);
+        let resp = send(port, Some(&key.sign(&claims("hs"))), &[]).await;
+        assert_eq!(resp.status, 200, "{alg:?}: {}", resp.text());
+    }
+    // A fresh random secret is another key.
+    let other = TestKey::generate(Algorithm::HS256, "hs");
+    let resp = send(port, Some(&other.sign(&claims("x"))), &[]).await;
+    assert_eq!(refused(&resp, 401, "unauthenticated"), "invalid signature");
+}
+
+#[tokio::test]
+async fn attack_matrix_is_refused_before_the_upstream() {
+    let up = TestUpstream::start("echo").await;
+    let rsa = TestKey::generate(Algorithm::RS256, "rs");
+    let ec = TestKey::generate(Algorithm::ES256, "ec");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("jwks.json");
+    std::fs::write(&file, jwks(&[&rsa, &ec])).expect("write jwks");
+    let port = free_port();
+    let yaml = jwks_yaml(
+        &format!("{{ file: {} }}", file.display()),
+        &[Algorithm::RS256, Algorithm::ES256],
+    );
+    let k = Kaname::start(&config(port, &up, &yaml)).await;
+
+    let good = rsa.sign(&claims("alice"));
+    let (h, rest) = good.split_once('.').expect("token");
+    let (p, sig) = rest.split_once('.').expect("token");
+    let with = |key: &str, v: Value| {
+        let mut c = claims("alice");
+        c[key] = v;
+        c
+    };
+    let mut crit = Header::new(Algorithm::RS256);
+    crit.kid = Some("rs".into());
+    crit.crit = Some(vec!["x-unknown".into()]);
+    let another_rsa = TestKey::generate(Algorithm::RS256, "rs");
+    let mut no_sub = claims("alice");
+    no_sub.as_object_mut().expect("object").remove("sub");
+
+    let cases: Vec<(&str, String, &str, &str)> = vec![
+        (
+            "alg none",
+            forge(&json!({"alg": "none", "kid": "rs"}), &claims("alice"), ""),
+            "bad_signature",
+            "unsigned tokens (alg none) are not accepted",
+        ),
+        (
+            "HS256 signed with the RSA public key's bytes",
+            hs256_with_secret(
+                "rs",
+                &claims("alice"),
+                rsa.public_der.as_deref().expect("der"),
+            ),
+            "bad_signature",
+            "token algorithm is not accepted",
+        ),
+        (
+            "valid signature from another key",
+            another_rsa.sign(&claims("alice")),
+            "bad_signature",
+            "invalid signature",
+        ),
+        (
+            "ES256 header with the RSA key's kid",
+            ec.sign_with(
+                {
+                    let mut h = Header::new(Algorithm::ES256);
+                    h.kid = Some("rs".into());
+                    h
+                },
+                &claims("alice"),
+            ),
+            "bad_signature",
+            "token algorithm does not match its signing key",
+        ),
+        (
+            "unknown kid",
+            TestKey::generate(Algorithm::ES256, "nobody").sign(&claims("alice")),
+            "unknown_key",
+            "no signing key matches the token's kid",
+        ),
+        (
+            "expired",
+            rsa.sign(&with("exp", json!(now() - 120))),
+            "expired",
+            "token expired",
+        ),
+        (
+            "nbf in the future",
+            rsa.sign(&with("nbf", json!(now() + 3600))),
+            "not_yet_valid",
+            "token not valid yet (nbf)",
+        ),
+        (
+            "wrong issuer",
+            rsa.sign(&with("iss", json!("https://evil.test"))),
+            "wrong_issuer",
+            "wrong issuer",
+        ),
+        (
+            "wrong audience",
+            rsa.sign(&with("aud", json!("billing"))),
+            "wrong_audience",
+            "wrong audience",
+        ),
+        (
+            "truncated (no signature part)",
+            format!("{h}.{p}"),
+            "malformed",
+            "token must have three dot-separated parts",
+        ),
+        (
+            "truncated signature",
+            // Cut at a multiple of 4 characters: still base64url, half a signature.
+            format!("{h}.{p}.{}", &sig[..(sig.len() / 2) & !3]),
+            "bad_signature",
+            "invalid signature",
+        ),
+        (
+            "truncated signature, not a whole base64 quantum",
+            format!("{h}.{p}.{}", &sig[..sig.len() - 3]),
+            "malformed",
+            "token is not base64url",
+        ),
+        (
+            // The signature is checked before the payload is parsed.
+            "payload swapped for non-JSON",
+            format!("{h}.{}.{sig}", b64("not json")),
+            "bad_signature",
+            "invalid signature",
+        ),
+        (
+            "four segments",
+            format!("{good}.{sig}"),
+            "malformed",
+            "token must have three dot-separated parts",
+        ),
+        (
+            "bad base64",
+            format!("{h}.{p}*%.{sig}"),
+            "malformed",
+            "token is not base64url",
+        ),
+        (
+            "a 20 KB token",
+            format!("{h}.{}.{sig}", b64("x".repeat(15_000))),
+            "malformed",
+            "token is too large",
+        ),
+        (
+            "crit header",
+            rsa.sign_with(crit, &claims("alice")),
+            "malformed",
+            "token has critical header parameters kaname does not support",
+        ),
+    ];
+    for (name, token, result, description) in &cases {
+        let resp = send(port, Some(token), &[]).await;
+        let got = refused(&resp, 401, "unauthenticated");
+        assert_eq!(&got, description, "{name}");
+        let m = metrics(&k).await;
+        let sel = format!(r#"kaname_jwt_validations_total{{filter="auth",result="{result}"}}"#);
+        assert!(
+            metric_value(&m, &sel).unwrap_or(0.0) >= 1.0,
+            "{name}: no {sel} in metrics"
+        );
+    }
+
+    // No token at all: 401 without an error attribute (RFC 6750 §3.1).
+    let resp = send(port, None, &[]).await;
+    resp.assert_kaname_error(401, "unauthenticated");
+    assert_eq!(resp.header("www-authenticate"), Some("Bearer"));
+
+    // A valid token without the required claim: 403.
+    let resp = send(port, Some(&rsa.sign(&no_sub)), &[]).await;
+    assert_eq!(
+        refused(&resp, 403, "forbidden"),
+        "token lacks the required claim sub"
+    );
+
+    assert_eq!(up.hits(), 0, "nothing refused may reach the upstream");
+
+    // A valid token passes; the client's x-user-id is replaced, and an
+    // x-user-scope the token has no claim for is removed.
+    let resp = send(
+        port,
+        Some(&good),
+        &[("x-user-id", "admin"), ("x-user-scope", "everything")],
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let seen = up.last();
+    let ids: Vec<_> = seen.headers.get_all("x-user-id").iter().collect();
+    assert_eq!(ids, ["alice"]);
+    assert_eq!(seen.header("x-user-scope"), None);
+    assert_eq!(
+        seen.header("authorization"),
+        Some(format!("Bearer {good}").as_str()),
+        "forward_token defaults to true"
+    );
+    assert_eq!(up.hits(), 1);
+
+    // gRPC calls get the trailers-only UNAUTHENTICATED form.
+    let resp = send(port, None, &[("content-type", "application/grpc")]).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("grpc-status"), Some("16"));
+    assert_eq!(up.hits(), 1);
+}
+
+#[tokio::test]
+async fn cookie_token_is_stripped_when_forward_token_is_false() {
+    let up = TestUpstream::start("echo").await;
+    let key = TestKey::generate(Algorithm::EdDSA, "ed");
+    let server = JwksServer::start(&jwks(&[&key])).await;
+    let port = free_port();
+    let yaml = format!(
+        "{}      from: {{ cookie: session }}\n      forward_token: false\n",
+        jwks_yaml(
+            &format!("{{ url: \"{}\" }}", server.url()),
+            &[Algorithm::EdDSA]
+        )
+    );
+    let _k = Kaname::start(&config(port, &up, &yaml)).await;
+    let cookie = format!("theme=dark; session={}; lang=en", key.sign(&claims("bob")));
+    let resp = send(port, None, &[("cookie", &cookie)]).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let seen = up.last();
+    assert_eq!(seen.header("cookie"), Some("theme=dark; lang=en"));
+    assert_eq!(seen.header("x-user-id"), Some("bob"));
+    // A bearer header is not where this filter looks.
+    let resp = send(port, Some(&key.sign(&claims("bob"))), &[]).await;
+    resp.assert_kaname_error(401, "unauthenticated");
+}
+
+/// Polls until `check` holds for the answer to `token`, at most `JWKS_DEADLINE`.
+async fn wait_for(port: u16, token: &str, what: &str, check: impl Fn(&TestResponse) -> bool) {
+    let start = Instant::now();
+    loop {
+        let resp = send(port, Some(token), &[]).await;
+        if check(&resp) {
+            return;
+        }
+        assert!(
+            start.elapsed() < JWKS_DEADLINE,
+            "{what}: still {} {:?} after {JWKS_DEADLINE:?}",
+            resp.status,
+            resp.header("www-authenticate")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn new_kid_is_fetched_at_once() {
+    let up = TestUpstream::start("echo").await;
+    let a = TestKey::generate(Algorithm::ES256, "a");
+    let b = TestKey::generate(Algorithm::ES256, "b");
+    let server = JwksServer::start(&jwks(&[&a])).await;
+    let port = free_port();
+    // A long refresh: only the unknown kid can make kaname fetch again.
+    let yaml = jwks_yaml(
+        &format!("{{ url: \"{}\", refresh: 1h }}", server.url()),
+        &[Algorithm::ES256],
+    );
+    let k = Kaname::start(&config(port, &up, &yaml)).await;
+    assert_eq!(
+        send(port, Some(&a.sign(&claims("a"))), &[]).await.status,
+        200
+    );
+    let fetched = server.fetches();
+    server.set(&jwks(&[&a, &b]));
+    let resp = send(port, Some(&b.sign(&claims("b"))), &[]).await;
+    assert_eq!(
+        resp.status,
+        200,
+        "new kid after one refetch: {}",
+        resp.text()
+    );
+    assert_eq!(server.fetches(), fetched + 1);
+    // A flood of unknown kids costs the issuer nothing more (one refetch
+    // per 10 s at most).
+    for i in 0..50 {
+        let t = TestKey::generate(Algorithm::ES256, &format!("rnd{i}")).sign(&claims("x"));
+        let resp = send(port, Some(&t), &[]).await;
+        assert_eq!(
+            refused(&resp, 401, "unauthenticated"),
+            "no signing key matches the token's kid"
+        );
+    }
+    assert!(
+        server.fetches() <= fetched + 2,
+        "{} fetches for a flood of unknown kids",
+        server.fetches() - fetched
+    );
+    drop(k);
+}
+
+#[tokio::test]
+async fn removed_key_is_refused_after_refresh() {
+    let up = TestUpstream::start("echo").await;
+    let a = TestKey::generate(Algorithm::PS256, "a");
+    let b = TestKey::generate(Algorithm::PS256, "b");
+    let server = JwksServer::start(&jwks(&[&a, &b])).await;
+    let port = free_port();
+    let yaml = jwks_yaml(
+        &format!("{{ url: \"{}\", refresh: 1s }}", server.url()),
+        &[Algorithm::PS256],
+    );
+    let _k = Kaname::start(&config(port, &up, &yaml)).await;
+    let old = a.sign(&claims("a"));
+    assert_eq!(send(port, Some(&old), &[]).await.status, 200);
+    server.set(&jwks(&[&b]));
+    // The same token, cached as verified, must be dropped with the old key.
+    wait_for(port, &old, "old kid refused once removed", |r| {
+        r.status == 401
+    })
+    .await;
+    let resp = send(port, Some(&old), &[]).await;
+    assert_eq!(
+        refused(&resp, 401, "unauthenticated"),
+        "no signing key matches the token's kid"
+    );
+    assert_eq!(
+        send(port, Some(&b.sign(&claims("b"))), &[]).await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn jwks_down_after_first_fetch_keeps_serving() {
+    let up = TestUpstream::start("echo").await;
+    let key = TestKey::generate(Algorithm::RS384, "k");
+    let mut server = JwksServer::start(&jwks(&[&key])).await;
+    let port = free_port();
+    let yaml = jwks_yaml(
+        &format!("{{ url: \"{}\", refresh: 1s }}", server.url()),
+        &[Algorithm::RS384],
+    );
+    let k = Kaname::start(&config(port, &up, &yaml)).await;
+    assert_eq!(
+        send(port, Some(&key.sign(&claims("1"))), &[]).await.status,
+        200
+    );
+    server.stop().await;
+    // Wait for a failed refresh to be recorded.
+    let start = Instant::now();
+    let failures = r#"kaname_jwks_refreshes_total{filter="auth",result="failure"}"#;
+    while metric_value(&metrics(&k).await, failures).unwrap_or(0.0) < 1.0 {
+        assert!(start.elapsed() < JWKS_DEADLINE, "no failed refresh seen");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // New tokens (not in the verified cache) still pass on the last good keys.
+    for i in 0..5 {
+        let resp = send(port, Some(&key.sign(&claims(&format!("u{i}")))), &[]).await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+    }
+}
+
+#[tokio::test]
+async fn jwks_down_at_startup_then_up_without_restart() {
+    let up = TestUpstream::start("echo").await;
+    let key = TestKey::generate(Algorithm::ES384, "k");
+    let jwks_port = free_port();
+    let jwks_addr: std::net::SocketAddr = ([127, 0, 0, 1], jwks_port).into();
+    let port = free_port();
+    let yaml = jwks_yaml(
+        &format!("{{ url: \"http://{jwks_addr}/jwks\", refresh: 5m }}"),
+        &[Algorithm::ES384],
+    );
+    let k = Kaname::start(&config(port, &up, &yaml)).await;
+    let token = key.sign(&claims("late"));
+    let resp = send(port, Some(&token), &[]).await;
+    assert_eq!(
+        refused(&resp, 401, "unauthenticated"),
+        "signing keys not available yet"
+    );
+    let _server = JwksServer::start_on(jwks_addr, &jwks(&[&key])).await;
+    wait_for(port, &token, "200 once the JWKS is up", |r| r.status == 200).await;
+    assert_eq!(up.last().header("x-user-id"), Some("late"));
+    let m = metrics(&k).await;
+    assert!(
+        metric_value(
+            &m,
+            r#"kaname_jwks_refreshes_total{filter="auth",result="failure"}"#
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn demo_prints_working_curl_commands() {
+    let (k, first) = Kaname::demo().await;
+    let _ = first;
+    // The banner follows the first line; wait for the curl with a token.
+    let start = Instant::now();
+    let banner = loop {
+        let out = k.logs();
+        if out.contains("Authorization: Bearer ") {
+            break out;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no token in the demo banner:\n{out}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let line = banner
+        .lines()
+        .find(|l| l.contains("Authorization: Bearer "))
+        .expect("curl line");
+    let token = line
+        .split("Authorization: Bearer ")
+        .nth(1)
+        .and_then(|r| r.split('\'').next())
+        .expect("token in the curl line");
+    let url = line
+        .split_whitespace()
+        .find(|w| w.trim_matches('\'').starts_with("http://"))
+        .expect("url in the curl line")
+        .trim_matches('\'')
+        .to_string();
+    let client = HttpClient::http1();
+    let with = Request::get(&url)
+        .header("authorization", format!("Bearer {token}"))
+        .body(empty())
+        .expect("request");
+    let resp = client.send(with).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let resp = client.get(&url).await;
+    resp.assert_kaname_error(401, "unauthenticated");
+}

@@ -1,0 +1,510 @@
+//! rate_limit and concurrency_limit end to end: the real binary in front of
+//! real upstreams on 127.0.0.1 (tests/support/limits.rs), driven by real
+//! HTTP/1.1 and HTTP/2 clients.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use http::Request;
+use jsonwebtoken::Algorithm;
+use serde_json::json;
+use support::jwt::{jwks, now, JwksServer, TestKey};
+use support::limits::{limits_config, CountingUpstream};
+use support::{empty, free_port, metric_value, HttpClient, Kaname, TestResponse, TestUpstream};
+
+fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> Request<support::client::Body> {
+    let mut b = Request::get(format!("http://127.0.0.1:{port}{path}"));
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(empty()).expect("request")
+}
+
+fn num(res: &TestResponse, name: &str) -> u64 {
+    res.header(name)
+        .unwrap_or_else(|| panic!("no {name} header on a {} answer", res.status))
+        .parse()
+        .unwrap_or_else(|e| panic!("{name} is not a number: {e}"))
+}
+
+async fn metrics(k: &Kaname) -> String {
+    HttpClient::http1()
+        .get(&k.admin_url("/metrics"))
+        .await
+        .text()
+}
+
+// === rate_limit ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_burst_pass_then_429_with_headers() {
+    let up = TestUpstream::start("up").await;
+    let port = free_port();
+    // 1 a minute: nothing refills while the test runs.
+    let filters = "  limit:\n    rate_limit: { key: \"header:x-client\", rate: 1/m, burst: 5 }\n";
+    let k = Kaname::start(&limits_config(port, up.addr, "limit", filters)).await;
+    let client = HttpClient::http1();
+
+    // Sequentially: remaining counts down 4..0, then 429.
+    for i in 0..5u64 {
+        let res = client.send(get(port, "/", &[("x-client", "seq")])).await;
+        assert_eq!(res.status, 200, "request {i}: {}", res.text());
+        assert_eq!(num(&res, "ratelimit-limit"), 5);
+        assert_eq!(num(&res, "ratelimit-remaining"), 4 - i);
+        let reset = num(&res, "ratelimit-reset");
+        assert!(
+            (1..=60 * (i + 1)).contains(&reset),
+            "reset {reset} after {i}"
+        );
+    }
+    let res = client.send(get(port, "/", &[("x-client", "seq")])).await;
+    res.assert_kaname_error(429, "rate_limited");
+    let retry = num(&res, "retry-after");
+    assert!(
+        (55..=60).contains(&retry),
+        "Retry-After {retry}: the next token is ~60s away"
+    );
+    assert_eq!(num(&res, "ratelimit-limit"), 5);
+    assert_eq!(num(&res, "ratelimit-remaining"), 0);
+    let reset = num(&res, "ratelimit-reset");
+    assert!(
+        (4 * 60..=5 * 60).contains(&reset),
+        "reset {reset}: full again in ~5 minutes"
+    );
+
+    // At once: 8 concurrent requests of another client, exactly 5 pass.
+    let sent = futures_util::future::join_all(
+        (0..8).map(|_| client.send(get(port, "/", &[("x-client", "burst")]))),
+    )
+    .await;
+    let ok = sent.iter().filter(|r| r.status == 200).count();
+    let limited = sent.iter().filter(|r| r.status == 429).count();
+    assert_eq!((ok, limited), (5, 3), "8 at once with burst 5");
+    assert_eq!(up.hits(), 10, "refusals never reach the upstream");
+    let text = metrics(&k).await;
+    assert_eq!(
+        metric_value(
+            &text,
+            "kaname_rate_limited_total{filter=\"limit\",route=\"main-1\"}"
+        ),
+        Some(4.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_refill_at_rate() {
+    let up = TestUpstream::start("up").await;
+    let port = free_port();
+    let filters = "  limit:\n    rate_limit: { key: global, rate: 10/s, burst: 5 }\n";
+    let _k = Kaname::start(&limits_config(port, up.addr, "limit", filters)).await;
+    let client = HttpClient::http1();
+
+    // Drain the bucket.
+    let mut drained = 0;
+    for _ in 0..50 {
+        if client.send(get(port, "/", &[])).await.status == 429 {
+            break;
+        }
+        drained += 1;
+    }
+    assert!(
+        (5..=6).contains(&drained),
+        "burst 5 (+1 refilled at most), got {drained}"
+    );
+
+    // Poll every 20 ms for 2 s. The bucket holds 5 tokens, so a slow poll
+    // (a loaded machine) loses nothing: at the end at most 5 are unspent.
+    let start = Instant::now();
+    let (mut ok, mut limited) = (0u32, 0u32);
+    while start.elapsed() < Duration::from_secs(2) {
+        let res = client.send(get(port, "/", &[])).await;
+        match res.status.as_u16() {
+            200 => ok += 1,
+            429 => {
+                assert_eq!(num(&res, "retry-after"), 1, "at 10/s a token is <1s away");
+                limited += 1;
+            }
+            s => panic!("unexpected status {s}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let expected = 10.0 * secs;
+    println!(
+        "refill: {ok} allowed, {limited} refused in {secs:.2}s at 10/s (expected ~{expected:.0})"
+    );
+    assert!(
+        f64::from(ok) <= expected + 2.0,
+        "{ok} allowed in {secs:.2}s is more than the rate allows"
+    );
+    assert!(
+        f64::from(ok) >= expected - 7.0,
+        "{ok} allowed in {secs:.2}s: tokens did not refill at 10/s"
+    );
+    assert!(
+        limited > 0,
+        "polling faster than the rate is refused sometimes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_isolated_and_keyless_requests_share_a_bucket() {
+    let up = TestUpstream::start("up").await;
+    let port = free_port();
+    let filters = "  limit:\n    rate_limit: { key: \"header:x-client\", rate: 1/m, burst: 3 }\n";
+    let _k = Kaname::start(&limits_config(port, up.addr, "limit", filters)).await;
+    let client = HttpClient::http1();
+    for _ in 0..3 {
+        assert_eq!(
+            client
+                .send(get(port, "/", &[("x-client", "alice")]))
+                .await
+                .status,
+            200
+        );
+    }
+    client
+        .send(get(port, "/", &[("x-client", "alice")]))
+        .await
+        .assert_kaname_error(429, "rate_limited");
+    // Bob's bucket is untouched by Alice spending hers.
+    let bob = client.send(get(port, "/", &[("x-client", "bob")])).await;
+    assert_eq!(bob.status, 200);
+    assert_eq!(num(&bob, "ratelimit-remaining"), 2);
+    // No header: one shared anonymous bucket, separate from both.
+    for _ in 0..3 {
+        assert_eq!(client.send(get(port, "/", &[])).await.status, 200);
+    }
+    assert_eq!(client.send(get(port, "/", &[])).await.status, 429);
+    assert_eq!(
+        client
+            .send(get(port, "/", &[("x-client", "bob")]))
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_sub_keys_with_real_tokens() {
+    let up = TestUpstream::start("up").await;
+    let key = TestKey::generate(Algorithm::ES256, "k1");
+    let jwks_server = JwksServer::start(&jwks(&[&key])).await;
+    let port = free_port();
+    let filters = format!(
+        "  auth:
+    jwt:
+      issuer: https://issuer.test
+      audiences: [shop]
+      algorithms: [ES256]
+      jwks: {{ url: \"{}\" }}
+  per-user:
+    rate_limit: {{ key: \"jwt:sub\", rate: 1/m, burst: 2 }}
+",
+        jwks_server.url()
+    );
+    let _k = Kaname::start(&limits_config(port, up.addr, "auth, per-user", &filters)).await;
+    let token = |sub: &str| {
+        let t = key.sign(&json!({
+            "sub": sub, "iss": "https://issuer.test", "aud": "shop", "exp": now() + 600,
+        }));
+        format!("Bearer {t}")
+    };
+    let (alice, alice2, bob) = (token("alice"), token("alice"), token("bob"));
+    let client = HttpClient::http1();
+    let send = |auth: String| client.send(get(port, "/", &[("authorization", &*auth)]));
+    let send = |auth: &str| send(auth.to_string());
+    // Two different tokens of the same subject spend one bucket.
+    assert_eq!(send(&alice).await.status, 200);
+    assert_eq!(send(&alice2).await.status, 200);
+    send(&alice).await.assert_kaname_error(429, "rate_limited");
+    let b = send(&bob).await;
+    assert_eq!(b.status, 200, "bob has his own bucket: {}", b.text());
+    assert_eq!(num(&b, "ratelimit-remaining"), 1);
+    // No token: the jwt filter answers first, the bucket is not touched.
+    client
+        .send(get(port, "/", &[]))
+        .await
+        .assert_kaname_error(401, "unauthenticated");
+    assert_eq!(up.hits(), 3);
+}
+
+/// 200k distinct `x-api-key` values (capped at 60 s) against
+/// `max_keys: 5000`, with keys that stay live (1/min: no bucket refills
+/// during the test, so no sweep can drop them). The store stops growing at
+/// the bound: later keys share the overflow bucket, which lets `burst`
+/// through and refuses the rest. RSS stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_thousand_keys_stay_under_max_keys() {
+    const KEYS: usize = 200_000;
+    const MAX_KEYS: usize = 5_000;
+    // The cheapest upstream: no echo summary to build per request.
+    let up = CountingUpstream::start(Duration::ZERO).await;
+    let port = free_port();
+    let filters = format!(
+        "  limit:\n    rate_limit: {{ key: \"header:x-api-key\", rate: 1/m, burst: 2, max_keys: {MAX_KEYS} }}\n"
+    );
+    let k = Kaname::start(&limits_config(port, up.addr, "limit", &filters)).await;
+    let client = HttpClient::http2();
+
+    // Warm up connections, streams and buffers at full concurrency, on one
+    // key, so the growth measured below is the keys'.
+    futures_util::stream::iter(0..2000)
+        .map(|_| client.send(get(port, "/", &[("x-api-key", "warm")])))
+        .buffer_unordered(128)
+        .collect::<Vec<_>>()
+        .await;
+    let rss_before = k.rss_kib();
+
+    let start = Instant::now();
+    let deadline = Duration::from_secs(60);
+    let results = futures_util::stream::iter(0..KEYS)
+        .take_while(|_| std::future::ready(start.elapsed() < deadline))
+        .map(|i| {
+            let client = client.clone();
+            async move {
+                // 60 bytes: stored whole (the hashed form starts above 64).
+                let key = format!("{i:0>60}");
+                let res = client.send(get(port, "/", &[("x-api-key", &key)])).await;
+                res.status.as_u16()
+            }
+        })
+        .buffer_unordered(128)
+        .collect::<Vec<u16>>()
+        .await;
+    let elapsed = start.elapsed();
+    let rss_after = k.rss_kib();
+    let sent = results.len();
+    let ok = results.iter().filter(|s| **s == 200).count();
+    let limited = results.iter().filter(|s| **s == 429).count();
+    println!(
+        "{sent} distinct keys in {:.1}s: {ok} allowed, {limited} refused; \
+         VmRSS {rss_before} KiB -> {rss_after} KiB (+{} KiB)",
+        elapsed.as_secs_f64(),
+        rss_after.saturating_sub(rss_before)
+    );
+    assert_eq!(ok + limited, sent, "only 200 and 429 answers");
+    assert!(
+        sent >= 4 * MAX_KEYS,
+        "only {sent} keys sent in {deadline:?}: too few to test the bound"
+    );
+    // New keys got their own bucket until a sweep found the store over 7/8
+    // of max_keys; past that they share one overflow bucket (burst 2, plus
+    // a few racing in while a sweep runs). See rate_limit/buckets.rs.
+    assert!(
+        (MAX_KEYS * 7 / 8..=MAX_KEYS + 300).contains(&ok),
+        "{ok} keys allowed: the store should hold about max_keys = {MAX_KEYS}"
+    );
+    assert!(
+        rss_after.saturating_sub(rss_before) < 16 * 1024,
+        "RSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    // A key stored early still has its own bucket (burst 2, one spent).
+    let early = format!("{:0>60}", 0);
+    let res = client.send(get(port, "/", &[("x-api-key", &early)])).await;
+    assert_eq!(res.status, 200, "an early key keeps its bucket while full");
+}
+
+/// Keys that refill quickly (1000/s: full again after 1 ms) are dropped by
+/// the sweeps, so a stream of new keys keeps being served: the bound is
+/// never reached and no one shares the overflow bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keys_are_dropped_so_new_keys_keep_their_own_buckets() {
+    const KEYS: usize = 30_000;
+    let up = TestUpstream::start("up").await;
+    let port = free_port();
+    let filters = "  limit:\n    rate_limit: { key: \"header:x-api-key\", rate: 1000/s, burst: 1, max_keys: 2000 }\n";
+    let _k = Kaname::start(&limits_config(port, up.addr, "limit", filters)).await;
+    let client = HttpClient::http2();
+    let start = Instant::now();
+    let results = futures_util::stream::iter(0..KEYS)
+        .take_while(|_| std::future::ready(start.elapsed() < Duration::from_secs(30)))
+        .map(|i| {
+            let client = client.clone();
+            async move {
+                let key = format!("key-{i}");
+                client
+                    .send(get(port, "/", &[("x-api-key", &key)]))
+                    .await
+                    .status
+                    .as_u16()
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<u16>>()
+        .await;
+    let ok = results.iter().filter(|s| **s == 200).count();
+    println!(
+        "{} fresh keys with max_keys 2000: {ok} allowed",
+        results.len()
+    );
+    assert!(results.len() > 3 * 2000, "only {} keys sent", results.len());
+    assert_eq!(ok, results.len(), "every new key got its own full bucket");
+}
+
+// === concurrency_limit ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_never_exceeds_the_limit() {
+    let up = CountingUpstream::start(Duration::from_millis(100)).await;
+    let port = free_port();
+    let filters = "  protect:\n    concurrency_limit: { max_in_flight: 3, max_queue: 100, queue_timeout: 20s }\n";
+    let k = Kaname::start(&limits_config(port, up.addr, "protect", filters)).await;
+    let client = HttpClient::http1();
+    let sent =
+        futures_util::future::join_all((0..24).map(|_| client.send(get(port, "/", &[])))).await;
+    assert!(sent.iter().all(|r| r.status == 200), "all served in turn");
+    println!("upstream saw at most {} at once", up.max_concurrent());
+    assert_eq!(
+        up.max_concurrent(),
+        3,
+        "the upstream never holds more than max_in_flight"
+    );
+    assert_eq!(up.hits(), 24);
+    let text = metrics(&k).await;
+    let gauge = |n: &str| metric_value(&text, &format!("{n}{{filter=\"protect\"}}"));
+    assert_eq!(gauge("kaname_concurrency_in_flight"), Some(0.0));
+    assert_eq!(gauge("kaname_queue_depth"), Some(0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_sheds_at_once() {
+    let up = CountingUpstream::start(Duration::from_millis(1500)).await;
+    let port = free_port();
+    let filters = "  protect:\n    concurrency_limit: { max_in_flight: 2, max_queue: 2, queue_timeout: 20s }\n";
+    let k = Kaname::start(&limits_config(port, up.addr, "protect", filters)).await;
+    let client = HttpClient::http1();
+    let sent =
+        futures_util::future::join_all((0..10).map(|_| client.send(get(port, "/", &[])))).await;
+    let ok = sent.iter().filter(|r| r.status == 200).count();
+    let shed: Vec<_> = sent.iter().filter(|r| r.status == 503).collect();
+    assert_eq!(
+        (ok, shed.len()),
+        (4, 6),
+        "2 inside + 2 queued served, the rest shed"
+    );
+    for res in &shed {
+        res.assert_kaname_error(503, "overloaded");
+        assert_eq!(res.header("retry-after"), Some("1"));
+        assert!(res.text().contains("queue full"), "{}", res.text());
+    }
+    assert_eq!(up.max_concurrent(), 2);
+    let text = metrics(&k).await;
+    assert_eq!(
+        metric_value(
+            &text,
+            "kaname_shed_total{filter=\"protect\",priority=\"normal\"}"
+        ),
+        Some(6.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_past_queue_timeout_sheds() {
+    let up = CountingUpstream::start(Duration::from_millis(1500)).await;
+    let port = free_port();
+    let filters = "  protect:\n    concurrency_limit: { max_in_flight: 1, max_queue: 10, queue_timeout: 200ms }\n";
+    let _k = Kaname::start(&limits_config(port, up.addr, "protect", filters)).await;
+    let client = HttpClient::http1();
+    let first = tokio::spawn({
+        let client = client.clone();
+        async move { client.send(get(port, "/", &[])).await }
+    });
+    // Wait until the first request holds the only slot.
+    let waited = Instant::now();
+    while up.hits() == 0 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "first request never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let start = Instant::now();
+    let queued =
+        futures_util::future::join_all((0..3).map(|_| client.send(get(port, "/", &[])))).await;
+    for res in &queued {
+        res.assert_kaname_error(503, "overloaded");
+        assert!(res.text().contains("queue_timeout"), "{}", res.text());
+    }
+    assert!(
+        start.elapsed() >= Duration::from_millis(200),
+        "shed only after waiting"
+    );
+    assert_eq!(first.await.expect("join").status, 200);
+    assert_eq!(up.hits(), 1, "the shed requests never reached the upstream");
+}
+
+/// A bounded overload (5 s) mixing 8 high-priority and 16 low-priority
+/// closed-loop clients against 4 slots of a 50 ms upstream: high requests
+/// go first and displace low ones from the full queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn high_priority_survives_overload_low_is_shed() {
+    let up = CountingUpstream::start(Duration::from_millis(50)).await;
+    let port = free_port();
+    let filters = "  protect:
+    concurrency_limit:
+      max_in_flight: 4
+      max_queue: 8
+      queue_timeout: 500ms
+      priority: { header: x-priority }
+";
+    let k = Kaname::start(&limits_config(port, up.addr, "protect", filters)).await;
+    let client = HttpClient::http1();
+    let run_for = Duration::from_secs(5);
+    let start = Instant::now();
+    let clients: Vec<_> = (0..24)
+        .map(|i| {
+            let client = client.clone();
+            let priority = if i < 8 { "high" } else { "low" };
+            tokio::spawn(async move {
+                let (mut ok, mut shed) = (0u32, 0u32);
+                while start.elapsed() < run_for {
+                    let res = client
+                        .send(get(port, "/", &[("x-priority", priority)]))
+                        .await;
+                    match res.status.as_u16() {
+                        200 => ok += 1,
+                        503 => {
+                            shed += 1;
+                            // As a client honouring Retry-After would, briefly.
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        s => panic!("unexpected status {s}"),
+                    }
+                }
+                (priority, ok, shed)
+            })
+        })
+        .collect();
+    let (mut high, mut low) = ((0u32, 0u32), (0u32, 0u32));
+    for c in clients {
+        let (p, ok, shed) = c.await.expect("join");
+        let t = if p == "high" { &mut high } else { &mut low };
+        t.0 += ok;
+        t.1 += shed;
+    }
+    let rate = |(ok, shed): (u32, u32)| f64::from(ok) / f64::from((ok + shed).max(1));
+    println!(
+        "priority under overload: high {}/{} = {:.1}% served, low {}/{} = {:.1}% served; upstream max {} at once",
+        high.0,
+        high.0 + high.1,
+        100.0 * rate(high),
+        low.0,
+        low.0 + low.1,
+        100.0 * rate(low),
+        up.max_concurrent()
+    );
+    assert!(high.0 + high.1 >= 50, "too few high requests to judge");
+    assert!(low.0 + low.1 >= 50, "too few low requests to judge");
+    assert!(rate(high) >= 0.95, "high served {:.1}%", 100.0 * rate(high));
+    assert!(rate(low) <= 0.50, "low served {:.1}%", 100.0 * rate(low));
+    assert!(up.max_concurrent() <= 4);
+    let text = metrics(&k).await;
+    let low_shed = metric_value(
+        &text,
+        "kaname_shed_total{filter=\"protect\",priority=\"low\"}",
+    );
+    assert_eq!(low_shed, Some(f64::from(low.1)));
+}

@@ -1,0 +1,433 @@
+//! Resilience end to end: retries, budgets, circuit breaking, outlier
+//! ejection and health checks, against real upstreams on 127.0.0.1 that
+//! fail on purpose (tests/support/resilience.rs).
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use support::resilience::{Act, ScriptedUpstream};
+use support::{endpoints_yaml, free_port, full, metric_value, HttpClient, Kaname};
+
+/// One listener, one catch-all route `main-1` to upstream `up` through
+/// `filters`, with `upstream_extra` under the upstream and `filters_yaml`
+/// as the `filters:` section.
+fn config(
+    port: u16,
+    endpoints: &[SocketAddr],
+    upstream_extra: &str,
+    route_filters: &str,
+    filters_yaml: &str,
+) -> String {
+    format!(
+        "listeners:
+  main:
+    listen: 127.0.0.1:{port}
+    routes:
+      - match: {{ path_prefix: / }}
+        upstream: up
+        filters: [{route_filters}]
+upstreams:
+  up:
+    endpoints: {}
+{upstream_extra}
+filters:
+{filters_yaml}",
+        endpoints_yaml(endpoints)
+    )
+}
+
+const FAST_RETRY: &str = "  retries:
+    retry:
+      attempts: 3
+      retry_on: [connect_failure, reset, timeout, 502, 503, 504]
+      per_try_timeout: 300ms
+      backoff: { base: 1ms, max: 5ms }
+";
+
+async fn metrics(k: &Kaname) -> String {
+    HttpClient::http1()
+        .get(&k.admin_url("/metrics"))
+        .await
+        .text()
+}
+
+async fn metric(k: &Kaname, selector: &str) -> f64 {
+    metric_value(&metrics(k).await, selector).unwrap_or(0.0)
+}
+
+fn put(url: &str, body: Bytes) -> Request<support::client::Body> {
+    Request::put(url).body(full(body)).expect("request")
+}
+
+#[tokio::test]
+async fn fails_twice_then_answers_client_sees_200() {
+    let up =
+        ScriptedUpstream::start("flaky", |n| if n < 2 { Act::Status(503) } else { Act::Ok }).await;
+    let port = free_port();
+    let k = Kaname::start(&config(port, &[up.addr], "", "retries", FAST_RETRY)).await;
+    let res = HttpClient::http1()
+        .get(&format!("http://127.0.0.1:{port}/x"))
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(res.text(), "ok from flaky");
+    assert_eq!(up.hits(), 3);
+    let retries = metric(&k, r#"kaname_retries_total{route="main-1",upstream="up"}"#).await;
+    assert_eq!(retries, 2.0);
+}
+
+#[tokio::test]
+async fn connection_reset_is_retried() {
+    let up = ScriptedUpstream::start("resets", |n| if n == 0 { Act::Reset } else { Act::Ok }).await;
+    let port = free_port();
+    let k = Kaname::start(&config(port, &[up.addr], "", "retries", FAST_RETRY)).await;
+    let res = HttpClient::http1()
+        .get(&format!("http://127.0.0.1:{port}/x"))
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(up.hits(), 2);
+    let resets = metric(
+        &k,
+        r#"kaname_upstream_attempts_total{upstream="up",outcome="reset"}"#,
+    )
+    .await;
+    assert_eq!(resets, 1.0);
+}
+
+#[tokio::test]
+async fn hanging_upstream_is_cut_by_per_try_timeout() {
+    // Request 0 hangs, 1 answers; 2 and 3 (the second request) both hang.
+    let up = ScriptedUpstream::start("hangs", |n| if n == 1 { Act::Ok } else { Act::Hang }).await;
+    let port = free_port();
+    let retry = "  retries:
+    retry:
+      attempts: 2
+      per_try_timeout: 300ms
+      backoff: { base: 1ms, max: 5ms }
+";
+    let _k = Kaname::start(&config(port, &[up.addr], "", "retries", retry)).await;
+    let client = HttpClient::http1();
+    let url = format!("http://127.0.0.1:{port}/x");
+    let started = Instant::now();
+    let res = client.get(&url).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(up.hits(), 2);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    // Every try times out: the last per-try timeout is the client's 504.
+    let res = client.get(&url).await;
+    res.assert_kaname_error(504, "upstream_timeout");
+    assert_eq!(up.hits(), 4);
+}
+
+#[tokio::test]
+async fn post_is_retried_only_when_listed() {
+    let up = ScriptedUpstream::start("down", |_| Act::Status(503)).await;
+    let port = free_port();
+    let yaml = format!(
+        "listeners:
+  main:
+    listen: 127.0.0.1:{port}
+    routes:
+      - match: {{ path_prefix: /listed }}
+        upstream: up
+        filters: [post-retries]
+      - match: {{ path_prefix: / }}
+        upstream: up
+        filters: [retries]
+upstreams:
+  up:
+    endpoints: [{}]
+filters:
+{FAST_RETRY}  post-retries:
+    retry:
+      attempts: 3
+      methods: [GET, POST]
+      backoff: {{ base: 1ms, max: 5ms }}
+",
+        up.addr
+    );
+    let _k = Kaname::start(&yaml).await;
+    let client = HttpClient::http1();
+    let post = |path: &str| {
+        Request::post(format!("http://127.0.0.1:{port}{path}"))
+            .body(full("order"))
+            .expect("request")
+    };
+    assert_eq!(client.send(post("/default")).await.status, 503);
+    assert_eq!(up.hits(), 1, "POST is not idempotent: sent once");
+    assert_eq!(client.send(post("/listed")).await.status, 503);
+    assert_eq!(up.hits(), 4, "POST listed: three tries");
+}
+
+#[tokio::test]
+async fn retried_body_arrives_identical_and_large_body_is_sent_once() {
+    let up = ScriptedUpstream::start("bodies", |n| match n {
+        0 | 1 => Act::Status(503),
+        2 => Act::Ok,
+        _ => Act::Status(503),
+    })
+    .await;
+    let port = free_port();
+    let _k = Kaname::start(&config(port, &[up.addr], "", "retries", FAST_RETRY)).await;
+    let client = HttpClient::http1();
+    let url = format!("http://127.0.0.1:{port}/upload");
+    let body: Bytes = (0..60 * 1024).map(|_| rand::random::<u8>()).collect();
+    let res = client.send(put(&url, body.clone())).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let bodies = up.bodies();
+    assert_eq!(bodies.len(), 3);
+    for (i, b) in bodies.iter().enumerate() {
+        assert!(*b == body, "try {i}: {} bytes, not the body sent", b.len());
+    }
+
+    // 2 MiB is over max_body_bytes (64 KiB): streamed once, never retried.
+    let big: Bytes = (0..2 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let res = client.send(put(&url, big.clone())).await;
+    assert_eq!(res.status, 503);
+    let bodies = up.bodies();
+    assert_eq!(bodies.len(), 4, "sent once");
+    assert!(bodies[3] == big, "the large body arrived whole");
+}
+
+#[tokio::test]
+async fn budget_bounds_retries_under_an_always_failing_upstream() {
+    let up = ScriptedUpstream::start("down", |_| Act::Status(503)).await;
+    let port = free_port();
+    let retry = "  retries:
+    retry:
+      attempts: 3
+      backoff: { base: 1ms, max: 2ms }
+      budget: { ratio: 0.2, min_per_second: 5 }
+";
+    let k = Kaname::start(&config(port, &[up.addr], "", "retries", retry)).await;
+    let client = HttpClient::http1();
+    let url = format!("http://127.0.0.1:{port}/x");
+    let started = Instant::now();
+    let mut requests = 0usize;
+    while started.elapsed() < Duration::from_secs(2) && requests < 3000 {
+        let res = client.get(&url).await;
+        assert_eq!(res.status, 503);
+        requests += 1;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let text = metrics(&k).await;
+    let retries = metric_value(
+        &text,
+        r#"kaname_retries_total{route="main-1",upstream="up"}"#,
+    )
+    .unwrap_or(0.0);
+    let exhausted = metric_value(
+        &text,
+        r#"kaname_retry_budget_exhausted_total{route="main-1",upstream="up"}"#,
+    )
+    .unwrap_or(0.0);
+    assert_eq!(
+        up.hits(),
+        requests + retries as usize,
+        "every retry reached the upstream"
+    );
+    // The budget's reserve holds one second's worth on top of the refill.
+    let bound = 0.2 * requests as f64 + 5.0 * (seconds + 1.0);
+    assert!(
+        retries <= bound,
+        "{retries} retries for {requests} requests in {seconds:.2}s; bound {bound}"
+    );
+    assert!(retries >= 1.0, "the budget allows some retries");
+    assert!(
+        exhausted >= 1.0,
+        "the budget was spent ({requests} requests)"
+    );
+}
+
+#[tokio::test]
+async fn breaker_opens_refuses_probes_and_closes() {
+    let failing = Arc::new(AtomicBool::new(true));
+    let f = failing.clone();
+    let up = ScriptedUpstream::start("breaks", move |_| {
+        if f.load(Ordering::SeqCst) {
+            Act::Status(500)
+        } else {
+            Act::Ok
+        }
+    })
+    .await;
+    let port = free_port();
+    let breaker = "  breaker:
+    circuit_breaker:
+      consecutive_failures: 3
+      open_for: 1s
+      max_open_for: 10s
+";
+    let k = Kaname::start(&config(port, &[up.addr], "", "breaker", breaker)).await;
+    let text = metrics(&k).await;
+    let state = |s: &str| {
+        format!(r#"kaname_circuit_breaker_state{{filter="breaker",upstream="up",state="{s}"}}"#)
+    };
+    assert_eq!(metric_value(&text, &state("closed")), Some(1.0));
+    assert_eq!(metric_value(&text, &state("open")), Some(0.0));
+
+    let client = HttpClient::http1();
+    let url = format!("http://127.0.0.1:{port}/x");
+    for _ in 0..3 {
+        let res = client.get(&url).await;
+        assert_eq!(res.status, 500);
+        assert!(
+            res.header("kaname-error").is_none(),
+            "the upstream's own 500"
+        );
+    }
+    // Open: refused at once, the upstream sees nothing.
+    for _ in 0..5 {
+        let res = client.get(&url).await;
+        res.assert_kaname_error(503, "circuit_open");
+        let after: u64 = res
+            .header("retry-after")
+            .expect("Retry-After")
+            .parse()
+            .unwrap();
+        assert!((1..=1).contains(&after), "Retry-After {after}");
+    }
+    assert_eq!(up.hits(), 3);
+    let text = metrics(&k).await;
+    assert_eq!(metric_value(&text, &state("open")), Some(1.0));
+    let rejected = metric_value(
+        &text,
+        r#"kaname_circuit_breaker_rejected_total{filter="breaker",upstream="up"}"#,
+    );
+    assert_eq!(rejected, Some(5.0));
+
+    // The upstream recovers; after open_for one probe goes through and closes it.
+    failing.store(false, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let res = client.get(&url).await;
+        if res.status == 200 {
+            break;
+        }
+        res.assert_kaname_error(503, "circuit_open");
+        assert!(Instant::now() < deadline, "no probe within 10s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(up.hits(), 4, "exactly one probe");
+    for _ in 0..3 {
+        assert_eq!(client.get(&url).await.status, 200);
+    }
+    assert_eq!(up.hits(), 7);
+    let text = metrics(&k).await;
+    assert_eq!(metric_value(&text, &state("closed")), Some(1.0));
+    let to = |s: &str| {
+        format!(
+            r#"kaname_circuit_breaker_transitions_total{{filter="breaker",upstream="up",to="{s}"}}"#
+        )
+    };
+    assert_eq!(metric_value(&text, &to("open")), Some(1.0));
+    assert_eq!(metric_value(&text, &to("half_open")), Some(1.0));
+    assert_eq!(metric_value(&text, &to("closed")), Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_endpoint_is_ejected_and_comes_back_without_failed_requests() {
+    let a = ScriptedUpstream::start("a", |_| Act::Ok).await;
+    let b = ScriptedUpstream::start("b", |_| Act::Ok).await;
+    let c = ScriptedUpstream::start("c", |_| Act::Ok).await;
+    let port = free_port();
+    let upstream_extra = "    load_balancing: round_robin
+    health_check: { path: /healthz, interval: 200ms, timeout: 200ms, unhealthy_after: 2, healthy_after: 2 }
+    outlier_detection: { consecutive_failures: 2, eject_for: 2s, max_ejected_percent: 50 }
+";
+    let retry = "  retries:
+    retry:
+      attempts: 3
+      per_try_timeout: 1s
+      backoff: { base: 1ms, max: 5ms }
+      budget: { ratio: 0.5, min_per_second: 50 }
+";
+    let k = Kaname::start(&config(
+        port,
+        &[a.addr, b.addr, c.addr],
+        upstream_extra,
+        "retries",
+        retry,
+    ))
+    .await;
+    let b_gauge = format!(
+        r#"kaname_upstream_endpoint_healthy{{upstream="up",endpoint="{}"}}"#,
+        b.addr
+    );
+    assert_eq!(metric_value(&metrics(&k).await, &b_gauge), Some(1.0));
+
+    // Bounded load: 4 clients until `stop`, at most 60 s.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (stop, sent) = (stop.clone(), sent.clone());
+        let url = format!("http://127.0.0.1:{port}/load");
+        workers.push(tokio::spawn(async move {
+            let client = HttpClient::http1();
+            let started = Instant::now();
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(60) {
+                match client.try_get(&url, Duration::from_secs(10)).await {
+                    Ok(r) if r.status == 200 => {}
+                    Ok(r) => failures.push(format!("{} {}", r.status, r.text())),
+                    Err(e) => failures.push(e),
+                }
+                sent.fetch_add(1, Ordering::SeqCst);
+            }
+            failures
+        }));
+    }
+    let wait_until = |what: &'static str, deadline: Duration| {
+        let started = Instant::now();
+        move || {
+            assert!(started.elapsed() < deadline, "{what} within {deadline:?}");
+        }
+    };
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let b_before = b.hits();
+    assert!(b_before > 0, "b took traffic before it was killed");
+    let b_addr = b.addr;
+    drop(b); // killed: listener and connections closed
+    let check = wait_until("b out of rotation", Duration::from_secs(10));
+    while metric_value(&metrics(&k).await, &b_gauge) != Some(0.0) {
+        check();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ejections = metric(&k, r#"kaname_upstream_ejections_total{upstream="up"}"#).await;
+    assert!(ejections >= 1.0, "b was ejected");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Restart b on its address; it must pass health checks and take traffic again.
+    let b = ScriptedUpstream::start_at(b_addr, "b", |_| Act::Ok).await;
+    let check = wait_until("b back in rotation", Duration::from_secs(15));
+    loop {
+        let back = metric_value(&metrics(&k).await, &b_gauge) == Some(1.0);
+        if back && b.hits() > 0 {
+            break;
+        }
+        check();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(b.health_hits() >= 2, "b passed health checks");
+    stop.store(true, Ordering::SeqCst);
+    let mut failures = Vec::new();
+    for w in workers {
+        failures.extend(w.await.expect("worker"));
+    }
+    let total = sent.load(Ordering::SeqCst);
+    assert!(total > 100, "the load ran ({total} requests)");
+    assert!(
+        failures.is_empty(),
+        "{} of {total} requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(a.hits() > 0 && c.hits() > 0);
+}
