@@ -88,16 +88,24 @@ pub fn run_file(file: &str) -> ExitCode {
     })
 }
 
-/// A multi-thread runtime; `KANAME_WORKERS` sets its size (benchmarks pin
-/// kaname to one worker to compare with single-threaded peers).
+/// The async runtime. `KANAME_WORKERS` sets its size; the default is one
+/// worker per core. With 1 the runtime is tokio's current-thread scheduler:
+/// one thread does everything, with no work-stealing or cross-thread
+/// wake-ups, as a sidecar given one CPU (or a benchmark pinned to one core,
+/// against single-threaded peers) wants.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = std::env::var("KANAME_WORKERS")
+    let workers: Option<usize> = std::env::var("KANAME_WORKERS")
         .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        b.worker_threads(n);
-    }
+        .and_then(|v| v.parse().ok());
+    let mut b = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.max(1));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     b.enable_all().build()
 }
 
