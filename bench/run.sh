@@ -32,6 +32,7 @@ KANAME=$ROOT/target/release/kaname
 python3 "$BENCH/mint.py" "$RUN"
 HS=$(cat "$RUN/hs256.jwt")
 RS=$(cat "$RUN/rs256.jwt")
+ES=$(cat "$RUN/es256.jwt")
 
 wait_port() { # port
   for _ in $(seq 1 200); do
@@ -55,11 +56,22 @@ start_kaname() { # name config listen-port admin-port [extra env...]
   eval "PID_$name=$!"
   wait_port "$port"
 }
-sed "s#^    jwt: .*#    jwt: { issuer: bench-issuer, audiences: [bench-api], algorithms: [RS256], jwks: { file: $RUN/jwks.json } }#" \
-  "$BENCH/kaname-full.yaml" >"$RUN/kaname-full-rs256.yaml"
+jwt_config() { # algorithm cache(true|false) -> the full chain with that jwt line
+  sed "s#^    jwt: .*#    jwt: { issuer: bench-issuer, audiences: [bench-api], algorithms: [$1], jwks: { file: $RUN/jwks.json }, cache: $2 }#" \
+    "$BENCH/kaname-full.yaml"
+}
+# wrk repeats one token, so with the cache on a signature is checked once;
+# the cache-off rows show what each request would cost without it.
+jwt_config RS256 true >"$RUN/kaname-full-rs256.yaml"
+jwt_config ES256 true >"$RUN/kaname-full-es256.yaml"
+jwt_config RS256 false >"$RUN/kaname-full-rs256-nocache.yaml"
+jwt_config ES256 false >"$RUN/kaname-full-es256-nocache.yaml"
 start_kaname kaname_pass "$BENCH/kaname-passthrough.yaml" 18100 18190
 start_kaname kaname_full "$BENCH/kaname-full.yaml" 18101 18191
 start_kaname kaname_rs256 "$RUN/kaname-full-rs256.yaml" 18102 18192
+start_kaname kaname_es256 "$RUN/kaname-full-es256.yaml" 18103 18193
+start_kaname kaname_rs256_nocache "$RUN/kaname-full-rs256-nocache.yaml" 18104 18194
+start_kaname kaname_es256_nocache "$RUN/kaname-full-es256-nocache.yaml" 18105 18195
 
 taskset -c 0 haproxy -db -f "$BENCH/peers/haproxy-plain.cfg" 2>"$RUN/haproxy-plain.log" & PIDS+=($!)
 PID_haproxy_pass=$!
@@ -73,6 +85,9 @@ TARGETS=(
   "kaname passthrough|http://127.0.0.1:18100/|PID_kaname_pass||h1"
   "kaname full chain HS256|http://127.0.0.1:18101/|PID_kaname_full|$HS|h1"
   "kaname full chain RS256|http://127.0.0.1:18102/|PID_kaname_rs256|$RS|h1"
+  "kaname full chain ES256|http://127.0.0.1:18103/|PID_kaname_es256|$ES|h1"
+  "kaname full chain RS256, no token cache|http://127.0.0.1:18104/|PID_kaname_rs256_nocache|$RS|h1"
+  "kaname full chain ES256, no token cache|http://127.0.0.1:18105/|PID_kaname_es256_nocache|$ES|h1"
   "HAProxy passthrough|http://127.0.0.1:18082/|PID_haproxy_pass||h1"
   "HAProxy JWT + stick table|http://127.0.0.1:18081/|PID_haproxy_full|$HS|h1"
   "kaname passthrough h2 -> h1|http://127.0.0.1:18100/|PID_kaname_pass||h2"
@@ -177,6 +192,8 @@ for a, b in [("kaname passthrough", "HAProxy passthrough"), ("kaname full chain 
              ("kaname full chain RS256", "HAProxy JWT + stick table"), ("kaname passthrough", "direct")]:
     print(f"  {a} / {b}: req/s {ratio(a, b, 'req_per_s')}, CPU/req {ratio(a, b, 'cpu_us_per_req')}")
 print(f"  kaname full HS256 / kaname passthrough: req/s {ratio('kaname full chain HS256', 'kaname passthrough', 'req_per_s')}")
+for alg in ("RS256", "ES256"):
+    print(f"  kaname {alg} no cache / cached: req/s {ratio(f'kaname full chain {alg}, no token cache', f'kaname full chain {alg}', 'req_per_s')}")
 print(f"  kaname h2->h1 / kaname h1: req/s {ratio('kaname passthrough h2 -> h1', 'kaname passthrough', 'req_per_s')}")
 print(f"  fixed rate p99, kaname / HAProxy passthrough: {ratio('kaname passthrough, fixed rate', 'HAProxy passthrough, fixed rate', 'p99_us')}")
 print(f"  fixed rate p99, kaname full / HAProxy full: {ratio('kaname full HS256, fixed rate', 'HAProxy JWT + stick table, fixed rate', 'p99_us')}")

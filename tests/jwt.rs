@@ -362,6 +362,32 @@ async fn attack_matrix_is_refused_before_the_upstream() {
     );
     assert_eq!(up.hits(), 1);
 
+    // The access log names the filter that refused a request, and no filter
+    // for one that passed (text format: `filter="auth"`, `filter=""`).
+    let passed_id = resp.header("x-request-id").expect("request id").to_owned();
+    let refused = send(port, None, &[]).await;
+    let refused_id = refused
+        .header("x-request-id")
+        .expect("request id")
+        .to_owned();
+    let logs = k.stderr();
+    let access_line = |id: &str| {
+        logs.lines()
+            .find(|l| l.contains("kaname::access") && l.contains(id))
+            .unwrap_or_else(|| panic!("no access line for request {id} in:\n{logs}"))
+            .to_owned()
+    };
+    let line = access_line(&refused_id);
+    assert!(
+        line.contains("filter=\"auth\"") && line.contains("status=401"),
+        "{line}"
+    );
+    let line = access_line(&passed_id);
+    assert!(
+        line.contains("filter=\"\"") && line.contains("status=200"),
+        "{line}"
+    );
+
     // gRPC calls get the trailers-only UNAUTHENTICATED form.
     let resp = send(port, None, &[("content-type", "application/grpc")]).await;
     assert_eq!(resp.status, 200);

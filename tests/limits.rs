@@ -231,15 +231,19 @@ async fn jwt_sub_keys_with_real_tokens() {
     assert_eq!(up.hits(), 3);
 }
 
-/// 200k distinct `x-api-key` values (capped at 60 s) against
-/// `max_keys: 5000`, with keys that stay live (1/min: no bucket refills
-/// during the test, so no sweep can drop them). The store stops growing at
-/// the bound: later keys share the overflow bucket, which lets `burst`
-/// through and refuses the rest. RSS stays bounded.
+/// Distinct `x-api-key` values (up to 200k, capped at 20 s: 15k to 50k on
+/// a 2-core machine, depending on its load; at least 5 × the bound are
+/// required) against `max_keys: 2000`, with keys that stay live (1/min: no
+/// bucket refills during the test, so no sweep can drop them). The store
+/// stops growing at the bound: later keys share the overflow bucket, which
+/// lets `burst` through and refuses the rest. RSS stays bounded. The full
+/// 200k figure of issue 5 (with RSS before and after) is covered
+/// in-process, through the same filter, by filters/tests/rate_limit_keys.rs:
+/// through real sockets it would take minutes here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_hundred_thousand_keys_stay_under_max_keys() {
+async fn distinct_keys_stay_under_max_keys() {
     const KEYS: usize = 200_000;
-    const MAX_KEYS: usize = 5_000;
+    const MAX_KEYS: usize = 2_000;
     // The cheapest upstream: no echo summary to build per request.
     let up = CountingUpstream::start(Duration::ZERO).await;
     let port = free_port();
@@ -259,7 +263,7 @@ async fn two_hundred_thousand_keys_stay_under_max_keys() {
     let rss_before = k.rss_kib();
 
     let start = Instant::now();
-    let deadline = Duration::from_secs(60);
+    let deadline = Duration::from_secs(20);
     let results = futures_util::stream::iter(0..KEYS)
         .take_while(|_| std::future::ready(start.elapsed() < deadline))
         .map(|i| {
@@ -287,7 +291,7 @@ async fn two_hundred_thousand_keys_stay_under_max_keys() {
     );
     assert_eq!(ok + limited, sent, "only 200 and 429 answers");
     assert!(
-        sent >= 4 * MAX_KEYS,
+        sent >= 5 * MAX_KEYS,
         "only {sent} keys sent in {deadline:?}: too few to test the bound"
     );
     // New keys got their own bucket until a sweep found the store over 7/8

@@ -143,6 +143,7 @@ const CATALOGUE: &[(&str, &str, &[&str])] = &[
         &["upstream", "endpoint"],
     ),
     ("kaname_upstream_ejections_total", "counter", &["upstream"]),
+    ("kaname_upstream_panic_mode", "gauge", &["upstream"]),
     ("kaname_connections_open", "gauge", &["listener"]),
     (
         "kaname_tls_handshake_failures_total",

@@ -305,3 +305,82 @@ async fn sighup_reloads_and_a_bad_file_keeps_the_old_config() {
     support::send_signal(k.pid, "HUP");
     wait_for_upstream(&client, port, "b").await;
 }
+
+/// Route `limited` through rate_limit `rl` (1/m, burst `burst`) and route
+/// `other` without filters, at `other_path` with `other_timeout`.
+fn limited_config(
+    port: u16,
+    a: &TestUpstream,
+    burst: u32,
+    other_path: &str,
+    other_timeout: &str,
+) -> String {
+    format!(
+        "listeners:
+  main:
+    listen: 127.0.0.1:{port}
+    routes:
+      - name: limited
+        match: {{ path_prefix: /limited }}
+        upstream: a
+        filters: [rl]
+      - name: other
+        match: {{ path_prefix: {other_path} }}
+        upstream: a
+        timeout: {other_timeout}
+upstreams:
+  a:
+    endpoints: [{}]
+filters:
+  rl:
+    rate_limit:
+      key: global
+      rate: 1/m
+      burst: {burst}
+",
+        a.addr
+    )
+}
+
+#[tokio::test]
+async fn emptied_bucket_stays_empty_across_a_reload_of_another_route() {
+    let a = TestUpstream::start("a").await;
+    let port = free_port();
+    let k = Kaname::start(&limited_config(port, &a, 3, "/other", "2s")).await;
+    let client = HttpClient::http1();
+    let limited = format!("http://127.0.0.1:{port}/limited");
+    for i in 1..=3 {
+        assert_eq!(client.get(&limited).await.status, 200, "token {i} of 3");
+    }
+    client
+        .get(&limited)
+        .await
+        .assert_kaname_error(429, "rate_limited");
+
+    // Only route `other` changes: the filter's config is equal, its bucket kept.
+    replace_config(&k, &limited_config(port, &a, 3, "/elsewhere", "3s"));
+    let (status, text) = post_reload(&k).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        client
+            .get(&format!("http://127.0.0.1:{port}/elsewhere"))
+            .await
+            .status,
+        200,
+        "the reload took effect"
+    );
+    client
+        .get(&limited)
+        .await
+        .assert_kaname_error(429, "rate_limited");
+
+    // A change to the rate_limit settings builds a new filter: a fresh bucket.
+    replace_config(&k, &limited_config(port, &a, 5, "/elsewhere", "3s"));
+    let (status, text) = post_reload(&k).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        client.get(&limited).await.status,
+        200,
+        "a changed rate_limit starts with a full bucket"
+    );
+}

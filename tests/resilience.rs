@@ -402,6 +402,14 @@ async fn killed_endpoint_is_ejected_and_comes_back_without_failed_requests() {
     }
     let ejections = metric(&k, r#"kaname_upstream_ejections_total{upstream="up"}"#).await;
     assert!(ejections >= 1.0, "b was ejected");
+    // Two of three still take traffic: no panic mode (the gauge exists, at 0).
+    assert_eq!(
+        metric_value(
+            &metrics(&k).await,
+            r#"kaname_upstream_panic_mode{upstream="up"}"#
+        ),
+        Some(0.0)
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Restart b on its address; it must pass health checks and take traffic again.

@@ -314,6 +314,9 @@ pub struct Jwt {
     pub forward_claims: Vec<(String, String)>,
     /// Default true.
     pub forward_token: bool,
+    /// Keep verified tokens so a repeated one skips the signature check.
+    /// Default true; `false` is for measuring what the cache saves.
+    pub cache: bool,
 }
 
 /// A retry or failure condition.

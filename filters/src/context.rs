@@ -69,3 +69,9 @@ impl EndpointSlot {
         self.0.lock().ok().and_then(|slot| *slot)
     }
 }
+
+/// Placed in the extensions of a response a filter made to refuse the
+/// request (401/403, 429, circuit open, shed): the filter's name, so the
+/// access log can say which filter answered instead of the upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedBy(pub Arc<str>);

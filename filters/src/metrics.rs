@@ -32,6 +32,7 @@ pub struct Metrics {
     pub jwks_refreshes_total: IntCounterVec,
     pub upstream_endpoint_healthy: IntGaugeVec,
     pub upstream_ejections_total: IntCounterVec,
+    pub upstream_panic_mode: IntGaugeVec,
     pub connections_open: IntGaugeVec,
     pub tls_handshake_failures_total: IntCounterVec,
     pub tls_cert_expiry_timestamp_seconds: GaugeVec,
@@ -186,6 +187,12 @@ impl Metrics {
                 &r,
                 "kaname_upstream_ejections_total",
                 "Outlier ejections.",
+                &["upstream"],
+            ),
+            upstream_panic_mode: gauge(
+                &r,
+                "kaname_upstream_panic_mode",
+                "1 while every endpoint of the upstream is unhealthy or ejected and all get traffic.",
                 &["upstream"],
             ),
             connections_open: gauge(

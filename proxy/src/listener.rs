@@ -330,12 +330,17 @@ async fn handle(
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        let refused_by = res
+            .extensions()
+            .get::<kaname_filters::context::RefusedBy>()
+            .map_or("", |r| &*r.0);
         tracing::info!(
             target: "kaname::access",
             method = %method,
             path = %path,
             route = route_name,
             upstream = upstream_name,
+            filter = refused_by,
             status = status.as_u16(),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             bytes,

@@ -19,6 +19,7 @@ const KEYS: &[&str] = &[
     "required_claims",
     "forward_claims",
     "forward_token",
+    "cache",
 ];
 
 /// Every algorithm accepted, in its canonical spelling.
@@ -109,6 +110,7 @@ pub fn jwt(name: &str, kind_mark: Mark, node: &Node, errs: &mut Errors) -> Optio
         }
     }
     let forward_token = m.opt("forward_token", errs, read::boolean).unwrap_or(true);
+    let cache = m.opt("cache", errs, read::boolean).unwrap_or(true);
     Some(Jwt {
         issuers,
         audiences,
@@ -120,6 +122,7 @@ pub fn jwt(name: &str, kind_mark: Mark, node: &Node, errs: &mut Errors) -> Optio
         required_claims,
         forward_claims,
         forward_token,
+        cache,
     })
 }
 
@@ -222,7 +225,20 @@ mod tests {
             }
         );
         assert!(j.forward_token);
+        assert!(j.cache);
         assert_eq!(j.leeway, Duration::ZERO);
+    }
+
+    #[test]
+    fn cache_can_be_turned_off() {
+        let (j, e) = run("algorithms: [HS256]\nsecret: abc\ncache: false\n");
+        assert_eq!(e, "");
+        assert!(!j.unwrap().cache);
+        let (_, e) = run("algorithms: [HS256]\nsecret: abc\ncache: maybe\n");
+        assert!(
+            e.contains("f:3:8: expected true or false"),
+            "a non-boolean is refused at its position: {e}"
+        );
     }
 
     #[test]

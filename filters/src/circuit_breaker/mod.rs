@@ -39,7 +39,7 @@ use tower::Service;
 
 pub use state::{Admit, CircuitState, Phase};
 
-use crate::context::{RequestContext, UpstreamFailure};
+use crate::context::{RefusedBy, RequestContext, UpstreamFailure};
 use crate::metrics::Metrics;
 use crate::registry::{FilterLayer, RouteInfo};
 use crate::retry::classify::{self, Observed};
@@ -67,6 +67,8 @@ pub struct Breaker {
 #[derive(Clone)]
 pub struct BreakerService {
     inner: RouteService,
+    /// The filter's name, for `RefusedBy` on its refusals.
+    name: Arc<str>,
     breaker: Arc<Breaker>,
     failure_on: Arc<[Condition]>,
 }
@@ -104,6 +106,7 @@ impl FilterLayer for BreakerLayer {
     fn wrap(&self, route: &RouteInfo, inner: RouteService) -> RouteService {
         BoxCloneSyncService::new(BreakerService {
             inner,
+            name: self.name.as_str().into(),
             breaker: self.breaker(&route.upstream),
             failure_on: self.failure_on.clone(),
         })
@@ -251,6 +254,7 @@ impl BreakerService {
                 let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 res.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+                res.extensions_mut().insert(RefusedBy(self.name.clone()));
                 return res;
             }
         };

@@ -42,7 +42,7 @@ use tower::Service;
 
 pub use queue::{Gauges, Limiter, Permit, Priority, Shed};
 
-use crate::context::RequestContext;
+use crate::context::{RefusedBy, RequestContext};
 use crate::metrics::Metrics;
 use crate::registry::{BuildError, FilterLayer, RouteInfo};
 use crate::{is_grpc, Body, BoxError, ErrorKind, RouteService};
@@ -153,6 +153,7 @@ impl ConcurrencyService {
                 let mut res = ErrorKind::Overloaded.response(&message, grpc);
                 res.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                res.extensions_mut().insert(RefusedBy(self.name.clone()));
                 return res;
             }
         };

@@ -49,6 +49,7 @@ use serde_json::{Map, Value};
 use tower::Service;
 
 use crate::claims::VerifiedClaims;
+use crate::context::RefusedBy;
 use crate::registry::{BuildContext, BuildError, FilterLayer, RouteInfo};
 use crate::{is_grpc, Body, ErrorKind, RouteService};
 use claims_headers::ForwardClaims;
@@ -74,6 +75,8 @@ pub struct JwtService {
 }
 
 struct Shared {
+    /// The filter's name, for `RefusedBy` on its refusals.
+    name: Arc<str>,
     source: TokenSource,
     forward_token: bool,
     forward: ForwardClaims,
@@ -152,12 +155,14 @@ impl JwtLayer {
         );
         Ok(JwtLayer {
             shared: Arc::new(Shared {
+                name: name.into(),
                 source: cfg.from.clone(),
                 forward_token: cfg.forward_token,
                 forward,
                 verifier,
                 keys,
-                tokens: TokenCache::new(TOKEN_CACHE_CAPACITY),
+                // `cache: false` (capacity 0) is for measuring what the cache saves.
+                tokens: TokenCache::new(if cfg.cache { TOKEN_CACHE_CAPACITY } else { 0 }),
                 results,
                 _task: task,
             }),
@@ -199,7 +204,7 @@ impl Service<Request<Body>> for JwtService {
                 }
                 Err(rejection) => {
                     shared.count(rejection.failure);
-                    Ok(refusal(&rejection, grpc))
+                    Ok(refusal(&rejection, grpc, &shared.name))
                 }
             }
         })
@@ -283,7 +288,7 @@ impl Shared {
 }
 
 /// kaname's answer for a refusal, with RFC 6750's `WWW-Authenticate`.
-fn refusal(r: &Rejection, grpc: bool) -> Response<Body> {
+fn refusal(r: &Rejection, grpc: bool, filter: &Arc<str>) -> Response<Body> {
     let (kind, challenge) = match r.failure {
         // §3.1: no error code when the request had no token at all.
         Failure::Missing => (ErrorKind::Unauthenticated, "Bearer".to_string()),
@@ -306,6 +311,7 @@ fn refusal(r: &Rejection, grpc: bool) -> Response<Body> {
     if let Ok(v) = HeaderValue::from_str(&challenge) {
         res.headers_mut().insert(WWW_AUTHENTICATE, v);
     }
+    res.extensions_mut().insert(RefusedBy(filter.clone()));
     res
 }
 

@@ -36,6 +36,7 @@ fn config() -> JwtConfig {
             ("roles".into(), "x-roles".into()),
         ],
         forward_token: true,
+        cache: true,
     }
 }
 
@@ -248,4 +249,23 @@ async fn jwks_not_loaded_answers_keys_not_available() {
             .get()
             >= 1
     );
+}
+
+#[tokio::test]
+async fn refusal_names_the_filter_for_the_access_log() {
+    let m = Arc::new(Metrics::new());
+    let (svc, seen) = service(&config(), &m);
+    let res = send(&svc, &[]).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        res.extensions().get::<crate::context::RefusedBy>(),
+        Some(&crate::context::RefusedBy("auth".into()))
+    );
+    assert!(seen.lock().unwrap().is_empty());
+    let bearer = format!("Bearer {}", token(good_claims()));
+    let res = send(&svc, &[("authorization", &bearer)]).await;
+    assert!(res
+        .extensions()
+        .get::<crate::context::RefusedBy>()
+        .is_none());
 }

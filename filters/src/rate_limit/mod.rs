@@ -165,6 +165,8 @@ impl<C: Clock> Service<Request<Body>> for RateLimitService<C> {
                     whole_seconds(wait)
                 );
                 let mut res = ErrorKind::RateLimited.response(&message, grpc);
+                res.extensions_mut()
+                    .insert(crate::context::RefusedBy(self.name.clone()));
                 let h = res.headers_mut();
                 h.insert(header::RETRY_AFTER, HeaderValue::from(whole_seconds(wait)));
                 RateHeaders {

@@ -19,7 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use kaname_config::{Upstream as UpstreamConfig, UpstreamProtocol};
 use kaname_filters::metrics::Metrics;
 use kaname_filters::Body;
-use prometheus::IntGaugeVec;
+use prometheus::{IntGauge, IntGaugeVec};
 
 pub use balancer::Balancer;
 pub use endpoint::Endpoint;
@@ -38,6 +38,8 @@ pub struct Upstream {
     healthy_gauge: IntGaugeVec,
     /// Every endpoint is out, so all get traffic (logged on the change).
     panicking: AtomicBool,
+    /// `kaname_upstream_panic_mode{upstream}`: `panicking` as a metric.
+    panic_gauge: IntGauge,
 }
 
 impl Upstream {
@@ -76,6 +78,13 @@ impl Upstream {
             }),
             healthy_gauge: metrics.upstream_endpoint_healthy.clone(),
             panicking: AtomicBool::new(false),
+            panic_gauge: {
+                let g = metrics
+                    .upstream_panic_mode
+                    .with_label_values(&[&config.name]);
+                g.set(0); // a rebuilt upstream (reload) starts out of panic mode
+                g
+            },
         });
         up.resolve().await;
         if let Some(hc) = &config.health_check {
@@ -93,13 +102,15 @@ impl Upstream {
 
     /// Picks an endpoint for one try. When every endpoint is unhealthy or
     /// ejected the balancer uses them all (panic mode, as Envoy): that is
-    /// logged when it starts and when it ends.
+    /// logged when it starts and when it ends, and shown by the
+    /// `kaname_upstream_panic_mode` gauge.
     pub fn pick(&self, avoid: Option<SocketAddr>) -> Option<Arc<Endpoint>> {
         let endpoints = self.endpoints.load();
         let panic = !endpoints.is_empty() && !endpoints.iter().any(|e| e.is_healthy());
         if panic != self.panicking.load(Ordering::Relaxed)
             && panic != self.panicking.swap(panic, Ordering::Relaxed)
         {
+            self.panic_gauge.set(i64::from(panic));
             if panic {
                 tracing::warn!(upstream = %self.name, "every endpoint is unhealthy or ejected; sending to all of them (panic mode)");
             } else {
@@ -170,5 +181,44 @@ async fn refresh_dns(up: Weak<Upstream>, every: Duration) {
             Some(up) => up.resolve().await,
             None => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn panic_mode_is_shown_by_its_gauge() {
+        let yaml = "listeners:
+  main:
+    listen: 127.0.0.1:1
+    routes:
+      - match: { path_prefix: / }
+        upstream: up
+upstreams:
+  up:
+    endpoints: [127.0.0.1:1, 127.0.0.1:2]
+";
+        let config = kaname_config::parse("<test>", yaml).expect("config");
+        let metrics = Metrics::new();
+        let gauge = metrics.upstream_panic_mode.with_label_values(&["up"]);
+        gauge.set(1); // left over from a previous build: the build resets it
+        let up = Upstream::build(&config.upstreams[0], &metrics).await;
+        assert_eq!(gauge.get(), 0, "a new upstream is not in panic mode");
+
+        let eps = up.endpoints();
+        assert_eq!(eps.len(), 2);
+        eps[0].set_healthy(false);
+        assert!(up.pick(None).is_some());
+        assert_eq!(gauge.get(), 0, "one endpoint still takes traffic");
+
+        eps[1].set_ejected(true);
+        assert!(up.pick(None).is_some(), "panic mode still picks one");
+        assert_eq!(gauge.get(), 1, "every endpoint out: panic mode");
+
+        eps[1].set_ejected(false);
+        assert_eq!(up.pick(None).map(|e| e.addr), Some(eps[1].addr));
+        assert_eq!(gauge.get(), 0, "panic mode over");
     }
 }
