@@ -21,6 +21,8 @@ use kaname_config::JwksSource;
 use kaname_filters::JwksFetcher;
 use rustls::RootCertStore;
 
+use crate::forward::error_chain;
+
 /// A JWKS document larger than this is refused (real ones are a few KiB).
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -120,18 +122,6 @@ impl JwksFetcher for BrokenFetcher {
         let e = self.0.clone();
         Box::pin(async move { Err(e) })
     }
-}
-
-/// The legacy client prints "client error (Connect)": walk the sources.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]
