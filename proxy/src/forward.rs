@@ -262,7 +262,8 @@ fn head_copy(req: &Request<Body>) -> Request<Body> {
     *copy.uri_mut() = req.uri().clone();
     *copy.version_mut() = req.version();
     *copy.headers_mut() = req.headers().clone();
-    *copy.extensions_mut() = req.extensions().clone();
+    // Extensions are kaname's own bookkeeping, read before the send; the
+    // client does not need them on a resend.
     copy
 }
 

@@ -529,8 +529,9 @@ impl<T: Read + Unpin> Read for H1Guard<T> {
                 this.read_waker = Some(cx.waker().clone());
                 return Poll::Pending;
             } else {
-                let mut tmp = [0u8; READ_CHUNK];
-                let mut rb = ReadBuf::new(&mut tmp);
+                // Uninitialised: zeroing 8 KiB on every read showed in profiles.
+                let mut tmp = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+                let mut rb = ReadBuf::uninit(&mut tmp);
                 match Pin::new(&mut this.inner).poll_read(cx, rb.unfilled()) {
                     Poll::Ready(Ok(())) => {}
                     other => return other,
