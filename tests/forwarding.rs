@@ -177,10 +177,80 @@ async fn forwarding_headers_are_set_kept_and_stripped() {
     assert_eq!(resp.header("x-request-id"), Some("client-chosen-42"));
     assert_eq!(seen.header("x-forwarded-for"), Some("10.1.2.3, 127.0.0.1"));
 
+    assert_eq!(
+        seen.header("traceparent"),
+        None,
+        "no traceparent is made unless tracing.start_traces"
+    );
+
     // Two requests without an id get two different ids.
     let other = client.get(&url(port, "/headers")).await;
     assert_ne!(other.header("x-request-id"), Some(generated.as_str()));
     assert!(other.header("x-request-id").is_some());
+}
+
+/// `tracing.start_traces`: a request without a `traceparent` (or with a
+/// malformed one) gets a new sampled one; a valid one is passed on as is.
+/// Without the option (the test above) nothing is made.
+#[tokio::test]
+async fn start_traces_makes_a_traceparent_only_when_missing_or_malformed() {
+    let up = TestUpstream::start("echo").await;
+    let port = free_port();
+    let config = format!(
+        "tracing: {{ start_traces: true }}\n{}",
+        simple_config(port, &[up.addr])
+    );
+    let _kaname = Kaname::start(&config).await;
+    let client = HttpClient::http1();
+    let is_w3c = |v: &str| {
+        let parts: Vec<&str> = v.split('-').collect();
+        parts.len() == 4
+            && parts[0] == "00"
+            && parts[1].len() == 32
+            && parts[2].len() == 16
+            && parts[3] == "01"
+            && parts[1..3].iter().all(|p| {
+                p.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                    && p.bytes().any(|b| b != b'0')
+            })
+    };
+
+    let mut made = Vec::new();
+    for _ in 0..2 {
+        assert_eq!(client.get(&url(port, "/t")).await.status, 200);
+        let tp = up.last().header("traceparent").map(str::to_owned);
+        let tp = tp.expect("upstream got a traceparent");
+        assert!(is_w3c(&tp), "made traceparent {tp:?}");
+        made.push(tp);
+    }
+    assert_ne!(made[0], made[1], "each request starts its own trace");
+
+    let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+    let req = Request::get(url(port, "/t"))
+        .header("traceparent", valid)
+        .header("tracestate", "vendor=1")
+        .body(empty())
+        .expect("request");
+    assert_eq!(client.send(req).await.status, 200);
+    let seen = up.last();
+    assert_eq!(
+        seen.header("traceparent"),
+        Some(valid),
+        "a valid one is kept"
+    );
+    assert_eq!(seen.header("tracestate"), Some("vendor=1"));
+
+    let req = Request::get(url(port, "/t"))
+        .header("traceparent", "00-zz-not-a-trace")
+        .header("tracestate", "vendor=1")
+        .body(empty())
+        .expect("request");
+    assert_eq!(client.send(req).await.status, 200);
+    let seen = up.last();
+    let tp = seen.header("traceparent").expect("replaced traceparent");
+    assert!(is_w3c(tp), "malformed replaced by a new one, got {tp:?}");
+    assert_eq!(seen.header("tracestate"), None, "its tracestate dropped");
 }
 
 /// (method, path, extra header, expected upstream or None for no_route)

@@ -1019,3 +1019,65 @@ filters:
         assert!(!text.contains(leaked), "{leaked:?} appears in /metrics");
     }
 }
+
+/// The access log in JSON: emitted even when `log.level` is `warn` (its own
+/// target), off with `access_log: false`, and turned on by a reload.
+#[tokio::test]
+async fn access_log_json_survives_level_warn_and_follows_reload() {
+    let up = TestUpstream::start("echo").await;
+    let port = free_port();
+    let routes = support::simple_config(port, &[up.addr]);
+    let body =
+        |on: bool| format!("log:\n  level: warn\n  format: json\n  access_log: {on}\n{routes}");
+    let k = Kaname::start(&body(false)).await;
+    let client = HttpClient::http1();
+    let quiet = client.get(&format!("http://127.0.0.1:{port}/quiet")).await;
+    assert_eq!(quiet.status, 200);
+    let quiet_id = quiet.header("x-request-id").expect("request id").to_owned();
+
+    let tmp = k.config_path.with_extension("yaml.tmp");
+    let yaml = format!("admin:\n  listen: {}\n{}", k.admin, body(true));
+    std::fs::write(&tmp, yaml).expect("write config");
+    std::fs::rename(&tmp, &k.config_path).expect("rename config");
+    let req = Request::post(k.admin_url("/reload"))
+        .body(support::empty())
+        .expect("POST /reload");
+    let reload = client.send(req).await;
+    assert_eq!(reload.status, 200, "reload: {}", reload.text());
+
+    let loud = client
+        .get(&format!("http://127.0.0.1:{port}/loud?x=1"))
+        .await;
+    assert_eq!(loud.status, 200);
+    let loud_id = loud.header("x-request-id").expect("request id").to_owned();
+    let logs = k.stderr();
+    assert!(
+        !logs.contains(&quiet_id),
+        "access_log: false logged request {quiet_id}:\n{logs}"
+    );
+    let line: serde_json::Value = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["request_id"] == loud_id.as_str())
+        .unwrap_or_else(|| panic!("no JSON access line for {loud_id} at level warn:\n{logs}"));
+    assert_eq!(line["target"], "kaname::access", "{line}");
+    assert_eq!(line["method"], "GET");
+    assert_eq!(line["path"], "/loud");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["route"], "main-1", "{line}");
+    assert_eq!(line["upstream"], "echo");
+    assert_eq!(line["filter"], "");
+    assert!(line["duration_ms"].as_f64().is_some(), "{line}");
+    assert!(
+        line["client"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("127.0.0.1:")),
+        "{line}"
+    );
+    assert!(
+        !logs
+            .lines()
+            .any(|l| l.contains("\"level\":\"INFO\"") && !l.contains("kaname::access")),
+        "level warn let other info lines through:\n{logs}"
+    );
+}

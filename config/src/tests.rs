@@ -304,3 +304,17 @@ fn garbage_never_panics() {
         let _ = parse_with_env("f", &bytes, &env);
     }
 }
+
+#[test]
+fn tracing_start_traces_is_off_by_default_and_checked() {
+    let base = "listeners:\n  l:\n    listen: 127.0.0.1:1\n    routes:\n      - upstream: u\nupstreams:\n  u:\n    endpoints: [127.0.0.1:2]\n";
+    assert!(!ok(base).tracing.start_traces);
+    assert!(
+        ok(&format!("tracing: {{ start_traces: true }}\n{base}"))
+            .tracing
+            .start_traces
+    );
+    let e = errors(&format!("tracing: {{ start_trace: true }}\n{base}"));
+    assert!(e.contains("kaname.yaml:1:12"), "{e}");
+    assert!(e.contains("start_traces"), "did-you-mean: {e}");
+}

@@ -13,6 +13,7 @@ pub struct Config {
     /// How long requests in flight may finish after SIGTERM. Default 30s.
     pub shutdown_grace: Duration,
     pub log: Log,
+    pub tracing: Tracing,
     /// In file order.
     pub listeners: Vec<Listener>,
     /// In file order.
@@ -53,6 +54,15 @@ pub struct Log {
     pub format: LogFormat,
     /// Default true.
     pub access_log: bool,
+}
+
+/// W3C trace context. A `traceparent` the client sent is always passed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Tracing {
+    /// Make a new `traceparent` (sampled) for a request that has none, or
+    /// whose header is malformed, so the upstream's tracer can start the
+    /// trace there. Default false: kaname exports no spans itself.
+    pub start_traces: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -34,6 +34,8 @@ pub struct ListenerRoutes {
     /// Labels a request that matched no route (empty route and upstream).
     pub no_route_metrics: Arc<RouteMetrics>,
     pub access_log: bool,
+    /// `tracing.start_traces`.
+    pub start_traces: bool,
 }
 
 pub struct RouteEntry {
@@ -178,6 +180,7 @@ impl Runtime {
             routes,
             no_route_metrics: self.route_metrics(metrics, previous, [&l.name, "", ""]),
             access_log: self.config.log.access_log,
+            start_traces: self.config.tracing.start_traces,
         })
     }
 }

@@ -20,6 +20,8 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// Removes hop-by-hop headers, including those the `Connection` header
 /// names. With `keep_upgrade`, `Connection: upgrade` and `Upgrade` survive
@@ -94,10 +96,66 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
             return v.clone();
         }
     }
-    let id: u128 = rand::random();
-    let v = HeaderValue::from_str(&format!("{id:032x}")).unwrap_or(HeaderValue::from_static("0"));
+    let mut hex = [0u8; 32];
+    hex_into(&mut hex, &rand::random::<u128>().to_be_bytes());
+    let v = HeaderValue::from_bytes(&hex).unwrap_or(HeaderValue::from_static("0"));
     headers.insert(X_REQUEST_ID.clone(), v.clone());
     v
+}
+
+/// Starts a W3C trace (`tracing.start_traces`): a request without a valid
+/// `traceparent` gets a new one, sampled, with random ids, so the upstream's
+/// tracer makes the root span. A malformed header is replaced and its
+/// `tracestate` dropped, as W3C Trace Context §4.3 says; a valid one is kept.
+pub fn ensure_traceparent(headers: &mut HeaderMap) {
+    if headers
+        .get(&TRACEPARENT)
+        .is_some_and(|v| valid_traceparent(v.as_bytes()))
+    {
+        return;
+    }
+    headers.remove(&TRACESTATE);
+    let trace_id: u128 = rand::random::<u128>().max(1);
+    let span_id: u64 = rand::random::<u64>().max(1);
+    let mut v = [0u8; 55];
+    v[..3].copy_from_slice(b"00-");
+    hex_into(&mut v[3..35], &trace_id.to_be_bytes());
+    v[35] = b'-';
+    hex_into(&mut v[36..52], &span_id.to_be_bytes());
+    v[52..].copy_from_slice(b"-01");
+    if let Ok(v) = HeaderValue::from_bytes(&v) {
+        headers.insert(TRACEPARENT.clone(), v);
+    }
+}
+
+/// `version-traceid-parentid-flags` in lowercase hex, ids not all zero;
+/// a later version may append fields after a dash (§4.2.4).
+fn valid_traceparent(v: &[u8]) -> bool {
+    let hex = |s: &[u8]| s.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let nonzero = |s: &[u8]| s.iter().any(|&b| b != b'0');
+    if v.len() < 55 || !hex(&v[..2]) || &v[..2] == b"ff" {
+        return false;
+    }
+    if &v[..2] == b"00" && v.len() != 55 {
+        return false;
+    }
+    v[2] == b'-'
+        && v[35] == b'-'
+        && v[52] == b'-'
+        && hex(&v[3..35])
+        && nonzero(&v[3..35])
+        && hex(&v[36..52])
+        && nonzero(&v[36..52])
+        && hex(&v[53..55])
+        && (v.len() == 55 || v[55] == b'-')
+}
+
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
+    }
 }
 
 #[cfg(test)]
@@ -149,5 +207,47 @@ mod tests {
         let id = ensure_request_id(&mut h);
         assert_eq!(id.len(), 32);
         assert_eq!(h["x-request-id"], id);
+    }
+
+    #[test]
+    fn traceparent_kept_when_valid_made_when_absent_or_malformed() {
+        let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut h = HeaderMap::new();
+        h.insert("traceparent", HeaderValue::from_static(valid));
+        h.insert("tracestate", HeaderValue::from_static("k=v"));
+        ensure_traceparent(&mut h);
+        assert_eq!(h["traceparent"], valid);
+        assert_eq!(h["tracestate"], "k=v");
+
+        let mut h = HeaderMap::new();
+        ensure_traceparent(&mut h);
+        let made = h["traceparent"].as_bytes().to_vec();
+        assert!(
+            valid_traceparent(&made),
+            "{:?}",
+            String::from_utf8_lossy(&made)
+        );
+        assert!(made.ends_with(b"-01"), "sampled");
+
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+            "garbage",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("traceparent", HeaderValue::from_static(bad));
+            h.insert("tracestate", HeaderValue::from_static("k=v"));
+            ensure_traceparent(&mut h);
+            assert_ne!(h["traceparent"], bad, "{bad} replaced");
+            assert!(valid_traceparent(h["traceparent"].as_bytes()));
+            assert!(!h.contains_key("tracestate"), "tracestate of {bad} dropped");
+        }
+        // A later version with an extra field is valid (W3C §4.2.4).
+        assert!(valid_traceparent(
+            b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra"
+        ));
     }
 }

@@ -24,7 +24,8 @@ use crate::conn::{Activity, ActivityIo};
 use crate::drain::Drain;
 use crate::h1_guard::H1Guard;
 use crate::headers::{
-    add_forwarded, ensure_request_id, strip_hop_by_hop, wants_upgrade, X_REQUEST_ID,
+    add_forwarded, ensure_request_id, ensure_traceparent, strip_hop_by_hop, wants_upgrade,
+    X_REQUEST_ID,
 };
 use crate::request_metrics::{grpc_status_of, GrpcStatusBody, RouteMetrics};
 use crate::tls::io::ServerIo;
@@ -249,6 +250,9 @@ async fn handle(
             let upgrade = parts.version == http::Version::HTTP_11 && wants_upgrade(&parts.headers);
             strip_hop_by_hop(&mut parts.headers, upgrade);
             add_forwarded(&mut parts.headers, peer.ip(), tls.is_some());
+            if routes.start_traces {
+                ensure_traceparent(&mut parts.headers);
+            }
             parts.extensions.insert(RequestContext {
                 client_addr: peer,
                 listener: routes.name.clone(),

@@ -4,13 +4,15 @@ use kaname_config::{Log, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 pub fn init(log: &Log) {
-    let mut filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
-    if !log.access_log {
-        if let Ok(d) = "kaname::access=off".parse() {
-            filter = filter.add_directive(d);
+    // The access log has its own target, on whatever `level` says: the
+    // routes' `access_log` flag decides, so a reload can turn it on or off.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        let filter = EnvFilter::new(&log.level);
+        match "kaname::access=info".parse() {
+            Ok(d) => filter.add_directive(d),
+            Err(_) => filter,
         }
-    }
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

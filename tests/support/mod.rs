@@ -108,8 +108,8 @@ pub struct Kaname {
 }
 
 impl Kaname {
-    /// Writes `body` (the YAML without `admin:` and `log:`, which are added
-    /// here) to a file, starts `kaname run -c FILE` and waits until the
+    /// Writes `body` (the YAML without `admin:`, and without `log:` unless
+    /// it sets its own: both are added here) to a file, starts `kaname run -c FILE` and waits until the
     /// admin `/ready` answers 200.
     pub async fn start(body: &str) -> Kaname {
         Self::start_with_env(body, &[]).await
@@ -125,9 +125,13 @@ impl Kaname {
     /// Starts `kaname run` without waiting for readiness.
     pub fn spawn(body: &str, env: &[(&str, &str)]) -> Kaname {
         let admin_port = free_port();
-        let yaml = format!(
-            "admin:\n  listen: 127.0.0.1:{admin_port}\nlog:\n  level: info\n  format: text\n{body}"
-        );
+        // A body with its own top-level `log:` keeps it.
+        let log = if body.starts_with("log:") || body.contains("\nlog:") {
+            ""
+        } else {
+            "log:\n  level: info\n  format: text\n"
+        };
+        let yaml = format!("admin:\n  listen: 127.0.0.1:{admin_port}\n{log}{body}");
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("kaname.yaml");
         std::fs::write(&config_path, yaml).expect("write config");

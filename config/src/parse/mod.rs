@@ -17,7 +17,7 @@ use std::time::Duration;
 use crate::error::Errors;
 use crate::node::{Mark, Node};
 use crate::read::{self, Map};
-use crate::types::{Admin, Config, Log, LogFormat};
+use crate::types::{Admin, Config, Log, LogFormat, Tracing};
 
 /// Where things were written, for checks that span sections.
 #[derive(Debug, Default)]
@@ -50,6 +50,7 @@ const TOP_KEYS: &[&str] = &[
     "admin",
     "shutdown_grace",
     "log",
+    "tracing",
     "listeners",
     "upstreams",
     "filters",
@@ -69,6 +70,7 @@ pub fn config(file: &str, root: &Node, errs: &mut Errors) -> (Config, Marks) {
             format: LogFormat::Json,
             access_log: true,
         },
+        tracing: Tracing::default(),
         listeners: Vec::new(),
         upstreams: Vec::new(),
         filters: Vec::new(),
@@ -104,6 +106,13 @@ pub fn config(file: &str, root: &Node, errs: &mut Errors) -> (Config, Marks) {
     }
     if let Some(node) = top.get("log") {
         log(node, &mut cfg.log, errs);
+    }
+    if let Some(node) = top.get("tracing") {
+        if let Some(m) = Map::new(node, "in tracing", &["start_traces"], errs) {
+            if let Some(b) = m.opt("start_traces", errs, read::boolean) {
+                cfg.tracing.start_traces = b;
+            }
+        }
     }
     if let Some(node) = top.required("listeners", errs) {
         if let Some(map) = Map::any(node, "in listeners", errs) {
