@@ -228,10 +228,14 @@ async fn listener_moves_to_a_new_port() {
         client.get(&format!("http://127.0.0.1:{p1}/x")).await.status,
         200
     );
+    let mut kept = keep_alive_connection(p1, "").await;
 
     replace_config(&k, &body(p2));
     let (status, text) = post_reload(&k).await;
     assert_eq!(status, 200, "{text}");
+    // A keep-alive connection to the old port is closed, not left serving
+    // the old routes.
+    assert_closed(&mut kept, "keep-alive connection on the moved listener").await;
     assert_eq!(
         client.get(&format!("http://127.0.0.1:{p2}/x")).await.status,
         200
@@ -250,6 +254,160 @@ async fn listener_moves_to_a_new_port() {
             }
         }
     }
+}
+
+/// A connection that has had one request answered (200) and is kept open.
+async fn keep_alive_connection(port: u16, extra_header: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let req = format!("GET /kept HTTP/1.1\r\nHost: k\r\n{extra_header}\r\n");
+    conn.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = Vec::new();
+    // The echo upstream's answer is small: read until its body's end.
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") || !got.ends_with(b"}") {
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+            .await
+            .expect("answer within 5s")
+            .expect("read");
+        assert!(
+            n > 0,
+            "closed before answering: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    conn
+}
+
+/// The server closes `conn` (EOF) within 5 s.
+async fn assert_closed(conn: &mut tokio::net::TcpStream, what: &str) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    match tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => {}
+        Ok(Ok(n)) => panic!("{what}: unexpected {n} bytes"),
+        Err(_) => panic!("{what}: still open 5 s after the reload"),
+    }
+}
+
+/// A reload that changes how a listener serves connections (here
+/// `max_header_bytes`) applies to new connections at once, and retires the
+/// open ones (they close once idle), as Envoy drains a replaced listener.
+#[tokio::test]
+async fn changed_listener_settings_apply_and_retire_open_connections() {
+    let a = TestUpstream::start("a").await;
+    let port = free_port();
+    let body = |limit: u32| {
+        format!(
+            "listeners:\n  main:\n    listen: 127.0.0.1:{port}\n    max_header_bytes: {limit}\n    routes:\n      - match: {{ path_prefix: / }}\n        upstream: a\nupstreams:\n  a:\n    endpoints: [{}]\n",
+            a.addr
+        )
+    };
+    let big = format!("x-big: {}\r\n", "b".repeat(20 * 1024));
+    let k = Kaname::start(&body(65536)).await;
+    let mut old = keep_alive_connection(port, &big).await;
+
+    replace_config(&k, &body(8192));
+    let (status, text) = post_reload(&k).await;
+    assert_eq!(status, 200, "{text}");
+    assert_closed(&mut old, "idle connection of the old settings").await;
+
+    // A new connection gets the new limit: the 20 KiB header is now too big.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    conn.write_all(format!("GET /big HTTP/1.1\r\nHost: k\r\n{big}\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut head = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(5), conn.read_exact(&mut head))
+        .await
+        .expect("answer within 5s")
+        .expect("read");
+    assert_eq!(
+        &head, b"HTTP/1.1 431",
+        "new limit applies to new connections"
+    );
+    // Small heads still pass on new connections.
+    keep_alive_connection(port, "").await;
+}
+
+/// `admin.listen` and `log.level` follow a reload too.
+#[tokio::test]
+async fn admin_port_and_log_level_follow_a_reload() {
+    let a = TestUpstream::start("a").await;
+    let port = free_port();
+    let routes = format!(
+        "listeners:\n  main:\n    listen: 127.0.0.1:{port}\n    routes:\n      - upstream: a\nupstreams:\n  a:\n    endpoints: [{}]\n",
+        a.addr
+    );
+    let k = Kaname::start(&routes).await;
+    let client = HttpClient::http1_no_pool();
+    let new_admin = free_port();
+    let write = |admin: u16, level: &str| {
+        let tmp = k.config_path.with_extension("yaml.tmp");
+        let yaml = format!(
+            "admin:\n  listen: 127.0.0.1:{admin}\nlog:\n  level: {level}\n  format: text\n{routes}"
+        );
+        std::fs::write(&tmp, yaml).expect("write config");
+        std::fs::rename(&tmp, &k.config_path).expect("rename config");
+    };
+    let reload_at = |admin: u16| {
+        let client = client.clone();
+        async move {
+            let req = http::Request::post(format!("http://127.0.0.1:{admin}/reload"))
+                .body(support::empty())
+                .expect("POST");
+            let resp = client.send(req).await;
+            assert_eq!(resp.status, 200, "{}", resp.text());
+        }
+    };
+    let reloaded_lines = || k.stderr().matches("config reloaded").count();
+    assert_eq!(reloaded_lines(), 0);
+
+    write(new_admin, "warn");
+    reload_at(k.admin.port()).await;
+    let ready = client
+        .get(&format!("http://127.0.0.1:{new_admin}/ready"))
+        .await;
+    assert_eq!(ready.status, 200, "admin answers on its new port");
+    let old_port = k.admin.port();
+    let start = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", old_port))
+        .await
+        .is_ok()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "old admin port still open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        reloaded_lines(),
+        0,
+        "level warn hides the info line of that reload"
+    );
+
+    write(new_admin, "info");
+    reload_at(new_admin).await;
+    assert_eq!(reloaded_lines(), 1, "level info again: {}", k.stderr());
+    assert_eq!(
+        client
+            .get(&format!("http://127.0.0.1:{port}/x"))
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test]

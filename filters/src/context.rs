@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Placed in every request's extensions by the listener before the chain runs.
 #[derive(Debug, Clone)]
@@ -37,6 +38,32 @@ impl UpstreamFailure {
             UpstreamFailure::Reset => "reset",
             UpstreamFailure::Timeout => "timeout",
         }
+    }
+}
+
+/// The earliest instant a timeout (route, gRPC deadline, per-try) cuts the
+/// request: set by the listener, tightened by the retry filter for each try.
+/// A try whose future is dropped before it was cancelled by its client,
+/// which says nothing about the upstream; one dropped after it timed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline(pub Instant);
+
+impl Deadline {
+    /// For a try future dropped unfinished: was it cut by a timeout (an
+    /// upstream failure) rather than by its client going away? Timers never
+    /// fire early, so a timed-out try is always dropped after its deadline.
+    pub fn expired(deadline: Option<Deadline>) -> bool {
+        deadline.is_some_and(|d| Instant::now() >= d.0)
+    }
+
+    /// The earlier of the request's deadline and `limit` from now.
+    pub fn tighten(ext: &mut http::Extensions, limit: std::time::Duration) {
+        let per_try = Instant::now() + limit;
+        let at = match ext.get::<Deadline>() {
+            Some(d) if d.0 < per_try => d.0,
+            _ => per_try,
+        };
+        ext.insert(Deadline(at));
     }
 }
 

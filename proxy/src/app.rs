@@ -15,7 +15,7 @@ use tokio::sync::{watch, Mutex};
 
 use crate::chain::Runtime;
 use crate::drain::Drain;
-use crate::listener::{accept_loop, server_builder, GuardSettings, ListenerShared};
+use crate::listener::{accept_loop, ConnSettings, ListenerShared};
 use crate::tls::server::ServerTls;
 use crate::{EXIT_INVALID_CONFIG, EXIT_RUNTIME};
 
@@ -33,6 +33,8 @@ pub struct App {
     pub ready: AtomicBool,
     pub draining: AtomicBool,
     listeners: Mutex<HashMap<String, BoundListener>>,
+    /// The admin port's accept loop, replaced when a reload moves it.
+    admin: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
     drain: Drain,
 }
 
@@ -135,6 +137,7 @@ impl App {
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             listeners: Mutex::new(HashMap::new()),
+            admin: std::sync::Mutex::new(None),
             drain: Drain::new(),
         });
         {
@@ -143,10 +146,24 @@ impl App {
             let fresh = Self::bind_new(&rt, &bound).await?;
             app.apply(&rt, &mut bound, fresh, tls);
         }
-        tokio::spawn(crate::admin::serve(admin, app.clone()));
+        app.serve_admin(admin);
         app.ready.store(true, Ordering::SeqCst);
         tracing::info!(admin = %config.admin.listen, "kaname ready");
         Ok(app)
+    }
+
+    /// Serves the admin port on `listener`, in place of any earlier one
+    /// (connections already open on the old port finish, as a reload's own
+    /// `POST /reload` answer must).
+    fn serve_admin(self: &Arc<Self>, listener: TcpListener) {
+        let task = tokio::spawn(crate::admin::serve(listener, self.clone()));
+        let old = match self.admin.lock() {
+            Ok(mut slot) => slot.replace(task.abort_handle()),
+            Err(_) => None,
+        };
+        if let Some(old) = old {
+            old.abort();
+        }
     }
 
     /// Binds the listeners of `rt` that are not bound at their address yet.
@@ -190,6 +207,7 @@ impl App {
         for name in stale {
             if let Some(b) = bound.remove(&name) {
                 let _ = b.stop.send(true);
+                b.shared.retire_connections();
                 tracing::info!(listener = %name, addr = %b.addr, "listener closed");
             }
         }
@@ -201,6 +219,11 @@ impl App {
             if let Some(b) = bound.get(&l.name) {
                 b.shared.routes.store(routes.clone());
                 b.shared.tls.store(listener_tls);
+                if b.shared.conn.load().key != ConnSettings::key_of(l) {
+                    b.shared.conn.store(Arc::new(ConnSettings::of(l)));
+                    b.shared.retire_connections();
+                    tracing::info!(listener = %l.name, "listener settings changed; open connections retired");
+                }
                 continue;
             }
             let Some(tcp) = fresh.remove(&l.name) else {
@@ -214,15 +237,14 @@ impl App {
                     .with_label_values(&[&l.name]),
                 connections: self.metrics.connections_open.with_label_values(&[&l.name]),
                 tls: ArcSwapOption::new(listener_tls),
+                conn: ArcSwap::from_pointee(ConnSettings::of(l)),
+                epoch: watch::channel(0).0,
             });
             let (stop, stop_rx) = watch::channel(false);
             tokio::spawn(accept_loop(
                 tcp,
-                Arc::new(server_builder(l)),
                 shared.clone(),
                 self.drain.clone(),
-                l.idle_timeout,
-                GuardSettings::of(l),
                 stop_rx,
             ));
             tracing::info!(listener = %l.name, addr = %l.listen, "listening");
@@ -238,7 +260,7 @@ impl App {
     }
 
     /// Loads the file again; a valid file replaces the running config.
-    pub async fn reload(&self) -> Result<String, Vec<String>> {
+    pub async fn reload(self: &Arc<Self>) -> Result<String, Vec<String>> {
         let result = self.try_reload().await;
         let label = if result.is_ok() { "success" } else { "failure" };
         self.metrics
@@ -256,7 +278,7 @@ impl App {
         result
     }
 
-    async fn try_reload(&self) -> Result<String, Vec<String>> {
+    async fn try_reload(self: &Arc<Self>) -> Result<String, Vec<String>> {
         // One reload at a time: the listener table lock is held throughout.
         let mut bound = self.listeners.lock().await;
         if self.draining.load(Ordering::SeqCst) {
@@ -278,12 +300,35 @@ impl App {
         let fresh = Self::bind_new(&next, &bound)
             .await
             .map_err(|e| vec![e.to_string()])?;
+        let (old, new) = (&previous.config, &next.config);
+        let admin = if old.admin.listen == new.admin.listen {
+            None
+        } else {
+            let addr = new.admin.listen;
+            Some(TcpListener::bind(addr).await.map_err(|e| {
+                vec![format!(
+                    "{}: cannot move the admin port to {addr}: {e}",
+                    self.file
+                )]
+            })?)
+        };
+        let mut notes = String::new();
+        if old.log.level != new.log.level {
+            crate::logging::set_level(&new.log.level);
+        }
+        if old.log.format != new.log.format {
+            notes.push_str("; log.format applies at the next start");
+        }
         self.apply(&next, &mut bound, fresh, tls);
+        if let Some(admin) = admin {
+            tracing::info!(admin = %new.admin.listen, "admin port moved");
+            self.serve_admin(admin);
+        }
         self.runtime.store(Arc::new(next));
         self.metrics
             .config_last_reload_success_timestamp_seconds
             .set(unix_now());
-        Ok(format!("{}: config reloaded", self.file))
+        Ok(format!("{}: config reloaded{notes}", self.file))
     }
 
     /// Serves until SIGTERM/SIGINT, reloading on SIGHUP; then drains.

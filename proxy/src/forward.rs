@@ -11,7 +11,7 @@ use http::{header, uri::PathAndQuery, HeaderValue, Request, Response, StatusCode
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use kaname_config::UpstreamProtocol;
-use kaname_filters::context::{AvoidEndpoint, EndpointSlot, TriedEndpoint};
+use kaname_filters::context::{AvoidEndpoint, Deadline, EndpointSlot, TriedEndpoint};
 use kaname_filters::retry::classify::{grpc_status, GRPC_UNAVAILABLE};
 use kaname_filters::{Body, BoxError, ErrorKind, RequestContext, UpstreamFailure};
 use prometheus::{Histogram, IntCounter};
@@ -77,14 +77,18 @@ impl tower::Service<Request<Body>> for Forward {
     }
 }
 
-/// Counts an attempt as a timeout when its future is dropped unfinished
-/// (a per-try or route timeout fired, or the client went away), and tells
-/// outlier detection how the try on its endpoint went.
+/// Tells outlier detection and the attempt metrics how a try went. A try
+/// whose future is dropped unfinished after its deadline was cut by a
+/// per-try or route timeout: a timeout of that endpoint. One dropped before
+/// it was cancelled by the client going away, which says nothing about the
+/// upstream: it is not counted, so clients that hang up cannot eject a
+/// healthy endpoint.
 struct AttemptRecord<'a> {
     metrics: &'a AttemptMetrics,
     upstream: &'a Upstream,
     endpoint: &'a Arc<Endpoint>,
     started: Instant,
+    deadline: Option<Deadline>,
     done: bool,
 }
 
@@ -101,7 +105,7 @@ impl AttemptRecord<'_> {
 
 impl Drop for AttemptRecord<'_> {
     fn drop(&mut self) {
-        if !self.done {
+        if !self.done && Deadline::expired(self.deadline) {
             self.upstream.report(self.endpoint, true);
             self.metrics.timeout.inc();
             self.metrics
@@ -176,6 +180,7 @@ impl Forward {
             upstream: up,
             endpoint: &endpoint,
             started: Instant::now(),
+            deadline: req.extensions().get::<Deadline>().copied(),
             done: false,
         };
         let replay = (upgrade.is_none() && replayable(&req)).then(|| head_copy(&req));

@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use kaname_config::{Listener as ListenerConfig, ListenerProtocol};
+use kaname_filters::context::Deadline;
 use kaname_filters::{is_grpc, Body, BoxError, ErrorKind, RequestContext};
 use prometheus::IntGauge;
 use tokio::net::TcpListener;
@@ -38,6 +39,49 @@ pub struct ListenerShared {
     pub connections: IntGauge,
     /// TLS termination, when the listener has `tls`; swapped on reload.
     pub tls: ArcSwapOption<ServerTls>,
+    /// How new connections are served; swapped on reload.
+    pub conn: ArcSwap<ConnSettings>,
+    /// Bumped to retire the connections open so far (a reload changed how
+    /// connections are served, or the listener moved or went away): each
+    /// finishes its requests in flight and closes, as Envoy drains a
+    /// listener it replaces, so clients reconnect to what now runs.
+    pub epoch: watch::Sender<u64>,
+}
+
+impl ListenerShared {
+    /// Retires every connection open now; new ones are not affected.
+    pub fn retire_connections(&self) {
+        self.epoch.send_modify(|e| *e += 1);
+    }
+}
+
+/// A listener's per-connection settings: protocol, head limits, timeouts.
+pub struct ConnSettings {
+    pub builder: auto::Builder<TokioExecutor>,
+    pub idle_timeout: Duration,
+    pub guard: GuardSettings,
+    /// What these were built from, to see whether a reload changes them.
+    pub key: (ListenerProtocol, Duration, u64, Duration),
+}
+
+impl ConnSettings {
+    pub fn of(cfg: &ListenerConfig) -> Self {
+        ConnSettings {
+            builder: server_builder(cfg),
+            idle_timeout: cfg.idle_timeout,
+            guard: GuardSettings::of(cfg),
+            key: Self::key_of(cfg),
+        }
+    }
+
+    pub fn key_of(cfg: &ListenerConfig) -> (ListenerProtocol, Duration, u64, Duration) {
+        (
+            cfg.protocol,
+            cfg.header_read_timeout,
+            cfg.max_header_bytes,
+            cfg.idle_timeout,
+        )
+    }
 }
 
 /// How the strict HTTP/1 head check runs on a listener's connections.
@@ -96,14 +140,12 @@ pub fn server_builder(cfg: &ListenerConfig) -> auto::Builder<TokioExecutor> {
 }
 
 /// Accepts connections until `stop` turns true; connections are watched by
-/// `graceful` so shutdown can drain them.
+/// `drain` so shutdown can drain them, and by the listener's epoch so a
+/// reload can retire them.
 pub async fn accept_loop(
     listener: TcpListener,
-    builder: Arc<auto::Builder<TokioExecutor>>,
     shared: Arc<ListenerShared>,
     drain: Drain,
-    idle_timeout: Duration,
-    guard: GuardSettings,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -124,9 +166,11 @@ pub async fn accept_loop(
         let (token, mut draining) = drain.connection();
         let gauge = shared.connections.clone();
         gauge.inc();
-        let builder = builder.clone();
         let shared = shared.clone();
+        let settings = shared.conn.load_full();
+        let mut retired = shared.epoch.subscribe();
         tokio::spawn(async move {
+            let (idle_timeout, guard) = (settings.idle_timeout, settings.guard);
             // TLS first where configured (bounded and counted in `accept`);
             // a connection whose handshake fails is dropped.
             let (io, conn_tls) = match shared.tls.load_full() {
@@ -153,13 +197,14 @@ pub async fn accept_loop(
             });
             let io = ActivityIo::new(TokioIo::new(io), activity.clone());
             let io = H1Guard::new(io, guard.head_limit, guard.enabled);
-            let conn = builder.serve_connection_with_upgrades(io, service);
+            let conn = settings.builder.serve_connection_with_upgrades(io, service);
             tokio::pin!(conn);
             let result = loop {
                 let deadline = activity.idle_deadline(idle_timeout);
                 let event = tokio::select! {
                     r = conn.as_mut() => ConnEvent::Done(r),
                     _ = draining.wait_for(|d| *d) => ConnEvent::Close,
+                    _ = retired.changed() => ConnEvent::Close,
                     _ = tokio::time::sleep_until(deadline) => ConnEvent::Tick,
                 };
                 match event {
@@ -290,6 +335,9 @@ async fn handle(
                     // The smaller of the route timeout and the gRPC deadline wins.
                     let grpc_deadline = grpc.then(|| grpc_timeout(&parts.headers)).flatten();
                     let deadline = route.timeout.into_iter().chain(grpc_deadline).min();
+                    if let Some(d) = deadline {
+                        parts.extensions.insert(Deadline(started.into_std() + d));
+                    }
                     let req = Request::from_parts(parts, body);
                     // Route services are always ready: filters that wait
                     // (queues) wait inside `call`, so no poll_ready here.

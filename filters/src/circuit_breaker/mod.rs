@@ -39,7 +39,7 @@ use tower::Service;
 
 pub use state::{Admit, CircuitState, Phase};
 
-use crate::context::{RefusedBy, RequestContext, UpstreamFailure};
+use crate::context::{Deadline, RefusedBy, RequestContext, UpstreamFailure};
 use crate::metrics::Metrics;
 use crate::registry::{FilterLayer, RouteInfo};
 use crate::retry::classify::{self, Observed};
@@ -169,7 +169,7 @@ impl Breaker {
         Ok(Permit {
             breaker: self.clone(),
             admit: Some(admit),
-            dropped_is_failure: false,
+            timeout_at: None,
         })
     }
 
@@ -187,8 +187,10 @@ impl Breaker {
 struct Permit {
     breaker: Arc<Breaker>,
     admit: Option<Admit>,
-    /// While waiting for the head: a dropped future is a route timeout.
-    dropped_is_failure: bool,
+    /// While waiting for the head with `timeout` in `failure_on`: the
+    /// request's deadline, so a drop after it counts as a timeout and a drop
+    /// before it (the client went away) releases the permit uncounted.
+    timeout_at: Option<Option<Deadline>>,
 }
 
 impl Permit {
@@ -196,7 +198,7 @@ impl Permit {
         Permit {
             breaker: breaker.clone(),
             admit: None,
-            dropped_is_failure: false,
+            timeout_at: None,
         }
     }
 
@@ -212,7 +214,7 @@ impl Drop for Permit {
         let Some(admit) = self.admit.take() else {
             return;
         };
-        if self.dropped_is_failure {
+        if self.timeout_at.is_some_and(Deadline::expired) {
             self.breaker.record(admit, true);
         } else if let Ok(mut s) = self.breaker.state.lock() {
             s.release(admit);
@@ -258,13 +260,15 @@ impl BreakerService {
                 return res;
             }
         };
-        permit.dropped_is_failure = self.failure_on.contains(&Condition::Timeout);
+        if self.failure_on.contains(&Condition::Timeout) {
+            permit.timeout_at = Some(req.extensions().get::<Deadline>().copied());
+        }
         let res = self
             .inner
             .call(req)
             .await
             .unwrap_or_else(|never| match never {});
-        permit.dropped_is_failure = false;
+        permit.timeout_at = None;
         let observed = Observed::of(&res);
         let in_trailers = grpc
             && observed.grpc.is_none()

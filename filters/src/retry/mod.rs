@@ -43,7 +43,9 @@ pub use backoff::{Backoff, InvalidBackoff};
 pub use budget::RetryBudget;
 pub use replay::Replay;
 
-use crate::context::{AvoidEndpoint, EndpointSlot, RequestContext, TriedEndpoint, UpstreamFailure};
+use crate::context::{
+    AvoidEndpoint, Deadline, EndpointSlot, RequestContext, TriedEndpoint, UpstreamFailure,
+};
 use crate::metrics::Metrics;
 use crate::registry::{BuildError, FilterLayer, RouteInfo};
 use crate::{is_grpc, Body, ErrorKind, RouteService};
@@ -248,11 +250,16 @@ impl RetryService {
 
     /// One try, cut by `per_try_timeout`: a cut try is a `timeout` failure
     /// and, when it is the last, the client's 504 upstream_timeout.
-    async fn try_once(&mut self, req: Request<Body>, grpc: bool) -> Response<Body> {
-        let call = self.inner.call(req);
+    async fn try_once(&mut self, mut req: Request<Body>, grpc: bool) -> Response<Body> {
         let Some(limit) = self.policy.per_try_timeout else {
-            return call.await.unwrap_or_else(|never| match never {});
+            return self
+                .inner
+                .call(req)
+                .await
+                .unwrap_or_else(|never| match never {});
         };
+        Deadline::tighten(req.extensions_mut(), limit);
+        let call = self.inner.call(req);
         match tokio::time::timeout(limit, call).await {
             Ok(res) => res.unwrap_or_else(|never| match never {}),
             Err(_) => {
