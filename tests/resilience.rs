@@ -110,7 +110,7 @@ async fn hanging_upstream_is_cut_by_per_try_timeout() {
       per_try_timeout: 300ms
       backoff: { base: 1ms, max: 5ms }
 ";
-    let _k = Kaname::start(&config(port, &[up.addr], "", "retries", retry)).await;
+    let k = Kaname::start(&config(port, &[up.addr], "", "retries", retry)).await;
     let client = HttpClient::http1();
     let url = format!("http://127.0.0.1:{port}/x");
     let started = Instant::now();
@@ -122,6 +122,13 @@ async fn hanging_upstream_is_cut_by_per_try_timeout() {
     let res = client.get(&url).await;
     res.assert_kaname_error(504, "upstream_timeout");
     assert_eq!(up.hits(), 4);
+    // Each cut try is a timeout of the upstream (unlike a client hanging up).
+    let timeouts = metric(
+        &k,
+        r#"kaname_upstream_attempts_total{upstream="up",outcome="timeout"}"#,
+    )
+    .await;
+    assert_eq!(timeouts, 3.0);
 }
 
 #[tokio::test]
@@ -438,4 +445,74 @@ async fn killed_endpoint_is_ejected_and_comes_back_without_failed_requests() {
         &failures[..failures.len().min(5)]
     );
     assert!(a.hits() > 0 && c.hits() > 0);
+}
+
+/// Clients that hang up while their request waits on the upstream say
+/// nothing about the upstream: no `timeout` attempt, no ejection, no
+/// breaker failure. (Counting them let impatient clients eject a healthy
+/// endpoint or open the circuit.) A real timeout still counts: see
+/// `hanging_upstream_is_cut_by_per_try_timeout`.
+#[tokio::test]
+async fn clients_hanging_up_neither_eject_nor_open_the_breaker() {
+    let up = ScriptedUpstream::start("slow", |n| if n < 3 { Act::Hang } else { Act::Ok }).await;
+    let port = free_port();
+    let breaker = "  breaker:
+    circuit_breaker:
+      consecutive_failures: 2
+      open_for: 30s
+";
+    let outlier = "    outlier_detection: { consecutive_failures: 2, eject_for: 30s, max_ejected_percent: 100 }";
+    let k = Kaname::start(&config(port, &[up.addr], outlier, "breaker", breaker)).await;
+    let url = format!("http://127.0.0.1:{port}/x");
+    for i in 1..=3 {
+        let client = HttpClient::http1_no_pool();
+        let gone = tokio::time::timeout(Duration::from_millis(300), client.get(&url)).await;
+        assert!(
+            gone.is_err(),
+            "request {i} was answered: the upstream should hang"
+        );
+        drop(client);
+        // kaname has seen the client go: nothing is in flight any more.
+        let start = Instant::now();
+        while metric(&k, r#"kaname_requests_in_flight{listener="main"}"#).await != 0.0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "request {i} still in flight"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(up.hits(), i, "request {i} reached the upstream");
+    }
+    let text = metrics(&k).await;
+    let timeouts = metric_value(
+        &text,
+        r#"kaname_upstream_attempts_total{upstream="up",outcome="timeout"}"#,
+    );
+    assert_eq!(
+        timeouts.unwrap_or(0.0),
+        0.0,
+        "cancelled tries counted as timeouts"
+    );
+    let ejections = metric_value(&text, r#"kaname_upstream_ejections_total{upstream="up"}"#);
+    assert_eq!(
+        ejections.unwrap_or(0.0),
+        0.0,
+        "cancelled tries ejected the endpoint"
+    );
+    let open = metric_value(
+        &text,
+        r#"kaname_circuit_breaker_state{filter="breaker",upstream="up",state="open"}"#,
+    );
+    assert_eq!(open, Some(0.0), "cancelled tries opened the circuit");
+
+    let client = HttpClient::http1();
+    let start = Instant::now();
+    loop {
+        let r = tokio::time::timeout(Duration::from_millis(300), client.get(&url)).await;
+        if let Ok(r) = r {
+            assert_eq!(r.status, 200, "the endpoint still serves: {}", r.text());
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "no answer");
+    }
 }
