@@ -542,3 +542,51 @@ async fn emptied_bucket_stays_empty_across_a_reload_of_another_route() {
         "a changed rate_limit starts with a full bucket"
     );
 }
+
+/// Gauges of what a reload removed (an endpoint, a breaker) go away rather
+/// than keep their last value: a removed endpoint stuck at healthy 1 would
+/// hide the no-healthy-endpoint alert.
+#[tokio::test]
+async fn reload_drops_gauges_of_removed_endpoints_and_breakers() {
+    let a = TestUpstream::start("a").await;
+    let b = TestUpstream::start("b").await;
+    let port = free_port();
+    let body = |eps: String, filters: &str| {
+        format!(
+            "listeners:\n  main:\n    listen: 127.0.0.1:{port}\n    routes:\n      - upstream: up\n        filters: [{filters}]\nupstreams:\n  up:\n    endpoints: {eps}\nfilters:\n  breaker:\n    circuit_breaker: {{ consecutive_failures: 5 }}\n"
+        )
+    };
+    let k = Kaname::start(&body(format!("[{}, {}]", a.addr, b.addr), "breaker")).await;
+    let healthy = |addr: std::net::SocketAddr| {
+        format!(r#"kaname_upstream_endpoint_healthy{{upstream="up",endpoint="{addr}"}}"#)
+    };
+    let closed = r#"kaname_circuit_breaker_state{filter="breaker",upstream="up",state="closed"}"#;
+    let text = metrics(&k).await;
+    assert_eq!(metric_value(&text, &healthy(a.addr)), Some(1.0), "{text}");
+    assert_eq!(metric_value(&text, &healthy(b.addr)), Some(1.0));
+    assert_eq!(metric_value(&text, closed), Some(1.0));
+
+    replace_config(&k, &body(format!("[{}]", a.addr), ""));
+    let (status, text) = post_reload(&k).await;
+    assert_eq!(status, 200, "{text}");
+    let text = metrics(&k).await;
+    assert_eq!(metric_value(&text, &healthy(a.addr)), Some(1.0), "{text}");
+    assert_eq!(
+        metric_value(&text, &healthy(b.addr)),
+        None,
+        "removed endpoint: {text}"
+    );
+    assert_eq!(
+        metric_value(&text, closed),
+        None,
+        "breaker no longer used: {text}"
+    );
+    let client = HttpClient::http1_no_pool();
+    assert_eq!(
+        client
+            .get(&format!("http://127.0.0.1:{port}/x"))
+            .await
+            .status,
+        200
+    );
+}

@@ -257,6 +257,29 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of everything registered.
+    /// Drops the gauge series of endpoints, upstreams and breakers the
+    /// running config no longer has; they would otherwise keep their last
+    /// value until restart (a removed endpoint stuck at healthy 1 hides the
+    /// no-healthy-endpoint alert). `endpoint` is (upstream, address),
+    /// `breaker` is (filter, upstream).
+    pub fn retain_gauges(
+        &self,
+        upstream: impl Fn(&str) -> bool,
+        endpoint: impl Fn(&str, &str) -> bool,
+        breaker: impl Fn(&str, &str) -> bool,
+    ) {
+        let get = |l: &std::collections::HashMap<&str, &str>, k: &str| -> String {
+            l.get(k).map_or_else(String::new, |v| (*v).to_owned())
+        };
+        retain_series(&self.upstream_panic_mode, |l| upstream(&get(l, "upstream")));
+        retain_series(&self.upstream_endpoint_healthy, |l| {
+            endpoint(&get(l, "upstream"), &get(l, "endpoint"))
+        });
+        retain_series(&self.circuit_breaker_state, |l| {
+            breaker(&get(l, "filter"), &get(l, "upstream"))
+        });
+    }
+
     pub fn render(&self) -> String {
         let families = self.registry.gather();
         prometheus::TextEncoder::new()
@@ -268,5 +291,25 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Removes the series of `vec` whose labels `keep` refuses.
+pub fn retain_series(
+    vec: &IntGaugeVec,
+    keep: impl Fn(&std::collections::HashMap<&str, &str>) -> bool,
+) {
+    use prometheus::core::Collector;
+    for family in vec.collect() {
+        for m in family.get_metric() {
+            let labels: std::collections::HashMap<&str, &str> = m
+                .get_label()
+                .iter()
+                .map(|p| (p.name(), p.value()))
+                .collect();
+            if !keep(&labels) {
+                let _ = vec.remove(&labels);
+            }
+        }
     }
 }

@@ -324,6 +324,7 @@ impl App {
             tracing::info!(admin = %new.admin.listen, "admin port moved");
             self.serve_admin(admin);
         }
+        next.prune_gauges(&self.metrics);
         self.runtime.store(Arc::new(next));
         self.metrics
             .config_last_reload_success_timestamp_seconds

@@ -198,6 +198,37 @@ async fn reuse_or_build_upstream(
     Upstream::build(u, metrics).await
 }
 
+impl Runtime {
+    /// Drops gauge series of what this runtime no longer has (after a
+    /// reload or a DNS change); see `Metrics::retain_gauges`.
+    pub fn prune_gauges(&self, metrics: &Metrics) {
+        let cfg = &self.config;
+        let mut breakers = std::collections::HashSet::new();
+        for l in &cfg.listeners {
+            for r in &l.routes {
+                for f in &r.filters {
+                    if let Some(Filter {
+                        kind: kaname_config::FilterKind::CircuitBreaker(_),
+                        ..
+                    }) = cfg.filter(f)
+                    {
+                        breakers.insert((f.as_str(), r.upstream.as_str()));
+                    }
+                }
+            }
+        }
+        metrics.retain_gauges(
+            |u| self.upstreams.contains_key(u),
+            |u, addr| {
+                self.upstreams
+                    .get(u)
+                    .is_some_and(|up| up.endpoints().iter().any(|e| e.addr.to_string() == addr))
+            },
+            |f, u| breakers.contains(&(f, u)),
+        );
+    }
+}
+
 impl ListenerRoutes {
     pub fn find(&self, req: &http::request::Parts) -> Option<&RouteEntry> {
         self.routes.iter().find(|r| r.matcher.matches(req))

@@ -168,6 +168,15 @@ impl Upstream {
                 }));
             }
         }
+        // An address DNS no longer gives leaves no stale healthy series.
+        for gone in old
+            .iter()
+            .filter(|o| !next.iter().any(|n| n.addr == o.addr))
+        {
+            let _ = self
+                .healthy_gauge
+                .remove_label_values(&[&*self.name, &gone.addr.to_string()]);
+        }
         self.endpoints.store(Arc::new(next));
     }
 }
