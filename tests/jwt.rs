@@ -420,6 +420,98 @@ async fn cookie_token_is_stripped_when_forward_token_is_false() {
     resp.assert_kaname_error(401, "unauthenticated");
 }
 
+/// Token from a query parameter (stripped before the upstream with
+/// `forward_token: false`), from a custom header without prefix, and
+/// `issuer` / `audiences` as lists: one of the issuers, any of the audiences.
+#[tokio::test]
+async fn query_and_custom_header_sources_with_issuer_and_audience_lists() {
+    let up = TestUpstream::start("echo").await;
+    let key = text_secret_key(Algorithm::HS256, "query-and-header-secret-of-32-bytes!");
+    let port = free_port();
+    let common = format!(
+        "      issuer: [{ISSUER}, https://other-issuer.test]
+      audiences: [orders, billing]
+      algorithms: [HS256]
+      secret: \"{}\"
+",
+        key.secret()
+    );
+    let q_port = port;
+    let h_port = free_port();
+    let yaml = format!(
+        "listeners:
+  q:
+    listen: 127.0.0.1:{q_port}
+    routes: [{{ upstream: echo, filters: [by-query] }}]
+  h:
+    listen: 127.0.0.1:{h_port}
+    routes: [{{ upstream: echo, filters: [by-header] }}]
+upstreams:
+  echo:
+    endpoints: [{}]
+filters:
+  by-query:
+    jwt:
+{common}      from: {{ query: access_token }}
+      forward_token: false
+  by-header:
+    jwt:
+{common}      from: {{ header: x-token }}
+",
+        up.addr
+    );
+    let _k = Kaname::start(&yaml).await;
+    let client = HttpClient::http1();
+    let with = |iss: &str, aud: Value| {
+        key.sign(&json!({"sub": "ann", "iss": iss, "aud": aud, "exp": now() + 600}))
+    };
+    let good = with("https://other-issuer.test", json!("billing"));
+
+    let resp = client
+        .get(&format!(
+            "http://127.0.0.1:{q_port}/r?a=1&access_token={good}&b=2"
+        ))
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(
+        up.last().path,
+        "/r?a=1&b=2",
+        "the token is taken out of the query, the rest kept"
+    );
+    let resp = client
+        .get(&format!("http://127.0.0.1:{q_port}/r?token={good}"))
+        .await;
+    resp.assert_kaname_error(401, "unauthenticated");
+
+    let send_h = |token: String| {
+        let client = client.clone();
+        async move {
+            let req = Request::get(format!("http://127.0.0.1:{h_port}/h"))
+                .header("x-token", token)
+                .body(empty())
+                .expect("request");
+            client.send(req).await
+        }
+    };
+    let resp = send_h(with(ISSUER, json!(["nobody", "orders"]))).await;
+    assert_eq!(
+        resp.status,
+        200,
+        "issuer one of, audience any of: {}",
+        resp.text()
+    );
+    assert!(
+        up.last().header("x-token").is_some(),
+        "forward_token defaults to true"
+    );
+    let resp = send_h(format!("Bearer {good}")).await;
+    resp.assert_kaname_error(401, "unauthenticated");
+    let resp = send_h(with("https://evil.test", json!("orders"))).await;
+    assert!(refused(&resp, 401, "unauthenticated").contains("issuer"));
+    let resp = send_h(with(ISSUER, json!(["shipping"]))).await;
+    assert!(refused(&resp, 401, "unauthenticated").contains("audience"));
+}
+
 /// Polls until `check` holds for the answer to `token`, at most `JWKS_DEADLINE`.
 async fn wait_for(port: u16, token: &str, what: &str, check: impl Fn(&TestResponse) -> bool) {
     let start = Instant::now();

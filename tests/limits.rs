@@ -187,6 +187,40 @@ async fn keys_are_isolated_and_keyless_requests_share_a_bucket() {
     );
 }
 
+/// `client_ip`: the connection's peer address is the key. Two clients on
+/// different loopback addresses (127.0.0.1, 127.0.0.2) have their own
+/// buckets; an `x-forwarded-for` a client sends does not change its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_ip_keys_by_peer_address() {
+    let up = TestUpstream::start("up").await;
+    let port = free_port();
+    let filters = "  limit:\n    rate_limit: { key: client_ip, rate: 1/m, burst: 2 }\n";
+    let _k = Kaname::start(&limits_config(port, up.addr, "limit", filters)).await;
+    let one = HttpClient::http1_from([127, 0, 0, 1].into());
+    let two = HttpClient::http1_from([127, 0, 0, 2].into());
+    for i in 0..2 {
+        let res = one
+            .send(get(
+                port,
+                "/",
+                &[("x-forwarded-for", &format!("10.0.0.{i}"))],
+            ))
+            .await;
+        assert_eq!(res.status, 200);
+    }
+    one.send(get(port, "/", &[("x-forwarded-for", "10.9.9.9")]))
+        .await
+        .assert_kaname_error(429, "rate_limited");
+    let res = two.send(get(port, "/", &[])).await;
+    assert_eq!(res.status, 200, "127.0.0.2 has its own bucket");
+    assert_eq!(num(&res, "ratelimit-remaining"), 1);
+    assert_eq!(
+        up.last().header("x-forwarded-for"),
+        Some("127.0.0.2"),
+        "the peer really was 127.0.0.2"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwt_sub_keys_with_real_tokens() {
     let up = TestUpstream::start("up").await;

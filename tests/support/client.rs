@@ -92,6 +92,16 @@ impl HttpClient {
         }
     }
 
+    /// HTTP/1.1 from a given local address (any of 127.0.0.0/8 works on
+    /// Linux loopback), to look like another client host.
+    pub fn http1_from(local: std::net::IpAddr) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_local_address(Some(local));
+        HttpClient {
+            inner: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
     /// HTTP/2 over cleartext by prior knowledge (h2c).
     pub fn http2() -> Self {
         HttpClient {
