@@ -516,3 +516,104 @@ async fn clients_hanging_up_neither_eject_nor_open_the_breaker() {
         assert!(start.elapsed() < Duration::from_secs(5), "no answer");
     }
 }
+
+/// Every endpoint ejected: kaname sends to all of them anyway (panic mode,
+/// as Envoy) rather than failing every request, and says so in a log line
+/// and the `kaname_upstream_panic_mode` gauge.
+#[tokio::test]
+async fn every_endpoint_ejected_is_panic_mode_and_traffic_still_flows() {
+    let failing = Arc::new(AtomicBool::new(true));
+    let script = |f: Arc<AtomicBool>| {
+        move |_| {
+            if f.load(Ordering::SeqCst) {
+                Act::Status(500)
+            } else {
+                Act::Ok
+            }
+        }
+    };
+    let a = ScriptedUpstream::start("a", script(failing.clone())).await;
+    let b = ScriptedUpstream::start("b", script(failing.clone())).await;
+    let port = free_port();
+    let outlier = "    load_balancing: round_robin
+    outlier_detection: { consecutive_failures: 1, eject_for: 60s, max_ejected_percent: 100 }";
+    let unused = "  unused:\n    retry: { attempts: 2 }\n";
+    let k = Kaname::start(&config(port, &[a.addr, b.addr], outlier, "", unused)).await;
+    let client = HttpClient::http1();
+    let url = format!("http://127.0.0.1:{port}/x");
+    let panic_gauge = r#"kaname_upstream_panic_mode{upstream="up"}"#;
+    assert_eq!(metric(&k, panic_gauge).await, 0.0);
+    for _ in 0..2 {
+        assert_eq!(client.get(&url).await.status, 500);
+    }
+    assert_eq!((a.hits(), b.hits()), (1, 1));
+    let ejections = metric(&k, r#"kaname_upstream_ejections_total{upstream="up"}"#).await;
+    assert_eq!(ejections, 2.0, "both endpoints ejected");
+
+    failing.store(false, Ordering::SeqCst);
+    for _ in 0..4 {
+        let res = client.get(&url).await;
+        assert_eq!(res.status, 200, "panic mode still sends: {}", res.text());
+    }
+    assert_eq!(
+        a.hits() + b.hits(),
+        6,
+        "both ejected endpoints still got traffic"
+    );
+    assert_eq!(metric(&k, panic_gauge).await, 1.0);
+    assert!(
+        k.stderr().contains("panic mode"),
+        "no panic-mode log line:\n{}",
+        k.stderr()
+    );
+}
+
+/// The route `timeout` bounds the whole exchange, retries included: a
+/// hanging upstream with 5 attempts of 300 ms each is cut at the route's
+/// 500 ms with a 504, after at most two tries.
+#[tokio::test]
+async fn route_timeout_bounds_all_retries() {
+    let up = ScriptedUpstream::start("hangs", |_| Act::Hang).await;
+    let port = free_port();
+    let yaml = format!(
+        "listeners:
+  main:
+    listen: 127.0.0.1:{port}
+    routes:
+      - upstream: up
+        timeout: 500ms
+        filters: [retries]
+upstreams:
+  up:
+    endpoints: [{}]
+filters:
+  retries:
+    retry:
+      attempts: 5
+      retry_on: [timeout]
+      per_try_timeout: 300ms
+      backoff: {{ base: 1ms, max: 5ms }}
+",
+        up.addr
+    );
+    let _k = Kaname::start(&yaml).await;
+    let started = Instant::now();
+    let res = HttpClient::http1()
+        .get(&format!("http://127.0.0.1:{port}/x"))
+        .await;
+    let took = started.elapsed();
+    res.assert_kaname_error(504, "upstream_timeout");
+    assert!(
+        took >= Duration::from_millis(500),
+        "cut before the route timeout: {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(1400),
+        "five tries of 300 ms ran past the 500 ms route timeout: {took:?}"
+    );
+    assert!(
+        (1..=2).contains(&up.hits()),
+        "tries after the route timeout: {}",
+        up.hits()
+    );
+}
