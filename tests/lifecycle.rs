@@ -175,11 +175,10 @@ upstreams:
 }
 
 #[tokio::test]
-#[ignore = "needs the jwt filter (kaname refuses it as not supported yet); run once it lands"]
 async fn admin_config_redacts_jwt_secret() {
     let up = TestUpstream::start("echo").await;
     let port = free_port();
-    let jwt_secret = "jwt-shared-s3cr3t-value-27";
+    let jwt_secret = "jwt-shared-s3cr3t-value-of-32-bytes-or-more";
     let config = format!(
         "{}filters:\n  auth:\n    jwt:\n      algorithms: [HS256]\n      secret: {jwt_secret}\n",
         simple_config(port, &[up.addr])
@@ -230,6 +229,7 @@ async fn demo_starts_answers_and_stops_on_ctrl_c() {
         .captures(&first)
         .unwrap_or_else(|| panic!("demo's first line has the wrong shape: {first:?}"));
     let proxy = caps[1].to_string();
+    let admin = caps[2].to_string();
     let echo = caps[3].to_string();
     demo.wait_ready().await;
 
@@ -257,6 +257,29 @@ async fn demo_starts_answers_and_stops_on_ctrl_c() {
     let direct = client.get(&format!("http://{echo}/direct")).await;
     assert_eq!(direct.status, 200, "the echo upstream answers directly");
     assert_eq!(direct.json()["path"], "/direct");
+
+    // The demo's retry and circuit breaker, as its banner shows them: three
+    // failed requests (each tried 3 times) open the circuit.
+    for i in 0..3 {
+        let r = client
+            .get(&format!("http://{proxy}/flaky/?status=503"))
+            .await;
+        assert_eq!(r.status, 503, "flaky request {i}");
+        assert_eq!(r.header("kaname-error"), None, "the echo's own 503 ({i})");
+    }
+    let r = client
+        .get(&format!("http://{proxy}/flaky/?status=503"))
+        .await;
+    r.assert_kaname_error(503, "circuit_open");
+    let metrics = client.get(&format!("http://{admin}/metrics")).await.text();
+    assert_eq!(
+        support::metric_value(
+            &metrics,
+            r#"kaname_retries_total{route="flaky",upstream="echo"}"#
+        ),
+        Some(6.0),
+        "two retries for each of the three failed requests"
+    );
 
     send_signal(demo.pid, "INT");
     let status = demo.wait_exit(Duration::from_secs(10)).await;

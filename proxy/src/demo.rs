@@ -95,6 +95,9 @@ Try:
   for i in $(seq 15); do curl -s -o /dev/null -w '%{{http_code}} ' http://127.0.0.1:{proxy}/api/hello; done; echo
   # overload: 4 slow requests inside, 8 queued for 500ms, then 503 overloaded
   for i in $(seq 10); do curl -s -o /dev/null -w '%{{http_code}}\n' 'http://127.0.0.1:{proxy}/api/x?delay_ms=1500' & done; wait
+  # a failing upstream: each request is tried 3 times (retry), and after 3
+  # failed requests the circuit opens: 503 at once with kaname-error: circuit_open
+  for i in $(seq 5); do curl -s -o /dev/null -w '%{{http_code}} %header{{kaname-error}}\n' 'http://127.0.0.1:{proxy}/flaky/?status=503'; done
   # slow upstream cut by the route timeout (504)
   curl -i 'http://127.0.0.1:{proxy}/slow/?delay_ms=3000'
   # the admin port
