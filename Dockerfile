@@ -17,9 +17,10 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-# Exactly what CI builds and tests: same command, same Cargo.lock (--locked),
-# same release profile. The cache mount only keeps downloaded crates between
-# builds; it changes nothing in the output.
+# The sources and Cargo.lock CI checks (its clippy runs with --locked, so a
+# stale lock fails there first), built in the release profile; CI's tests
+# run the same code in the debug profile. The cache mount only keeps
+# downloaded crates between builds; it changes nothing in the output.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked -p kaname
 

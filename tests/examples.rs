@@ -547,6 +547,11 @@ fn dockerfile_builds_what_ci_tests() {
     assert!(instructions.contains(
         &r#"ENTRYPOINT ["/usr/local/bin/kaname", "run", "-c", "/etc/kaname/kaname.yaml"]"#
     ));
+    let ci = read(&repo().join(".ci/run"));
+    assert!(
+        ci.lines().any(|l| l.starts_with("cargo clippy --locked")),
+        "CI checks the Cargo.lock the image builds with (--locked)"
+    );
     let ignore = read(&repo().join(".dockerignore"));
     assert!(ignore.lines().any(|l| l.trim() == "target/"));
     assert!(
