@@ -207,14 +207,28 @@ async fn forward_token_false_strips_query_token() {
 
 #[tokio::test]
 async fn repeated_token_is_served_from_the_cache() {
-    let m = Arc::new(Metrics::new());
-    let (svc, _) = service(&config(), &m);
-    let bearer = format!("Bearer {}", token(good_claims()));
-    for _ in 0..3 {
-        let res = send(&svc, &[("authorization", &bearer)]).await;
-        assert_eq!(res.status(), StatusCode::OK);
+    // A cache hit hands back the claims verified the first time (the same
+    // allocation) instead of checking the signature and decoding again;
+    // with `cache: false` every request makes its own.
+    for cache in [true, false] {
+        let m = Arc::new(Metrics::new());
+        let mut cfg = config();
+        cfg.cache = cache;
+        let (svc, seen) = service(&cfg, &m);
+        let bearer = format!("Bearer {}", token(good_claims()));
+        for _ in 0..3 {
+            let res = send(&svc, &[("authorization", &bearer)]).await;
+            assert_eq!(res.status(), StatusCode::OK);
+        }
+        assert_eq!(result(&m, "ok"), 3);
+        let seen = seen.lock().unwrap();
+        let claims: Vec<_> = seen
+            .iter()
+            .map(|(_, _, c)| c.clone().expect("claims extension").0)
+            .collect();
+        let shared = Arc::ptr_eq(&claims[0], &claims[1]) && Arc::ptr_eq(&claims[1], &claims[2]);
+        assert_eq!(shared, cache, "cache {cache}: claims reused = {shared}");
     }
-    assert_eq!(result(&m, "ok"), 3);
 }
 
 #[tokio::test]
