@@ -668,3 +668,33 @@ upstreams:
         "kaname_build_info missing:\n{metrics}"
     );
 }
+
+/// An endpoint given by DNS name (`localhost`) is resolved and served, and
+/// its address shows in the endpoint gauge; `dns_refresh` re-resolves it
+/// (every 100 ms here) without disturbing traffic.
+#[tokio::test]
+async fn dns_name_endpoint_is_resolved_and_refreshed() {
+    let up = TestUpstream::start("echo").await;
+    let port = free_port();
+    let config = format!(
+        "listeners:\n  main:\n    listen: 127.0.0.1:{port}\n    routes:\n      - upstream: echo\nupstreams:\n  echo:\n    endpoints: [\"localhost:{}\"]\n    dns_refresh: 100ms\n",
+        up.addr.port()
+    );
+    let k = Kaname::start(&config).await;
+    let client = HttpClient::http1_no_pool();
+    let started = Instant::now();
+    let mut served = 0;
+    // Requests across several refreshes (about 1 s, at most 200 requests).
+    while started.elapsed() < Duration::from_secs(1) && served < 200 {
+        let resp = client.get(&url(port, "/dns")).await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        served += 1;
+    }
+    assert!(served > 0);
+    let metrics = client.get(&k.admin_url("/metrics")).await.text();
+    let series = format!(
+        r#"kaname_upstream_endpoint_healthy{{upstream="echo",endpoint="127.0.0.1:{}"}}"#,
+        up.addr.port()
+    );
+    assert_eq!(metric_value(&metrics, &series), Some(1.0), "{metrics}");
+}
