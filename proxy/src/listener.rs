@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use http::{header, Request, Response};
+use http::{header, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -25,8 +25,8 @@ use crate::conn::{Activity, ActivityIo};
 use crate::drain::Drain;
 use crate::h1_guard::H1Guard;
 use crate::headers::{
-    add_forwarded, ensure_request_id, ensure_traceparent, strip_hop_by_hop, wants_upgrade,
-    X_REQUEST_ID,
+    add_forwarded, client_value, ensure_request_id, ensure_traceparent, strip_hop_by_hop,
+    wants_upgrade, X_REQUEST_ID,
 };
 use crate::request_metrics::{grpc_status_of, GrpcStatusBody, RouteMetrics};
 use crate::tls::io::ServerIo;
@@ -186,9 +186,16 @@ pub async fn accept_loop(
             };
             let activity = Activity::new();
             let activity2 = activity.clone();
+            let client_ip = client_value(peer.ip());
             let service = hyper::service::service_fn(move |req| {
                 let guard = activity2.request();
-                let fut = handle(shared.clone(), peer, conn_tls.clone(), req);
+                let fut = handle(
+                    shared.clone(),
+                    peer,
+                    client_ip.clone(),
+                    conn_tls.clone(),
+                    req,
+                );
                 async move {
                     let res = fut.await;
                     drop(guard);
@@ -261,6 +268,7 @@ fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
 async fn handle(
     shared: Arc<ListenerShared>,
     peer: SocketAddr,
+    client_ip: HeaderValue,
     tls: Option<Arc<ConnTls>>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
@@ -294,7 +302,7 @@ async fn handle(
         Some(route) => {
             let upgrade = parts.version == http::Version::HTTP_11 && wants_upgrade(&parts.headers);
             strip_hop_by_hop(&mut parts.headers, upgrade);
-            add_forwarded(&mut parts.headers, peer.ip(), tls.is_some());
+            add_forwarded(&mut parts.headers, &client_ip, tls.is_some());
             if routes.start_traces {
                 ensure_traceparent(&mut parts.headers);
             }
