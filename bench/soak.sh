@@ -13,7 +13,8 @@
 #   - "normal" clients: a valid HS256 token, their own x-client, ~40 req/s
 #     each: every answer must be 200 (a retry covers the flapping endpoint);
 #   - "bad" clients: forged, expired or absent tokens: must get 401;
-#   - "greedy" clients: valid token, one shared x-client, no pause: 200 or 429.
+#   - "greedy" clients: valid token, one shared x-client, no pause, over the
+#     60/s per-key limit: 200 or 429.
 # B is ejected by outlier detection and health checks while down.
 # Faults: endpoint B is killed for FLAP_DOWN s every FLAP_EVERY s; the config
 # is reloaded (POST /reload) every RELOAD_EVERY s, alternating two files.
@@ -94,7 +95,7 @@ filters:
   auth:
     jwt: { issuer: soak, audiences: [soak-api], algorithms: [HS256], secret: "\${JWT_SECRET}" }
   per-client:
-    rate_limit: { key: "header:x-client", rate: 200/s, burst: $2 }
+    rate_limit: { key: "header:x-client", rate: 60/s, burst: $2 }
   retries:
     retry:
       attempts: 3
@@ -106,8 +107,8 @@ EOF
 PID_A=$(start_upstream "$UP_A"); PIDS+=("$PID_A")
 PID_B=$(start_upstream "$UP_B")
 wait_port "$UP_A"; wait_port "$UP_B"
-write_config "$RUN/a.yaml" 400
-write_config "$RUN/b.yaml" 401
+write_config "$RUN/a.yaml" 60
+write_config "$RUN/b.yaml" 61
 cp "$RUN/a.yaml" "$RUN/kaname.yaml"
 "$KANAME" check -c "$RUN/kaname.yaml" >/dev/null
 "$KANAME" run -c "$RUN/kaname.yaml" 2>"$RUN/kaname.log" & PID_K=$!; PIDS+=("$PID_K")
