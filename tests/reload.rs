@@ -590,3 +590,126 @@ async fn reload_drops_gauges_of_removed_endpoints_and_breakers() {
         200
     );
 }
+
+/// A Kubernetes ConfigMap volume: `kaname.yaml -> ..data/kaname.yaml` and
+/// `..data -> ..<timestamp>`; an update writes a new timestamped directory
+/// and swaps the `..data` symlink by rename. The file watcher reloads on it.
+#[tokio::test]
+async fn configmap_symlink_swap_reloads() {
+    use std::os::unix::fs::symlink;
+    let a = TestUpstream::start("a").await;
+    let b = TestUpstream::start("b").await;
+    let port = free_port();
+    let k = Kaname::start(&version(port, &a, &b, 0)).await;
+    let client = HttpClient::http1();
+    wait_for_upstream(&client, port, "a").await;
+    let dir = k.config_path.parent().expect("config dir").to_path_buf();
+    let publish = |stamp: &str, which: u32| {
+        let data = dir.join(stamp);
+        std::fs::create_dir(&data).expect("timestamped dir");
+        std::fs::write(
+            data.join("kaname.yaml"),
+            full_config(&k, &version(port, &a, &b, which)),
+        )
+        .expect("write config");
+        let tmp = dir.join("..data_tmp");
+        symlink(stamp, &tmp).expect("symlink ..data_tmp");
+        std::fs::rename(&tmp, dir.join("..data")).expect("swap ..data");
+    };
+
+    // First the file becomes the ConfigMap's symlink (a rename over it).
+    publish("..2026_11_28_v1", 1);
+    let tmp = dir.join("kaname.yaml.tmp");
+    symlink("..data/kaname.yaml", &tmp).expect("symlink kaname.yaml");
+    std::fs::rename(&tmp, &k.config_path).expect("rename symlink into place");
+    wait_for_upstream(&client, port, "b").await;
+
+    // Then an update only swaps `..data`; kaname.yaml itself is untouched.
+    publish("..2026_11_28_v2", 2);
+    wait_for_upstream(&client, port, "a").await;
+    let text = metrics(&k).await;
+    let failures = metric_value(&text, r#"kaname_config_reloads_total{result="failure"}"#);
+    assert_eq!(failures.unwrap_or(0.0), 0.0, "{text}");
+}
+
+/// State of a filter a reload does not change is kept: an open circuit
+/// stays open (a reload must not reset a breaker protecting a sick
+/// upstream), and a request in flight across the reload finishes.
+#[tokio::test]
+async fn open_breaker_and_request_in_flight_survive_a_reload() {
+    let sick = TestUpstream::start("sick").await;
+    let slow = TestUpstream::slow("slow", Duration::from_millis(800)).await;
+    let port = free_port();
+    let body = |extra: &str| {
+        format!(
+            "listeners:
+  main:
+    listen: 127.0.0.1:{port}
+    routes:
+      - match: {{ path_prefix: /slow }}
+        upstream: slow
+{extra}      - match: {{ path_prefix: / }}
+        upstream: sick
+        filters: [breaker]
+upstreams:
+  sick:
+    endpoints: [{}]
+  slow:
+    endpoints: [{}]
+filters:
+  breaker:
+    circuit_breaker: {{ consecutive_failures: 2, open_for: 60s }}
+",
+            sick.addr, slow.addr
+        )
+    };
+    let k = Kaname::start(&body("")).await;
+    let client = HttpClient::http1();
+    for _ in 0..2 {
+        let r = client
+            .get(&format!("http://127.0.0.1:{port}/x?status=500"))
+            .await;
+        assert_eq!(r.status, 500);
+    }
+    client
+        .get(&format!("http://127.0.0.1:{port}/x"))
+        .await
+        .assert_kaname_error(503, "circuit_open");
+
+    let in_flight = {
+        let client = client.clone();
+        tokio::spawn(async move { client.get(&format!("http://127.0.0.1:{port}/slow/x")).await })
+    };
+    // The slow request has reached its upstream before the reload.
+    let start = Instant::now();
+    while slow.recorded().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "slow request not sent"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    replace_config(
+        &k,
+        &body("      - name: added\n        match: { path: /added }\n        upstream: slow\n"),
+    );
+    let (status, text) = post_reload(&k).await;
+    assert_eq!(status, 200, "{text}");
+    let finished = in_flight.await.expect("join");
+    assert_eq!(finished.status, 200, "request in flight across the reload");
+    client
+        .get(&format!("http://127.0.0.1:{port}/x"))
+        .await
+        .assert_kaname_error(503, "circuit_open");
+    assert_eq!(
+        client
+            .get(&format!("http://127.0.0.1:{port}/added"))
+            .await
+            .status,
+        200,
+        "the new route serves"
+    );
+    // /config shows what now runs.
+    let config = client.get(&k.admin_url("/config")).await.text();
+    assert!(config.contains("/added"), "{config}");
+}
