@@ -175,7 +175,7 @@ done
 
 echo
 echo "kaname benchmark: $REPS reps x ${DUR}s, wrk -t1 -c$CONNS (h2load -c$CONNS -m4 for h2), fixed rate ~$RATE req/s; proxies 1 thread on core 0, client on core 1"
-echo "(h2 row: p50 column is h2load's mean; latencies in microseconds; CPU = proxy utime+stime per request)"
+echo "(latencies in microseconds; the h2 row has none: h2load gives no percentiles; CPU = proxy utime+stime per request)"
 column -t -s $'\t' "$TSV"
 python3 - "$TSV" <<'PY'
 import csv, sys
