@@ -171,6 +171,77 @@ async fn server_streaming_delivers_every_message_then_trailers() {
     assert_eq!(meta(&trailers, "x-trailer"), Some("done"));
 }
 
+/// UNAVAILABLE that arrives in the trailers (after messages were streamed)
+/// counts for outlier detection as it does in a trailers-only answer; OK in
+/// the trailers does not.
+#[tokio::test]
+async fn unavailable_in_trailers_counts_for_outlier_detection() {
+    let up = GrpcUpstream::start("echo-1").await;
+    let port = free_port();
+    let yaml = config(port, up.addr, "", "").replace(
+        "    protocol: http2\n",
+        "    protocol: http2\n    outlier_detection: { consecutive_failures: 2, eject_for: 60s, max_ejected_percent: 100 }\n",
+    );
+    let k = Kaname::start(&yaml).await;
+    let mut client = EchoClient::connect(port).await;
+    let ejections = r#"kaname_upstream_ejections_total{upstream="echo"}"#;
+    let call = |end_code: i32| EchoRequest {
+        message: "tick".into(),
+        count: 2,
+        end_code,
+        ..Default::default()
+    };
+    for _ in 0..2 {
+        let res = bounded("server stream", client.server_stream(Request::new(call(0))))
+            .await
+            .expect("call");
+        let mut stream = res.into_inner();
+        while bounded("message", stream.message())
+            .await
+            .expect("ok")
+            .is_some()
+        {}
+    }
+    let text = metrics(&k).await;
+    assert_eq!(
+        support::metric_value(&text, ejections).unwrap_or(0.0),
+        0.0,
+        "OK ends eject nothing"
+    );
+
+    for _ in 0..2 {
+        let res = bounded(
+            "server stream",
+            client.server_stream(Request::new(call(14))),
+        )
+        .await
+        .expect("head is OK: the status comes later");
+        let mut stream = res.into_inner();
+        let mut got = 0;
+        let end = loop {
+            match bounded("message", stream.message()).await {
+                Ok(Some(_)) => got += 1,
+                Ok(None) => panic!("stream ended OK"),
+                Err(status) => break status,
+            }
+        };
+        assert_eq!(got, 2, "both messages came before the status");
+        assert_eq!(end.code(), Code::Unavailable);
+    }
+    let start = std::time::Instant::now();
+    loop {
+        let text = metrics(&k).await;
+        if support::metric_value(&text, ejections) == Some(1.0) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "two UNAVAILABLE trailers did not eject the endpoint: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn client_streaming_reaches_the_server_whole() {
     let (_k, _up, mut client) = setup("", "").await;

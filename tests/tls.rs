@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Version};
 use support::client::empty;
-use support::tls::{client_config, send_tls, write_atomic, LeafSpec, TestCa};
+use support::tls::{client_config, client_config_tls12, send_tls, write_atomic, LeafSpec, TestCa};
 use support::{free_port, metric_value, HttpClient, Kaname, TestUpstream};
 
 const H1: &[u8] = b"http/1.1";
@@ -103,6 +103,21 @@ upstreams:
     assert_eq!(r.response.version, Version::HTTP_2);
     assert_eq!(r.alpn.as_deref(), Some(H2));
     assert_eq!(up.last().path, "/two");
+    assert_eq!(r.tls_version, Some(rustls::ProtocolVersion::TLSv1_3));
+
+    // TLS 1.2 clients are served too (h1 and h2).
+    for alpn in [H1, H2] {
+        let r = send_tls(
+            addr(auto_port),
+            client_config_tls12(&ca.cert_pem, &[alpn]),
+            get(&format!("https://localhost:{auto_port}/tls12")),
+        )
+        .await
+        .expect("TLS 1.2");
+        assert_eq!(r.response.status, 200, "{}", r.response.text());
+        assert_eq!(r.tls_version, Some(rustls::ProtocolVersion::TLSv1_2));
+        assert_eq!(r.alpn.as_deref(), Some(alpn));
+    }
 
     // A `protocol: http1` listener offers only http/1.1.
     let r = send_tls(
@@ -169,7 +184,7 @@ async fn mtls_sidecar(dir: &Path, up: &TestUpstream) -> (Kaname, TestCa, u16) {
       key: {}
       client_ca: {}
       allowed_identities: [spiffe://test/ns/shop/sa/a, trusted.test]
-    routes: [{{ match: {{ path_prefix: / }}, upstream: echo }}]
+    routes: [{{ match: {{ path_prefix: /, methods: [GET, POST] }}, upstream: echo }}]
 upstreams:
   echo:
     endpoints: [{}]
@@ -245,6 +260,28 @@ async fn mutual_tls_checks_client_certificates_and_identities() {
         r.response.text()
     );
     assert_eq!(up.hits(), hits, "a forbidden request reached the upstream");
+    // On a path no route takes it is 403 too: no hint of what is routed.
+    let delete = || {
+        http::Request::delete(&url)
+            .body(support::empty())
+            .expect("DELETE")
+    };
+    let r = send_tls(
+        addr,
+        client_config(&ca.cert_pem, Some(&stranger), &[H1]),
+        delete(),
+    )
+    .await
+    .expect("handshake");
+    r.response.assert_kaname_error(403, "forbidden");
+    let r = send_tls(
+        addr,
+        client_config(&ca.cert_pem, Some(&good), &[H1]),
+        delete(),
+    )
+    .await
+    .expect("handshake");
+    r.response.assert_kaname_error(404, "no_route");
 
     // No certificate, or one from another CA: the handshake fails.
     let none = send_tls(addr, client_config(&ca.cert_pem, None, &[H1]), get(&url)).await;

@@ -99,7 +99,7 @@ impl ErrorKind {
 
 /// gRPC's percent-encoding of `grpc-message`: printable ASCII except `%`
 /// passes, everything else is `%XX` of its UTF-8 bytes.
-fn grpc_percent_encode(msg: &str) -> String {
+pub fn grpc_percent_encode(msg: &str) -> String {
     let mut out = String::with_capacity(msg.len());
     for b in msg.bytes() {
         if (0x20..=0x7e).contains(&b) && b != b'%' {

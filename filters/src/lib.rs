@@ -17,7 +17,7 @@ pub mod retry;
 
 pub use body::{Body, BoxError};
 pub use context::{RequestContext, UpstreamFailure};
-pub use error_response::{is_grpc, ErrorKind};
+pub use error_response::{grpc_percent_encode, is_grpc, ErrorKind};
 pub use registry::{build, BuildContext, BuildError, FilterLayer, JwksFetcher, RouteInfo};
 
 /// The boxed service every filter wraps and every route ends in.

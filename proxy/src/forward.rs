@@ -18,7 +18,7 @@ use prometheus::{Histogram, IntCounter};
 use tokio::time::Instant;
 
 use crate::headers::{strip_hop_by_hop, wants_upgrade};
-use crate::upstream::{Endpoint, Upstream};
+use crate::upstream::{Endpoint, TrailerReport, Upstream};
 
 /// Per-upstream handles of the attempt metrics, resolved once.
 #[derive(Clone)]
@@ -93,9 +93,12 @@ struct AttemptRecord<'a> {
 }
 
 impl AttemptRecord<'_> {
-    fn finish(&mut self, outcome: &IntCounter, failed: bool) {
+    /// Ends the try; `report` false leaves outlier detection to the body.
+    fn finish(&mut self, outcome: &IntCounter, failed: bool, report: bool) {
         self.done = true;
-        self.upstream.report(self.endpoint, failed);
+        if report {
+            self.upstream.report(self.endpoint, failed);
+        }
         outcome.inc();
         self.metrics
             .duration
@@ -200,9 +203,10 @@ impl Forward {
                 let status = res.status();
                 let grpc_code = grpc.then(|| grpc_status(res.headers())).flatten();
                 let grpc_failed = grpc_code.is_some_and(|c| c != 0);
-                // Outlier detection counts 5xx and gRPC UNAVAILABLE (in the
-                // head; a status in trailers is not looked at here).
+                // Outlier detection counts 5xx and gRPC UNAVAILABLE; a
+                // gRPC status still to come in trailers is reported then.
                 let failed = status.is_server_error() || grpc_code == Some(GRPC_UNAVAILABLE);
+                let in_trailers = grpc && grpc_code.is_none() && status == StatusCode::OK;
                 let outcome = if status.is_server_error() {
                     &self.metrics.http_error
                 } else if grpc_failed {
@@ -210,7 +214,7 @@ impl Forward {
                 } else {
                     &self.metrics.success
                 };
-                record.finish(outcome, failed);
+                record.finish(outcome, failed, !in_trailers);
                 let switching = status == StatusCode::SWITCHING_PROTOCOLS;
                 if let (true, Some(client_side)) = (switching, upgrade) {
                     let upstream_side = hyper::upgrade::on(&mut res);
@@ -219,7 +223,13 @@ impl Forward {
                 let (mut parts, body) = res.into_parts();
                 strip_hop_by_hop(&mut parts.headers, switching);
                 parts.extensions.insert(tried);
-                Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed())
+                let body = body.map_err(|e| Box::new(e) as BoxError).boxed();
+                let body = if in_trailers {
+                    TrailerReport::new(body, up.clone(), endpoint.clone()).boxed()
+                } else {
+                    body
+                };
+                Response::from_parts(parts, body)
             }
             Err(e) => {
                 let (kind, why) = classify(&e);
@@ -228,7 +238,7 @@ impl Forward {
                     _ => &self.metrics.reset,
                 };
                 // A body over its limit is the client's fault, not the endpoint's.
-                record.finish(outcome, kind != ErrorKind::PayloadTooLarge);
+                record.finish(outcome, kind != ErrorKind::PayloadTooLarge, true);
                 let message = format!(
                     "upstream \"{}\" endpoint {}: {}",
                     up.name,

@@ -69,7 +69,7 @@ impl HttpBody for DeadlineBody {
         *this.done = true;
         let mut t = HeaderMap::new();
         t.insert("grpc-status", HeaderValue::from_static("4"));
-        if let Ok(v) = HeaderValue::from_str(this.message) {
+        if let Ok(v) = HeaderValue::from_str(&kaname_filters::grpc_percent_encode(this.message)) {
             t.insert("grpc-message", v);
         }
         t.insert("kaname-error", HeaderValue::from_static("upstream_timeout"));

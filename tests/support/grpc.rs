@@ -77,6 +77,10 @@ pub struct EchoRequest {
     /// ServerStream: pause between replies.
     #[prost(uint64, tag = "9")]
     pub interval_ms: u64,
+    /// ServerStream: after the replies, end with this gRPC code in the
+    /// trailers (0 = OK).
+    #[prost(int32, tag = "10")]
+    pub end_code: i32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -333,6 +337,10 @@ impl tonic::server::ServerStreamingService<EchoRequest> for ServerStream {
                 let state = state.clone();
                 let message = format!("{} #{i}", req.message);
                 async move {
+                    if i == req.count && req.end_code != 0 {
+                        let end = Status::new(Code::from_i32(req.end_code), "scripted end");
+                        return Some((Err(end), i + 1));
+                    }
                     if i >= req.count {
                         return None;
                     }

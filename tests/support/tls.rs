@@ -181,6 +181,23 @@ pub fn client_config(ca_pem: &str, client: Option<&Leaf>, alpn: &[&[u8]]) -> Arc
     Arc::new(config)
 }
 
+/// As `client_config` without a client certificate, offering TLS 1.2 only.
+pub fn client_config_tls12(ca_pem: &str, alpn: &[&[u8]]) -> Arc<ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.expect("CA PEM")).expect("add CA");
+    }
+    let mut config = ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS12])
+    .expect("TLS 1.2")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
 /// A response over TLS and what the handshake showed.
 #[derive(Debug)]
 pub struct TlsResponse {
@@ -188,6 +205,8 @@ pub struct TlsResponse {
     /// The leaf certificate the server served.
     pub served: CertificateDer<'static>,
     pub alpn: Option<Vec<u8>>,
+    /// The TLS version the handshake agreed on.
+    pub tls_version: Option<rustls::ProtocolVersion>,
 }
 
 /// One request on a new TLS connection to `addr` (SNI `localhost`); h2
@@ -215,6 +234,7 @@ pub async fn send_tls(
             .cloned()
             .ok_or("no server certificate")?;
         let alpn = session.alpn_protocol().map(|p| p.to_vec());
+        let tls_version = session.protocol_version();
         let io = TokioIo::new(tls);
         let res = if alpn.as_deref() == Some(b"h2") {
             let (mut sender, conn) =
@@ -246,6 +266,7 @@ pub async fn send_tls(
             },
             served,
             alpn,
+            tls_version,
         })
     };
     tokio::time::timeout(Duration::from_secs(10), fut)

@@ -6,6 +6,7 @@ mod connector;
 mod endpoint;
 mod health;
 mod outlier;
+mod trailer_report;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +25,7 @@ use prometheus::{IntGauge, IntGaugeVec};
 pub use balancer::Balancer;
 pub use endpoint::Endpoint;
 pub use outlier::OutlierDetector;
+pub use trailer_report::TrailerReport;
 
 pub type HttpClient = Client<connector::Connector, Body>;
 
@@ -55,7 +57,9 @@ impl Upstream {
             .pool_idle_timeout(config.pool.idle_timeout)
             .pool_max_idle_per_host(config.pool.max_idle_per_endpoint)
             .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new());
+            .timer(TokioTimer::new())
+            // Flat writes, as the listeners (bench/README.md).
+            .http1_writev(false);
         if config.protocol == UpstreamProtocol::Http2 {
             builder.http2_only(true);
         }
