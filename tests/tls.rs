@@ -701,3 +701,86 @@ async fn mtls_example_works() {
         Some("spiffe://example.org/ns/shop/sa/a")
     );
 }
+
+/// The upstream side's client certificate is watched too: after A's
+/// `cert`/`key` files are replaced, A's new handshakes to B present the new
+/// identity, with no failed request while it happens.
+#[tokio::test]
+async fn upstream_client_certificate_rotation_reaches_new_handshakes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let ca = TestCa::new("mesh CA");
+    std::fs::write(d.join("ca.crt"), &ca.cert_pem).expect("write CA");
+    ca.issue(&LeafSpec {
+        dns: &["b.test"],
+        ..LeafSpec::default()
+    })
+    .write(d, "b");
+    ca.client("spiffe://test/sa/a-v1").write(d, "a");
+    let echo = TestUpstream::start("service-b").await;
+    let b_port = free_port();
+    let _b = Kaname::start(&format!(
+        "listeners:
+  inbound:
+    listen: 127.0.0.1:{b_port}
+    tls:
+      cert: {d}/b.crt
+      key: {d}/b.key
+      client_ca: {d}/ca.crt
+      allowed_identities: [spiffe://test/sa/a-v1, spiffe://test/sa/a-v2]
+    routes: [{{ match: {{ path_prefix: / }}, upstream: app }}]
+upstreams:
+  app:
+    endpoints: [{}]
+",
+        echo.addr,
+        d = d.display()
+    ))
+    .await;
+    let a_port = free_port();
+    // No idle pooled connections: every request is a new handshake.
+    let _a = Kaname::start(&format!(
+        "listeners:
+  outbound:
+    listen: 127.0.0.1:{a_port}
+    routes: [{{ match: {{ path_prefix: / }}, upstream: b }}]
+upstreams:
+  b:
+    endpoints: [127.0.0.1:{b_port}]
+    pool: {{ max_idle_per_endpoint: 0 }}
+    tls: {{ ca: {d}/ca.crt, server_name: b.test, cert: {d}/a.crt, key: {d}/a.key }}
+",
+        d = d.display()
+    ))
+    .await;
+    let client = HttpClient::http1();
+    let url = format!("http://127.0.0.1:{a_port}/x");
+    let r = client.get(&url).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        echo.last().header("x-client-identity"),
+        Some("spiffe://test/sa/a-v1")
+    );
+
+    ca.client("spiffe://test/sa/a-v2").write(d, "a");
+    let start = Instant::now();
+    let mut sent = 0;
+    loop {
+        let r = client.get(&url).await;
+        sent += 1;
+        assert_eq!(
+            r.status,
+            200,
+            "request {sent} during rotation: {}",
+            r.text()
+        );
+        if echo.last().header("x-client-identity") == Some("spiffe://test/sa/a-v2") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10) && sent < 2000,
+            "A still presents the old certificate after {sent} requests"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
