@@ -240,6 +240,16 @@ async fn unavailable_in_trailers_counts_for_outlier_detection() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The attempt outcomes come from the trailers too.
+    let text = metrics(&k).await;
+    let outcome = |o: &str| {
+        support::metric_value(
+            &text,
+            &format!(r#"kaname_upstream_attempts_total{{upstream="echo",outcome="{o}"}}"#),
+        )
+    };
+    assert_eq!(outcome("success"), Some(2.0), "{text}");
+    assert_eq!(outcome("grpc_error"), Some(2.0), "{text}");
 }
 
 #[tokio::test]

@@ -18,7 +18,7 @@ use prometheus::{Histogram, IntCounter};
 use tokio::time::Instant;
 
 use crate::headers::{strip_hop_by_hop, wants_upgrade};
-use crate::upstream::{Endpoint, TrailerReport, Upstream};
+use crate::upstream::{Endpoint, TrailerOutcomes, TrailerReport, Upstream};
 
 /// Per-upstream handles of the attempt metrics, resolved once.
 #[derive(Clone)]
@@ -93,13 +93,14 @@ struct AttemptRecord<'a> {
 }
 
 impl AttemptRecord<'_> {
-    /// Ends the try; `report` false leaves outlier detection to the body.
-    fn finish(&mut self, outcome: &IntCounter, failed: bool, report: bool) {
+    /// Ends the try; with no `outcome` the body judges it (outlier report
+    /// and outcome counter) when its trailers come.
+    fn finish(&mut self, outcome: Option<&IntCounter>, failed: bool) {
         self.done = true;
-        if report {
+        if let Some(outcome) = outcome {
             self.upstream.report(self.endpoint, failed);
+            outcome.inc();
         }
-        outcome.inc();
         self.metrics
             .duration
             .observe(self.started.elapsed().as_secs_f64());
@@ -214,7 +215,7 @@ impl Forward {
                 } else {
                     &self.metrics.success
                 };
-                record.finish(outcome, failed, !in_trailers);
+                record.finish((!in_trailers).then_some(outcome), failed);
                 let switching = status == StatusCode::SWITCHING_PROTOCOLS;
                 if let (true, Some(client_side)) = (switching, upgrade) {
                     let upstream_side = hyper::upgrade::on(&mut res);
@@ -225,7 +226,12 @@ impl Forward {
                 parts.extensions.insert(tried);
                 let body = body.map_err(|e| Box::new(e) as BoxError).boxed();
                 let body = if in_trailers {
-                    TrailerReport::new(body, up.clone(), endpoint.clone()).boxed()
+                    let outcomes = TrailerOutcomes {
+                        success: self.metrics.success.clone(),
+                        grpc_error: self.metrics.grpc_error.clone(),
+                        reset: self.metrics.reset.clone(),
+                    };
+                    TrailerReport::new(body, up.clone(), endpoint.clone(), outcomes).boxed()
                 } else {
                     body
                 };
@@ -238,7 +244,7 @@ impl Forward {
                     _ => &self.metrics.reset,
                 };
                 // A body over its limit is the client's fault, not the endpoint's.
-                record.finish(outcome, kind != ErrorKind::PayloadTooLarge, true);
+                record.finish(Some(outcome), kind != ErrorKind::PayloadTooLarge);
                 let message = format!(
                     "upstream \"{}\" endpoint {}: {}",
                     up.name,

@@ -25,7 +25,7 @@ use prometheus::{IntGauge, IntGaugeVec};
 pub use balancer::Balancer;
 pub use endpoint::Endpoint;
 pub use outlier::OutlierDetector;
-pub use trailer_report::TrailerReport;
+pub use trailer_report::{TrailerOutcomes, TrailerReport};
 
 pub type HttpClient = Client<connector::Connector, Body>;
 

@@ -1,6 +1,8 @@
-//! Outlier detection for a gRPC answer whose `grpc-status` comes in the
-//! trailers: the try is reported when they arrive (UNAVAILABLE is a
-//! failure, as in the head), or when the body breaks (a reset).
+//! A gRPC answer whose `grpc-status` comes in the trailers: the try is
+//! judged when they arrive, for outlier detection (UNAVAILABLE is a
+//! failure, as in the head) and for its `kaname_upstream_attempts_total`
+//! outcome (a non-zero status is `grpc_error`); a body that breaks is a
+//! reset.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,26 +12,47 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use kaname_filters::retry::classify::{grpc_status, GRPC_UNAVAILABLE};
 use kaname_filters::{Body, BoxError};
+use prometheus::IntCounter;
 
 use super::{Endpoint, Upstream};
 
-/// Passes the body through; reports the try to outlier detection once.
+/// The attempt outcome counters a trailer can end in.
+pub struct TrailerOutcomes {
+    pub success: IntCounter,
+    pub grpc_error: IntCounter,
+    pub reset: IntCounter,
+}
+
+/// Passes the body through; judges the try once.
 pub struct TrailerReport {
     inner: Body,
-    pending: Option<(Arc<Upstream>, Arc<Endpoint>)>,
+    pending: Option<(Arc<Upstream>, Arc<Endpoint>, TrailerOutcomes)>,
 }
 
 impl TrailerReport {
-    pub fn new(inner: Body, upstream: Arc<Upstream>, endpoint: Arc<Endpoint>) -> Self {
+    pub fn new(
+        inner: Body,
+        upstream: Arc<Upstream>,
+        endpoint: Arc<Endpoint>,
+        outcomes: TrailerOutcomes,
+    ) -> Self {
         TrailerReport {
             inner,
-            pending: Some((upstream, endpoint)),
+            pending: Some((upstream, endpoint, outcomes)),
         }
     }
 
-    fn report(&mut self, failed: bool) {
-        if let Some((up, ep)) = self.pending.take() {
-            up.report(&ep, failed);
+    /// `code`: the trailers' grpc-status (None: no trailers); `broken`: the
+    /// body failed.
+    fn report(&mut self, code: Option<u32>, broken: bool) {
+        if let Some((up, ep, outcomes)) = self.pending.take() {
+            let outcome = match code {
+                _ if broken => &outcomes.reset,
+                Some(c) if c != 0 => &outcomes.grpc_error,
+                _ => &outcomes.success,
+            };
+            outcome.inc();
+            up.report(&ep, broken || code == Some(GRPC_UNAVAILABLE));
         }
     }
 }
@@ -47,12 +70,11 @@ impl HttpBody for TrailerReport {
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(t) = frame.trailers_ref() {
-                    let unavailable = grpc_status(t) == Some(GRPC_UNAVAILABLE);
-                    this.report(unavailable);
+                    this.report(grpc_status(t), false);
                 }
             }
-            Poll::Ready(Some(Err(_))) => this.report(true),
-            Poll::Ready(None) => this.report(false),
+            Poll::Ready(Some(Err(_))) => this.report(None, true),
+            Poll::Ready(None) => this.report(None, false),
             Poll::Pending => {}
         }
         polled
