@@ -11,6 +11,7 @@ use http::{header, uri::PathAndQuery, HeaderValue, Request, Response, StatusCode
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use kaname_config::UpstreamProtocol;
+use kaname_filters::body::{BodyEnd, OnEnd};
 use kaname_filters::context::{AvoidEndpoint, Deadline, EndpointSlot, TriedEndpoint};
 use kaname_filters::retry::classify::{grpc_status, GRPC_UNAVAILABLE};
 use kaname_filters::{Body, BoxError, ErrorKind, RequestContext, UpstreamFailure};
@@ -18,7 +19,7 @@ use prometheus::{Histogram, IntCounter};
 use tokio::time::Instant;
 
 use crate::headers::{strip_hop_by_hop, wants_upgrade};
-use crate::upstream::{Endpoint, TrailerOutcomes, TrailerReport, Upstream};
+use crate::upstream::{Endpoint, Upstream};
 
 /// Per-upstream handles of the attempt metrics, resolved once.
 #[derive(Clone)]
@@ -116,6 +117,31 @@ impl Drop for AttemptRecord<'_> {
                 .duration
                 .observe(self.started.elapsed().as_secs_f64());
         }
+    }
+}
+
+/// Judges a try whose gRPC status comes in its trailers, when they pass:
+/// its attempt outcome, and UNAVAILABLE (or a broken body) for outlier
+/// detection, as a status in the head is judged at once. A body the client
+/// dropped is not judged, as a cancelled try is not.
+fn judge_by_trailers(
+    up: Arc<Upstream>,
+    endpoint: Arc<Endpoint>,
+    m: &AttemptMetrics,
+) -> impl FnOnce(BodyEnd<'_>) + Send + Sync + Unpin + 'static {
+    let (success, grpc_error, reset) = (m.success.clone(), m.grpc_error.clone(), m.reset.clone());
+    move |end| {
+        let (outcome, failed) = match end {
+            BodyEnd::Trailers(t) => match grpc_status(t) {
+                Some(code) if code != 0 => (&grpc_error, code == GRPC_UNAVAILABLE),
+                _ => (&success, false),
+            },
+            BodyEnd::Error => (&reset, true),
+            BodyEnd::Eof => (&success, false),
+            BodyEnd::Dropped => return,
+        };
+        outcome.inc();
+        up.report(&endpoint, failed);
     }
 }
 
@@ -226,12 +252,8 @@ impl Forward {
                 parts.extensions.insert(tried);
                 let body = body.map_err(|e| Box::new(e) as BoxError).boxed();
                 let body = if in_trailers {
-                    let outcomes = TrailerOutcomes {
-                        success: self.metrics.success.clone(),
-                        grpc_error: self.metrics.grpc_error.clone(),
-                        reset: self.metrics.reset.clone(),
-                    };
-                    TrailerReport::new(body, up.clone(), endpoint.clone(), outcomes).boxed()
+                    let judge = judge_by_trailers(up.clone(), endpoint.clone(), &self.metrics);
+                    OnEnd::wrap(body, judge)
                 } else {
                     body
                 };

@@ -13,7 +13,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use kaname_config::{Listener as ListenerConfig, ListenerProtocol};
+use kaname_filters::body::{BodyEnd, OnEnd};
 use kaname_filters::context::Deadline;
+use kaname_filters::retry::classify::grpc_status;
 use kaname_filters::{is_grpc, Body, BoxError, ErrorKind, RequestContext};
 use prometheus::IntGauge;
 use tokio::net::TcpListener;
@@ -28,7 +30,7 @@ use crate::headers::{
     add_forwarded, client_value, ensure_request_id, ensure_traceparent, strip_hop_by_hop,
     wants_upgrade, X_REQUEST_ID,
 };
-use crate::request_metrics::{grpc_status_of, GrpcStatusBody, RouteMetrics};
+use crate::request_metrics::RouteMetrics;
 use crate::tls::io::ServerIo;
 use crate::tls::server::{ConnTls, ServerTls};
 
@@ -440,7 +442,7 @@ fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
 /// Counts a gRPC call by its final status: from the head of a trailers-only
 /// answer, else from the trailers at the end of the body.
 fn observe_grpc(res: Response<Body>, metrics: &Arc<RouteMetrics>) -> Response<Body> {
-    if let Some(code) = grpc_status_of(res.headers()) {
+    if let Some(code) = grpc_status(res.headers()) {
         metrics.observe_grpc(code);
         return res;
     }
@@ -449,7 +451,18 @@ fn observe_grpc(res: Response<Body>, metrics: &Arc<RouteMetrics>) -> Response<Bo
         metrics.observe_grpc(grpc_code_for_http(res.status()));
         return res;
     }
-    res.map(|b| GrpcStatusBody::new(b, metrics.clone()).boxed())
+    // Counted by the trailers' status; a body that ends without one (the
+    // upstream broke off) is UNKNOWN, one the client dropped CANCELLED.
+    let metrics = metrics.clone();
+    res.map(|b| {
+        OnEnd::wrap(b, move |end| {
+            metrics.observe_grpc(match end {
+                BodyEnd::Trailers(t) => grpc_status(t).unwrap_or(2),
+                BodyEnd::Eof | BodyEnd::Error => 2,
+                BodyEnd::Dropped => 1,
+            })
+        })
+    })
 }
 
 /// The gRPC spec's mapping of HTTP statuses seen by a gRPC client.

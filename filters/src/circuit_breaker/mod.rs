@@ -27,10 +27,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
-use http_body::{Body as HttpBody, Frame, SizeHint};
-use http_body_util::BodyExt;
 use kaname_config::types::{CircuitBreaker as BreakerConfig, Condition};
 use prometheus::{IntCounter, IntGauge};
 use tokio::time::Instant;
@@ -39,11 +36,12 @@ use tower::Service;
 
 pub use state::{Admit, CircuitState, Phase};
 
+use crate::body::{BodyEnd, OnEnd};
 use crate::context::{Deadline, RefusedBy, RequestContext, UpstreamFailure};
 use crate::metrics::Metrics;
 use crate::registry::{FilterLayer, RouteInfo};
 use crate::retry::classify::{self, Observed};
-use crate::{is_grpc, Body, BoxError, ErrorKind, RouteService};
+use crate::{is_grpc, Body, ErrorKind, RouteService};
 
 /// A built circuit_breaker filter: one breaker per upstream.
 pub struct BreakerLayer {
@@ -277,73 +275,26 @@ impl BreakerService {
         if in_trailers {
             let failure_on = self.failure_on.clone();
             return res.map(|body| {
-                TrailerWatch {
-                    inner: body,
-                    permit: Some(permit),
-                    failure_on,
-                    observed,
-                }
-                .boxed()
+                OnEnd::wrap(body, move |end| {
+                    let (grpc, failure) = match end {
+                        BodyEnd::Trailers(t) => (classify::grpc_status(t), None),
+                        BodyEnd::Error => (None, Some(UpstreamFailure::Reset)),
+                        // Ended without trailers: not a gRPC failure.
+                        BodyEnd::Eof => (None, None),
+                        // The client went away: released unjudged.
+                        BodyEnd::Dropped => return,
+                    };
+                    let o = Observed {
+                        grpc,
+                        failure,
+                        ..observed
+                    };
+                    permit.record(classify::is_failure(&failure_on, &o));
+                })
             });
         }
         permit.record(classify::is_failure(&self.failure_on, &observed));
         res
-    }
-}
-
-/// Passes a gRPC answer's body through and judges the call by the
-/// `grpc-status` of its trailers (a body that breaks is a reset).
-struct TrailerWatch {
-    inner: Body,
-    permit: Option<Permit>,
-    failure_on: Arc<[Condition]>,
-    observed: Observed,
-}
-
-impl TrailerWatch {
-    fn judge(&mut self, grpc: Option<u32>, failure: Option<UpstreamFailure>) {
-        if let Some(p) = self.permit.take() {
-            let o = Observed {
-                grpc,
-                failure,
-                ..self.observed
-            };
-            p.record(classify::is_failure(&self.failure_on, &o));
-        }
-    }
-}
-
-impl HttpBody for TrailerWatch {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(t) = frame.trailers_ref() {
-                    let code = classify::grpc_status(t);
-                    this.judge(code, None);
-                }
-            }
-            Poll::Ready(Some(Err(_))) => this.judge(None, Some(UpstreamFailure::Reset)),
-            // Ended without trailers: not a gRPC failure the breaker counts.
-            Poll::Ready(None) => this.judge(None, None),
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

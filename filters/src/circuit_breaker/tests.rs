@@ -9,6 +9,10 @@ use tower::ServiceExt;
 
 use super::*;
 use crate::body;
+use crate::BoxError;
+use bytes::Bytes;
+use http_body::Frame;
+use http_body_util::BodyExt;
 
 fn config() -> BreakerConfig {
     BreakerConfig {

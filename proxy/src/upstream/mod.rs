@@ -6,7 +6,6 @@ mod connector;
 mod endpoint;
 mod health;
 mod outlier;
-mod trailer_report;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,7 +24,6 @@ use prometheus::{IntGauge, IntGaugeVec};
 pub use balancer::Balancer;
 pub use endpoint::Endpoint;
 pub use outlier::OutlierDetector;
-pub use trailer_report::{TrailerOutcomes, TrailerReport};
 
 pub type HttpClient = Client<connector::Connector, Body>;
 
