@@ -14,15 +14,11 @@ pub mod metrics;
 pub mod rate_limit;
 pub mod registry;
 pub mod retry;
+pub mod route_service;
 
 pub use body::{Body, BoxError};
 pub use context::{RequestContext, UpstreamFailure};
 pub use error_response::{grpc_percent_encode, is_grpc, ErrorKind};
 pub use registry::{build, BuildContext, BuildError, FilterLayer, JwksFetcher, RouteInfo};
 
-/// The boxed service every filter wraps and every route ends in.
-pub type RouteService = tower::util::BoxCloneSyncService<
-    http::Request<Body>,
-    http::Response<Body>,
-    std::convert::Infallible,
->;
+pub use route_service::{RouteFuture, RouteService};

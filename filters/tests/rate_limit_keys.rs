@@ -15,7 +15,7 @@ use kaname_config::types::{Rate, RateLimit, RateLimitKey};
 use kaname_filters::metrics::Metrics;
 use kaname_filters::rate_limit::RateLimitLayer;
 use kaname_filters::{body, Body, FilterLayer, RouteInfo, RouteService};
-use tower::util::BoxCloneSyncService;
+
 use tower::Service;
 
 const KEYS: usize = 200_000;
@@ -55,7 +55,7 @@ async fn rate_limit_200k_distinct_header_keys_stay_under_max_keys_and_bounded_rs
         max_keys: MAX_KEYS,
     };
     let layer = RateLimitLayer::new("per-key", &config, &metrics).expect("layer");
-    let upstream: RouteService = BoxCloneSyncService::new(tower::service_fn(|_: Request<Body>| {
+    let upstream: RouteService = RouteService::new(tower::service_fn(|_: Request<Body>| {
         std::future::ready(Ok::<_, Infallible>(Response::new(body::empty())))
     }));
     let route = RouteInfo {

@@ -11,7 +11,6 @@ use std::time::Duration;
 use kaname_config::{Config, Filter, Listener, Upstream as UpstreamConfig};
 use kaname_filters::metrics::Metrics;
 use kaname_filters::{FilterLayer, RouteInfo, RouteService};
-use tower::util::BoxCloneSyncService;
 
 use crate::forward::{AttemptMetrics, Forward};
 use crate::request_metrics::RouteMetrics;
@@ -150,7 +149,7 @@ impl Runtime {
                 upstream: r.upstream.as_str().into(),
             };
             let forward = Forward::new(upstream, AttemptMetrics::new(metrics, &r.upstream));
-            let mut service: RouteService = BoxCloneSyncService::new(forward);
+            let mut service = RouteService::from_boxed(forward);
             // Outermost first in the file, so wrap from the innermost out.
             for name in r.filters.iter().rev() {
                 let (_, layer) = self

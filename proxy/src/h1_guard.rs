@@ -195,20 +195,30 @@ impl Scanner {
         }
         let start = i;
         let mut found = false;
-        while i < data.len() {
-            let b = data[i];
-            i += 1;
-            self.end = match (self.end, b) {
-                (1 | 2, b'\n') => {
-                    found = true;
-                    break;
-                }
-                (_, b'\n') => 1,
-                (1, b'\r') => 2,
+        // Jump from line end to line end (memchr, not byte by byte: a head
+        // with a bearer token is mostly long values).
+        while let Some(off) = memchr::memchr(b'\n', &data[i..]) {
+            let p = i + off;
+            // The state just before this LF; no other LF lies in i..p.
+            let before = match off {
+                0 => self.end,
+                1 if data[p - 1] == b'\r' && self.end == 1 => 2,
                 _ => 0,
             };
+            i = p + 1;
+            if before != 0 {
+                found = true;
+                break;
+            }
+            self.end = 1;
         }
         if !found {
+            self.end = match &data[i..] {
+                [] => self.end,
+                [b'\r'] if self.end == 1 => 2,
+                _ => 0,
+            };
+            i = data.len();
             if self.head.len() + (i - start) > self.limit {
                 // hyper's buffer is no larger: it answers 431 and closes.
                 self.state = State::Off;
@@ -337,8 +347,8 @@ impl Scanner {
 
 /// Checks a whole request head, from its request line to its blank line.
 fn check_head(head: &[u8]) -> Result<HeadInfo, &'static str> {
-    for (i, &b) in head.iter().enumerate() {
-        match b {
+    for i in memchr::memchr3_iter(b'\n', b'\r', 0, head) {
+        match head[i] {
             b'\n' if i == 0 || head[i - 1] != b'\r' => return Err("bare LF line ending"),
             b'\r' if head.get(i + 1) != Some(&b'\n') => return Err("bare CR"),
             0 => return Err("NUL byte"),
@@ -346,9 +356,12 @@ fn check_head(head: &[u8]) -> Result<HeadInfo, &'static str> {
         }
     }
     // Every line ends in CRLF now; the last line is the empty one.
-    let mut lines = head
-        .split(|&b| b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let mut from = 0;
+    let mut lines = memchr::memchr_iter(b'\n', head).map(|end| {
+        let line = &head[from..end];
+        from = end + 1;
+        line.strip_suffix(b"\r").unwrap_or(line)
+    });
     let request_line = lines.next().unwrap_or_default();
     let connect = request_line.starts_with(b"CONNECT ");
     let mut length: Option<u64> = None;
@@ -363,7 +376,7 @@ fn check_head(head: &[u8]) -> Result<HeadInfo, &'static str> {
         if matches!(line[0], b' ' | b'\t') {
             return Err("obs-fold header line");
         }
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
+        let Some(colon) = memchr::memchr(b':', line) else {
             return Err("header line without a colon");
         };
         let name = &line[..colon];

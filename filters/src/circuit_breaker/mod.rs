@@ -31,7 +31,6 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use kaname_config::types::{CircuitBreaker as BreakerConfig, Condition};
 use prometheus::{IntCounter, IntGauge};
 use tokio::time::Instant;
-use tower::util::BoxCloneSyncService;
 use tower::Service;
 
 pub use state::{Admit, CircuitState, Phase};
@@ -102,7 +101,7 @@ impl BreakerLayer {
 
 impl FilterLayer for BreakerLayer {
     fn wrap(&self, route: &RouteInfo, inner: RouteService) -> RouteService {
-        BoxCloneSyncService::new(BreakerService {
+        RouteService::from_boxed(BreakerService {
             inner,
             name: self.name.as_str().into(),
             breaker: self.breaker(&route.upstream),

@@ -39,7 +39,7 @@ fn route() -> RouteInfo {
 
 /// An upstream answering `status` (shared so tests can change it).
 fn upstream(status: Arc<AtomicU16>, hits: Arc<AtomicUsize>) -> RouteService {
-    BoxCloneSyncService::new(tower::service_fn(move |_req: Request<Body>| {
+    RouteService::new(tower::service_fn(move |_req: Request<Body>| {
         hits.fetch_add(1, Ordering::SeqCst);
         let mut res = Response::new(body::empty());
         *res.status_mut() = StatusCode::from_u16(status.load(Ordering::SeqCst)).unwrap();
@@ -110,7 +110,7 @@ async fn grpc_unavailable_in_trailers_is_a_failure() {
     let mut cfg = config();
     cfg.consecutive_failures = Some(1);
     let layer = BreakerLayer::new("breaker", &cfg, &m);
-    let inner = BoxCloneSyncService::new(tower::service_fn(|_req: Request<Body>| async {
+    let inner = RouteService::new(tower::service_fn(|_req: Request<Body>| async {
         let mut t = http::HeaderMap::new();
         t.insert("grpc-status", "14".parse().unwrap());
         let frames: Vec<Result<Frame<Bytes>, BoxError>> = vec![

@@ -37,7 +37,6 @@ use http::{header, HeaderName, HeaderValue, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use kaname_config::types::ConcurrencyLimit as ConcurrencyConfig;
-use tower::util::BoxCloneSyncService;
 use tower::Service;
 
 pub use queue::{Gauges, Limiter, Permit, Priority, Shed};
@@ -104,7 +103,7 @@ impl ConcurrencyLayer {
 
 impl FilterLayer for ConcurrencyLayer {
     fn wrap(&self, _route: &RouteInfo, inner: RouteService) -> RouteService {
-        BoxCloneSyncService::new(ConcurrencyService {
+        RouteService::from_boxed(ConcurrencyService {
             inner,
             name: self.name.clone(),
             priority_header: self.priority_header.clone(),

@@ -39,7 +39,7 @@ struct Counting {
 }
 
 fn gated_upstream(c: Counting, gate: Arc<Semaphore>) -> RouteService {
-    BoxCloneSyncService::new(tower::service_fn(move |_req: Request<Body>| {
+    RouteService::new(tower::service_fn(move |_req: Request<Body>| {
         let c = c.clone();
         let gate = gate.clone();
         async move {
@@ -152,7 +152,7 @@ async fn the_slot_is_held_until_the_body_ends() {
     let layer = ConcurrencyLayer::new("protect", &config(1, 0), &m).expect("layer");
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
     let rx = Arc::new(std::sync::Mutex::new(Some(rx)));
-    let upstream = BoxCloneSyncService::new(tower::service_fn(move |_req: Request<Body>| {
+    let upstream = RouteService::new(tower::service_fn(move |_req: Request<Body>| {
         let rx = rx.lock().expect("lock").take();
         async move {
             let body = match rx {

@@ -172,7 +172,7 @@ impl JwtLayer {
 
 impl FilterLayer for JwtLayer {
     fn wrap(&self, _route: &RouteInfo, inner: RouteService) -> RouteService {
-        RouteService::new(JwtService {
+        RouteService::from_boxed(JwtService {
             shared: self.shared.clone(),
             inner,
         })

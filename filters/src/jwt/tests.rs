@@ -8,7 +8,7 @@ use http::{HeaderMap, StatusCode};
 use jsonwebtoken::{encode, EncodingKey, Header};
 use kaname_config::types::JwksSource;
 use serde_json::json;
-use tower::util::BoxCloneSyncService;
+
 use tower::ServiceExt;
 
 use super::*;
@@ -60,7 +60,7 @@ fn service(cfg: &JwtConfig, metrics: &Arc<Metrics>) -> (RouteService, Seen) {
     let layer = JwtLayer::new("auth", cfg, &ctx).unwrap();
     let seen: Seen = Arc::default();
     let record = seen.clone();
-    let upstream = BoxCloneSyncService::new(tower::service_fn(move |req: Request<Body>| {
+    let upstream = RouteService::new(tower::service_fn(move |req: Request<Body>| {
         record.lock().unwrap().push((
             req.headers().clone(),
             req.uri().to_string(),

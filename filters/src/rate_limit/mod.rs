@@ -30,10 +30,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use governor::clock::Clock;
-use http::{header, HeaderMap, HeaderValue, Request, Response};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response};
 use kaname_config::types::RateLimit as RateLimitConfig;
 use prometheus::IntCounter;
-use tower::util::BoxCloneSyncService;
 use tower::Service;
 
 pub use buckets::{Buckets, Decision, Key};
@@ -58,6 +57,8 @@ pub struct RateLimitService<C: Clock = governor::clock::MonotonicClock> {
     name: Arc<str>,
     key: Arc<KeySource>,
     buckets: Arc<Buckets<C>>,
+    /// `RateLimit-Limit`, made once.
+    limit: HeaderValue,
     limited: IntCounter,
 }
 
@@ -105,10 +106,11 @@ where
     C: Clock + Send + Sync + 'static,
 {
     fn wrap(&self, route: &RouteInfo, inner: RouteService) -> RouteService {
-        BoxCloneSyncService::new(RateLimitService {
+        RouteService::new(RateLimitService {
             inner,
             name: self.name.clone(),
             key: self.key.clone(),
+            limit: HeaderValue::from(self.buckets.limit()),
             buckets: self.buckets.clone(),
             limited: self
                 .metrics
@@ -127,6 +129,7 @@ impl<C: Clock> Clone for RateLimitService<C> {
             name: self.name.clone(),
             key: self.key.clone(),
             buckets: self.buckets.clone(),
+            limit: self.limit.clone(),
             limited: self.limited.clone(),
         }
     }
@@ -143,7 +146,7 @@ impl<C: Clock> Service<Request<Body>> for RateLimitService<C> {
 
     fn call(&mut self, req: Request<Body>) -> ResponseFuture {
         let key = self.key.key_of(&req, self.buckets.hasher());
-        let limit = self.buckets.limit();
+        let limit = self.limit.clone();
         match self.buckets.check(&key) {
             Decision::Allow { remaining, reset } => ResponseFuture::Allowed {
                 inner: self.inner.call(req),
@@ -168,7 +171,7 @@ impl<C: Clock> Service<Request<Body>> for RateLimitService<C> {
                 res.extensions_mut()
                     .insert(crate::context::RefusedBy(self.name.clone()));
                 let h = res.headers_mut();
-                h.insert(header::RETRY_AFTER, HeaderValue::from(whole_seconds(wait)));
+                h.insert(header::RETRY_AFTER, seconds_value(whole_seconds(wait)));
                 RateHeaders {
                     limit,
                     remaining: 0,
@@ -187,10 +190,27 @@ fn whole_seconds(d: Duration) -> u64 {
     (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }
 
+static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
+/// A header value for a count of seconds: those up to two minutes come
+/// from a table, as a value made from a number allocates.
+fn seconds_value(n: u64) -> HeaderValue {
+    static TABLE: std::sync::LazyLock<Vec<HeaderValue>> =
+        std::sync::LazyLock::new(|| (0..=120u64).map(HeaderValue::from).collect());
+    usize::try_from(n)
+        .ok()
+        .and_then(|i| TABLE.get(i))
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from(n))
+}
+
 /// The `RateLimit-*` headers of one decision.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RateHeaders {
-    limit: u32,
+    /// Fixed per filter, made once.
+    limit: HeaderValue,
     remaining: u32,
     reset: Duration,
 }
@@ -199,19 +219,22 @@ impl RateHeaders {
     /// Writes the headers, unless an inner filter (or the upstream) already
     /// reported a tighter limit: the client should see the one that will
     /// stop it first.
-    fn write(self, h: &mut HeaderMap) {
+    fn write(&self, h: &mut HeaderMap) {
         let tighter_inside = h
-            .get("ratelimit-remaining")
+            .get(&RATELIMIT_REMAINING)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
             .is_some_and(|inner| inner < u64::from(self.remaining));
         if tighter_inside {
             return;
         }
-        h.insert("ratelimit-limit", HeaderValue::from(self.limit));
-        h.insert("ratelimit-remaining", HeaderValue::from(self.remaining));
+        h.insert(RATELIMIT_LIMIT.clone(), self.limit.clone());
         h.insert(
-            "ratelimit-reset",
-            HeaderValue::from(whole_seconds(self.reset)),
+            RATELIMIT_REMAINING.clone(),
+            HeaderValue::from(self.remaining),
+        );
+        h.insert(
+            RATELIMIT_RESET.clone(),
+            seconds_value(whole_seconds(self.reset)),
         );
     }
 }

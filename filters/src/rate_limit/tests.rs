@@ -32,7 +32,7 @@ fn route(name: &str) -> RouteInfo {
 }
 
 fn upstream(hits: Arc<AtomicUsize>) -> RouteService {
-    BoxCloneSyncService::new(tower::service_fn(move |_req: Request<Body>| {
+    RouteService::new(tower::service_fn(move |_req: Request<Body>| {
         hits.fetch_add(1, Ordering::SeqCst);
         async move { Ok::<_, Infallible>(Response::new(body::empty())) }
     }))

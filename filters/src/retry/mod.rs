@@ -36,7 +36,6 @@ use std::time::Duration;
 use http::{header, Method, Request, Response, StatusCode};
 use kaname_config::types::{Condition, Retry as RetryConfig, RetryMethods};
 use prometheus::IntCounter;
-use tower::util::BoxCloneSyncService;
 use tower::Service;
 
 pub use backoff::{Backoff, InvalidBackoff};
@@ -142,7 +141,7 @@ impl RetryLayer {
 impl FilterLayer for RetryLayer {
     fn wrap(&self, route: &RouteInfo, inner: RouteService) -> RouteService {
         let labels = [&*route.route, &*route.upstream];
-        BoxCloneSyncService::new(RetryService {
+        RouteService::from_boxed(RetryService {
             inner,
             policy: self.policy.clone(),
             budget: self.budget(&route.upstream),

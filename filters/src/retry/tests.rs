@@ -67,7 +67,7 @@ fn scripted(acts: Vec<Act>) -> (RouteService, Arc<Mutex<Seen>>) {
             Ok::<_, Infallible>(res)
         }
     });
-    (BoxCloneSyncService::new(svc), seen)
+    (RouteService::new(svc), seen)
 }
 
 fn config() -> RetryConfig {
