@@ -15,6 +15,9 @@ CONNS=${CONNS:-32}
 # Fixed-rate runs: per-connection pacing that gives about RATE req/s in all;
 # keep it near half of HAProxy passthrough's saturation on your machine.
 RATE=${RATE:-9000}
+H2_CONNS=$(( CONNS / 4 > 0 ? CONNS / 4 : 1 ))
+# Idle keep-alive connections held open for the memory rows.
+MEM_CONNS=${MEM_CONNS:-1000}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BENCH=$ROOT/bench
 RUN=$(mktemp -d)
@@ -67,6 +70,19 @@ jwt_config RS256 true >"$RUN/kaname-full-rs256.yaml"
 jwt_config ES256 true >"$RUN/kaname-full-es256.yaml"
 jwt_config RS256 false >"$RUN/kaname-full-rs256-nocache.yaml"
 jwt_config ES256 false >"$RUN/kaname-full-es256-nocache.yaml"
+# Memory first, on instances no load has touched: RSS idle, then with
+# MEM_CONNS keep-alive connections open, each after one request.
+start_kaname kaname_mem "$BENCH/kaname-full.yaml" 18106 18196
+taskset -c 0 haproxy -db -f "$BENCH/peers/haproxy.cfg" 2>"$RUN/haproxy-mem.log" & PIDS+=($!)
+PID_haproxy_mem=$!
+wait_port 18081
+need_fds=$(( MEM_CONNS * 3 + 1024 ))
+[ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt "$need_fds" ] && { ulimit -n "$need_fds" 2>/dev/null || true; }
+MEM_KANAME=$(python3 "$BENCH/conns.py" "$PID_kaname_mem" 18106 "$MEM_CONNS" "$HS")
+MEM_HAPROXY=$(python3 "$BENCH/conns.py" "$PID_haproxy_mem" 18081 "$MEM_CONNS" "$HS")
+kill "$PID_kaname_mem" "$PID_haproxy_mem"
+while (exec 3<>/dev/tcp/127.0.0.1/18081) 2>/dev/null; do sleep 0.05; done
+
 start_kaname kaname_pass "$BENCH/kaname-passthrough.yaml" 18100 18190
 start_kaname kaname_full "$BENCH/kaname-full.yaml" 18101 18191
 start_kaname kaname_rs256 "$RUN/kaname-full-rs256.yaml" 18102 18192
@@ -126,7 +142,9 @@ run_one() { # name url pidvar token proto -> "rps p50 p99 p999 cpu_us_per_req"
       p999=$(sed -E 's/.*p999=([0-9]+).*/\1/' <<<"$line")
       ;;
     h2)
-      out=$(taskset -c 1 h2load -c"$CONNS" -m4 -D "$DUR" ${tok:+-H "Authorization: Bearer $tok"} "$url" 2>&1)
+      # CONNS/4 connections of 4 streams: as many requests in flight as
+      # wrk's CONNS connections, so the two protocols meet equal load.
+      out=$(taskset -c 1 h2load -c"$H2_CONNS" -m4 -D "$DUR" ${tok:+-H "Authorization: Bearer $tok"} "$url" 2>&1)
       n=$(grep -E '^requests:' <<<"$out" | sed -E 's/.* ([0-9]+) succeeded.*/\1/')
       rps=$(grep -E '^finished in' <<<"$out" | sed -E 's/.*, ([0-9.]+) req\/s.*/\1/' | cut -d. -f1)
       # h2load prints no percentiles (only min/max/mean): none are reported.
@@ -173,8 +191,19 @@ for t in "${TARGETS[@]}"; do
     "$(median 2 <<<"$r")" "$(median 3 <<<"$r")" "$(median 4 <<<"$r")" "$(median 5 <<<"$r")" "$rss" >>"$TSV"
 done
 
+mem_rows() { # name "idle_kib=… open_kib=… per_conn_kib=…"
+  local idle open per
+  idle=$(sed -E 's/.*idle_kib=([0-9]+).*/\1/' <<<"$2")
+  open=$(sed -E 's/.*open_kib=([0-9]+).*/\1/' <<<"$2")
+  per=$(sed -E 's/.*per_conn_kib=([0-9.]+).*/\1/' <<<"$2")
+  printf '%s, idle\t-\t-\t-\t-\t-\t-\t%s\n' "$1" "$idle" >>"$TSV"
+  printf '%s, %s idle keep-alive connections (%s KiB each)\t-\t-\t-\t-\t-\t-\t%s\n' "$1" "$MEM_CONNS" "$per" "$open" >>"$TSV"
+}
+mem_rows "kaname full chain" "$MEM_KANAME"
+mem_rows "HAProxy JWT + stick table" "$MEM_HAPROXY"
+
 echo
-echo "kaname benchmark: $REPS reps x ${DUR}s, wrk -t1 -c$CONNS (h2load -c$CONNS -m4 for h2), fixed rate ~$RATE req/s; proxies 1 thread on core 0, client on core 1"
+echo "kaname benchmark: $REPS reps x ${DUR}s, wrk -t1 -c$CONNS (h2load -c$H2_CONNS -m4 for h2), fixed rate ~$RATE req/s; proxies 1 thread on core 0, client on core 1"
 echo "(latencies in microseconds; the h2 row has none: h2load gives no percentiles; CPU = proxy utime+stime per request)"
 column -t -s $'\t' "$TSV"
 python3 - "$TSV" <<'PY'
