@@ -74,6 +74,58 @@ async fn idle_keep_alive_connection_is_closed_after_idle_timeout() {
     println!("idle connection closed after {:?}", started.elapsed());
 }
 
+/// `header_read_timeout` bounds a head, not the wait between keep-alive
+/// requests: that is `idle_timeout`'s (a client reusing a pooled connection
+/// the proxy just closed can lose its request).
+#[tokio::test]
+async fn keep_alive_idle_longer_than_header_read_timeout_stays_open() {
+    let up = TestUpstream::start("up").await;
+    let port = free_port();
+    let _k = Kaname::start(&config(
+        port,
+        &up,
+        "    header_read_timeout: 300ms\n    idle_timeout: 1m\n",
+    ))
+    .await;
+
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    for i in 0..2 {
+        s.write_all(b"GET /kept HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head)
+            .await
+            .unwrap_or_else(|e| panic!("request {i}: connection closed: {e}"));
+        assert_eq!(&head, b"HTTP/1.1 200");
+        let mut rest = [0u8; 8192];
+        let _ = tokio::time::timeout(Duration::from_millis(100), s.read(&mut rest)).await;
+        // Idle three times header_read_timeout: the time itself is the test.
+        tokio::time::sleep(Duration::from_millis(900)).await;
+    }
+    assert_eq!(
+        up.recorded().iter().filter(|r| r.path == "/kept").count(),
+        2
+    );
+
+    // A connection that never sends a head is cut after header_read_timeout,
+    // not after idle_timeout.
+    let mut quiet = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let started = Instant::now();
+    let (text, closed) = read_until_close(&mut quiet, Duration::from_secs(5)).await;
+    assert!(closed, "a silent connection still open 5 s later");
+    assert!(text.is_empty(), "answered a silent connection: {text:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "closed before header_read_timeout: {:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn slowloris_is_cut_and_does_not_starve_others() {
     let up = TestUpstream::start("up").await;

@@ -14,12 +14,23 @@
 //! switched to another protocol (a `101` to an `Upgrade`, a `2xx` to a
 //! `CONNECT`): after such a request, input is held until hyper writes the
 //! response head, which says whether the bytes that follow are still HTTP/1.
+//!
+//! It also bounds how long a head may take (the listener's
+//! `header_read_timeout`, against slowloris): a new connection's first head
+//! from the connection's start, a later head from its first byte. An idle
+//! keep-alive connection waiting for its next request is left to
+//! `idle_timeout`. (hyper's own header timeout also runs while a keep-alive
+//! connection idles, which closed it after `header_read_timeout`, and it arms
+//! a timer for every request; a head that comes in one read needs none.)
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use hyper::rt::{Read, ReadBuf, ReadBufCursor, Write};
+use tokio::time::Sleep;
 
 /// The start of the HTTP/2 connection preface, up to its blank line.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\n";
@@ -137,6 +148,12 @@ impl Scanner {
 
     fn awaits_response(&self) -> bool {
         matches!(self.state, State::AwaitResponse { .. })
+    }
+
+    /// A head is on its way: the connection's first (not complete yet), or
+    /// a later one of which some bytes came.
+    fn awaits_head(&self) -> bool {
+        self.state == State::Head && (self.first || self.started)
     }
 
     /// Scans the start of `data` (not empty).
@@ -455,12 +472,17 @@ pub struct H1Guard<T> {
     poison: Option<&'static [u8]>,
     /// hyper's reader, parked while input is held.
     read_waker: Option<Waker>,
+    /// `header_read_timeout`; None: heads take as long as they take.
+    head_timeout: Option<Duration>,
+    /// Armed while a head is on its way (see the module doc).
+    head_timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<T> H1Guard<T> {
     /// `limit`: the largest head hyper accepts. `enabled` false for a
-    /// listener that serves HTTP/2 only.
-    pub fn new(inner: T, limit: usize, enabled: bool) -> Self {
+    /// listener that serves HTTP/2 only. `head_timeout`: how long a head
+    /// may take.
+    pub fn new(inner: T, limit: usize, enabled: bool, head_timeout: Option<Duration>) -> Self {
         H1Guard {
             inner,
             scan: if enabled {
@@ -472,7 +494,38 @@ impl<T> H1Guard<T> {
             stash_pos: 0,
             poison: None,
             read_waker: None,
+            head_timeout: if enabled { head_timeout } else { None },
+            head_timer: None,
         }
+    }
+
+    /// Arms the head timer when a head is on its way, drops it otherwise.
+    fn watch_head(&mut self) {
+        let Some(timeout) = self.head_timeout else {
+            return;
+        };
+        if !self.scan.awaits_head() {
+            self.head_timer = None;
+        } else if self.head_timer.is_none() {
+            self.head_timer = Some(Box::pin(tokio::time::sleep(timeout)));
+        }
+    }
+
+    /// The socket has nothing yet: Pending, or an error once the head timer
+    /// has run out.
+    fn poll_head_timer(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(timer) = &mut self.head_timer else {
+            return Poll::Pending;
+        };
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.head_timer = None;
+        tracing::debug!("request head not complete within header_read_timeout");
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "request head not complete within header_read_timeout",
+        )))
     }
 
     fn saw_write(&mut self, bytes: &[u8]) {
@@ -514,6 +567,7 @@ impl<T: Read + Unpin> Read for H1Guard<T> {
         mut out: ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        this.watch_head();
         loop {
             if let Some(rest) = this.poison {
                 // Nothing after the poison: hyper reads end of file.
@@ -547,6 +601,7 @@ impl<T: Read + Unpin> Read for H1Guard<T> {
                 let mut rb = ReadBuf::uninit(&mut tmp);
                 match Pin::new(&mut this.inner).poll_read(cx, rb.unfilled()) {
                     Poll::Ready(Ok(())) => {}
+                    Poll::Pending => return this.poll_head_timer(cx),
                     other => return other,
                 }
                 let read = rb.filled();
@@ -560,6 +615,7 @@ impl<T: Read + Unpin> Read for H1Guard<T> {
                 }
                 (used, fed)
             };
+            this.watch_head();
             match fed {
                 Fed::Done | Fed::Hold if used > 0 => return Poll::Ready(Ok(())),
                 Fed::Done => continue,
@@ -888,6 +944,9 @@ POST /c HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n\
 
     // === the guard in front of a real hyper server ===
 
+    /// The head timeout of the served connections.
+    const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
     /// Answers `METHOD PATH BODYLEN`, counting the requests it saw; `/ws`
     /// with an upgrade header switches and echoes the raw bytes.
     async fn serve(io: DuplexStream, seen: Arc<AtomicUsize>) {
@@ -924,7 +983,7 @@ POST /c HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n\
                 )))))
             }
         });
-        let io = H1Guard::new(TokioIo::new(io), 8192, true);
+        let io = H1Guard::new(TokioIo::new(io), 8192, true, Some(HEAD_TIMEOUT));
         let _ = hyper::server::conn::http1::Builder::new()
             .serve_connection(io, svc)
             .with_upgrades()
@@ -1037,5 +1096,68 @@ GET /d HTTP/1.1\r\nhost: x\r\n\r\n";
         let (text, seen) = exchange(&[head, b"GET /s HTTP/1.1\nhost: x\n\n"]).await;
         assert_eq!(statuses(&text), ["200", "400"], "{text}");
         assert_eq!(seen, 1);
+    }
+
+    /// Reads until the server closes (Some(time it took)) or 60 s pass.
+    async fn closed_after(client: &mut DuplexStream) -> Option<Duration> {
+        let start = tokio::time::Instant::now();
+        let mut buf = [0u8; 4096];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(60), client.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Some(start.elapsed()),
+                Ok(Ok(_)) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_slower_than_the_timeout_is_cut() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let seen = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(serve(server, seen.clone()));
+        // A byte every 2 s: the head would take 30 s.
+        let head = b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n";
+        let start = tokio::time::Instant::now();
+        for b in head {
+            if client.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        let took = start.elapsed() + closed_after(&mut client).await.unwrap_or(Duration::MAX / 2);
+        assert!(took < Duration::from_secs(31), "not cut: {took:?}");
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            0,
+            "the slow request was served"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_sending_nothing_is_cut_after_the_timeout() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(serve(server, Arc::new(AtomicUsize::new(0))));
+        let took = closed_after(&mut client).await;
+        assert_eq!(took, Some(HEAD_TIMEOUT), "closed after {took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_keep_alive_connection_outlives_the_head_timeout() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let seen = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(serve(server, seen.clone()));
+        let mut buf = [0u8; 4096];
+        for path in ["/a", "/b"] {
+            let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n");
+            client.write_all(req.as_bytes()).await.expect("write");
+            let n = client.read(&mut buf).await.expect("read");
+            let text = String::from_utf8_lossy(&buf[..n]);
+            assert!(text.starts_with("HTTP/1.1 200"), "{path}: {text}");
+            assert!(text.contains(&format!("GET {path} 0")), "{text}");
+            // Idle for six head timeouts between the two requests.
+            tokio::time::sleep(HEAD_TIMEOUT * 6).await;
+        }
+        assert_eq!(seen.load(Ordering::SeqCst), 2);
     }
 }
