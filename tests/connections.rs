@@ -45,6 +45,20 @@ async fn read_until_close(s: &mut TcpStream, deadline: Duration) -> (String, boo
     }
 }
 
+/// Sends request number `i` for `path` on an open connection and expects a
+/// 200 (the rest of the small response is drained).
+async fn get_200(s: &mut TcpStream, path: &str, i: usize) {
+    let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head)
+        .await
+        .unwrap_or_else(|e| panic!("request {i}: connection closed: {e}"));
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let mut rest = [0u8; 8192];
+    let _ = tokio::time::timeout(Duration::from_millis(100), s.read(&mut rest)).await;
+}
+
 #[tokio::test]
 async fn idle_keep_alive_connection_is_closed_after_idle_timeout() {
     let up = TestUpstream::start("up").await;
@@ -56,17 +70,7 @@ async fn idle_keep_alive_connection_is_closed_after_idle_timeout() {
         .expect("connect");
     // Busy for ~1 s (a request every 100 ms): activity keeps it open.
     for i in 0..10 {
-        s.write_all(b"GET /busy HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .expect("write");
-        let mut head = [0u8; 12];
-        s.read_exact(&mut head)
-            .await
-            .unwrap_or_else(|e| panic!("request {i}: connection closed while busy: {e}"));
-        assert_eq!(&head, b"HTTP/1.1 200");
-        // Drain the rest of this response.
-        let mut rest = [0u8; 8192];
-        let _ = tokio::time::timeout(Duration::from_millis(100), s.read(&mut rest)).await;
+        get_200(&mut s, "/busy", i).await;
     }
     let started = Instant::now();
     let (_, closed) = read_until_close(&mut s, Duration::from_secs(5)).await;
@@ -92,16 +96,7 @@ async fn keep_alive_idle_longer_than_header_read_timeout_stays_open() {
         .await
         .expect("connect");
     for i in 0..2 {
-        s.write_all(b"GET /kept HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .expect("write");
-        let mut head = [0u8; 12];
-        s.read_exact(&mut head)
-            .await
-            .unwrap_or_else(|e| panic!("request {i}: connection closed: {e}"));
-        assert_eq!(&head, b"HTTP/1.1 200");
-        let mut rest = [0u8; 8192];
-        let _ = tokio::time::timeout(Duration::from_millis(100), s.read(&mut rest)).await;
+        get_200(&mut s, "/kept", i).await;
         // Idle three times header_read_timeout: the time itself is the test.
         tokio::time::sleep(Duration::from_millis(900)).await;
     }
