@@ -52,14 +52,18 @@ impl AttemptMetrics {
 
 /// Sends a request to the upstream.
 #[derive(Clone)]
-pub struct Forward {
+pub struct Forward(Arc<ForwardTo>);
+
+/// What a try needs, shared: the per-request clone of `Forward` is one
+/// reference count, not one per metric handle.
+struct ForwardTo {
     upstream: Arc<Upstream>,
     metrics: AttemptMetrics,
 }
 
 impl Forward {
     pub fn new(upstream: Arc<Upstream>, metrics: AttemptMetrics) -> Self {
-        Forward { upstream, metrics }
+        Forward(Arc::new(ForwardTo { upstream, metrics }))
     }
 }
 
@@ -73,7 +77,7 @@ impl tower::Service<Request<Body>> for Forward {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let this = self.clone();
+        let this = self.0.clone();
         Box::pin(async move { Ok(this.forward(req).await) })
     }
 }
@@ -145,7 +149,7 @@ fn judge_by_trailers(
     }
 }
 
-impl Forward {
+impl ForwardTo {
     async fn forward(&self, mut req: Request<Body>) -> Response<Body> {
         let up = &self.upstream;
         let grpc = req
