@@ -30,8 +30,11 @@ for tool in wrk h2load nginx haproxy openssl python3 taskset; do
 done
 
 echo "== building kaname (release)" >&2
-(cd "$ROOT" && cargo build --release --locked -p kaname >&2)
+(cd "$ROOT" && cargo build --release --locked -p kaname --bin kaname --example hyper_floor >&2)
 KANAME=$ROOT/target/release/kaname
+# hyper's server and client with nothing else: what kaname could reach
+# without replacing hyper (proxy/examples/hyper_floor.rs).
+HYPER_FLOOR=$ROOT/target/release/examples/hyper_floor
 
 python3 "$BENCH/mint.py" "$RUN"
 HS=$(cat "$RUN/hs256.jwt")
@@ -90,6 +93,9 @@ start_kaname kaname_es256 "$RUN/kaname-full-es256.yaml" 18103 18193
 start_kaname kaname_rs256_nocache "$RUN/kaname-full-rs256-nocache.yaml" 18104 18194
 start_kaname kaname_es256_nocache "$RUN/kaname-full-es256-nocache.yaml" 18105 18195
 
+taskset -c 0 "$HYPER_FLOOR" 127.0.0.1:18109 127.0.0.1:18080 2>"$RUN/hyper-floor.log" & PIDS+=($!)
+PID_hyper_floor=$!
+wait_port 18109
 taskset -c 0 haproxy -db -f "$BENCH/peers/haproxy-plain.cfg" 2>"$RUN/haproxy-plain.log" & PIDS+=($!)
 PID_haproxy_pass=$!
 taskset -c 0 haproxy -db -f "$BENCH/peers/haproxy.cfg" 2>"$RUN/haproxy.log" & PIDS+=($!)
@@ -106,6 +112,7 @@ TARGETS=(
   "kaname full chain RS256, no token cache|http://127.0.0.1:18104/|PID_kaname_rs256_nocache|$RS|h1"
   "kaname full chain ES256, no token cache|http://127.0.0.1:18105/|PID_kaname_es256_nocache|$ES|h1"
   "HAProxy passthrough|http://127.0.0.1:18082/|PID_haproxy_pass||h1"
+  "bare hyper proxy (floor)|http://127.0.0.1:18109/|PID_hyper_floor||h1"
   "HAProxy JWT + stick table|http://127.0.0.1:18081/|PID_haproxy_full|$HS|h1"
   "kaname passthrough h2 -> h1|http://127.0.0.1:18100/|PID_kaname_pass||h2"
   "kaname passthrough, fixed rate|http://127.0.0.1:18100/|PID_kaname_pass||rate"
@@ -218,7 +225,8 @@ def ratio(a, b, col):
 print()
 print("ratios (same run):")
 for a, b in [("kaname passthrough", "HAProxy passthrough"), ("kaname full chain HS256", "HAProxy JWT + stick table"),
-             ("kaname full chain RS256", "HAProxy JWT + stick table"), ("kaname passthrough", "direct")]:
+             ("kaname full chain RS256", "HAProxy JWT + stick table"), ("kaname passthrough", "direct"),
+             ("bare hyper proxy (floor)", "HAProxy passthrough"), ("kaname passthrough", "bare hyper proxy (floor)")]:
     print(f"  {a} / {b}: req/s {ratio(a, b, 'req_per_s')}, CPU/req {ratio(a, b, 'cpu_us_per_req')}")
 print(f"  kaname full HS256 / kaname passthrough: req/s {ratio('kaname full chain HS256', 'kaname passthrough', 'req_per_s')}")
 for alg in ("RS256", "ES256"):
