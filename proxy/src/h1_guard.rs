@@ -472,8 +472,8 @@ pub struct H1Guard<T> {
     poison: Option<&'static [u8]>,
     /// hyper's reader, parked while input is held.
     read_waker: Option<Waker>,
-    /// `header_read_timeout`; None: heads take as long as they take.
-    head_timeout: Option<Duration>,
+    /// `header_read_timeout`.
+    head_timeout: Duration,
     /// Armed while a head is on its way (see the module doc).
     head_timer: Option<Pin<Box<Sleep>>>,
 }
@@ -482,7 +482,7 @@ impl<T> H1Guard<T> {
     /// `limit`: the largest head hyper accepts. `enabled` false for a
     /// listener that serves HTTP/2 only. `head_timeout`: how long a head
     /// may take.
-    pub fn new(inner: T, limit: usize, enabled: bool, head_timeout: Option<Duration>) -> Self {
+    pub fn new(inner: T, limit: usize, enabled: bool, head_timeout: Duration) -> Self {
         H1Guard {
             inner,
             scan: if enabled {
@@ -494,20 +494,18 @@ impl<T> H1Guard<T> {
             stash_pos: 0,
             poison: None,
             read_waker: None,
-            head_timeout: if enabled { head_timeout } else { None },
+            head_timeout,
             head_timer: None,
         }
     }
 
-    /// Arms the head timer when a head is on its way, drops it otherwise.
+    /// Arms the head timer when a head is on its way, drops it otherwise
+    /// (a guard that is off never awaits a head).
     fn watch_head(&mut self) {
-        let Some(timeout) = self.head_timeout else {
-            return;
-        };
         if !self.scan.awaits_head() {
             self.head_timer = None;
         } else if self.head_timer.is_none() {
-            self.head_timer = Some(Box::pin(tokio::time::sleep(timeout)));
+            self.head_timer = Some(Box::pin(tokio::time::sleep(self.head_timeout)));
         }
     }
 
@@ -983,7 +981,7 @@ POST /c HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n\
                 )))))
             }
         });
-        let io = H1Guard::new(TokioIo::new(io), 8192, true, Some(HEAD_TIMEOUT));
+        let io = H1Guard::new(TokioIo::new(io), 8192, true, HEAD_TIMEOUT);
         let _ = hyper::server::conn::http1::Builder::new()
             .serve_connection(io, svc)
             .with_upgrades()

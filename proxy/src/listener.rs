@@ -94,7 +94,7 @@ pub struct GuardSettings {
     /// Off for a listener that serves HTTP/2 only.
     pub enabled: bool,
     /// How long a request head may take (`header_read_timeout`).
-    pub head_timeout: Option<Duration>,
+    pub head_timeout: Duration,
 }
 
 impl GuardSettings {
@@ -102,7 +102,7 @@ impl GuardSettings {
         GuardSettings {
             head_limit: head_limit(cfg),
             enabled: cfg.protocol != ListenerProtocol::Http2,
-            head_timeout: Some(cfg.header_read_timeout),
+            head_timeout: cfg.header_read_timeout,
         }
     }
 }
@@ -118,7 +118,6 @@ fn head_limit(cfg: &ListenerConfig) -> usize {
 pub fn server_builder(cfg: &ListenerConfig) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
-        .timer(TokioTimer::new())
         // kaname's H1Guard bounds request heads instead: hyper's timeout also
         // runs while a keep-alive connection idles, closing it long before
         // `idle_timeout`, and costs a timer per request.
