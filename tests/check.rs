@@ -44,7 +44,8 @@ fn run_in(dir: &Path, args: &[&str], with_secret: bool) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kaname"));
     cmd.current_dir(dir).args(args).env_remove("RUST_LOG");
     if with_secret {
-        cmd.env("KANAME_TEST_SECRET", "not-a-real-secret");
+        // 32 bytes at least: HS256's shortest secret (RFC 7518 §3.2).
+        cmd.env("KANAME_TEST_SECRET", "not-a-real-secret-but-long-enough");
     } else {
         cmd.env_remove("KANAME_TEST_SECRET");
     }

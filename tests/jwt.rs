@@ -144,8 +144,10 @@ async fn every_algorithm_is_accepted() {
     );
     drop(k);
 
-    // HS256/384/512 with a secret from the config.
-    let secret = "a-demo-secret-of-enough-length-0123456789";
+    // HS256/384/512 with a secret from the config: 64 bytes, as HS512 needs
+    // (RFC 7518 §3.2).
+    let secret = "a-test-secret-long-enough-for-hs512-0123456789abcdef-0123456789a";
+    assert_eq!(secret.len(), 64);
     let port = free_port();
     let yaml = format!(
         "      issuer: {ISSUER}
@@ -357,8 +359,8 @@ async fn attack_matrix_is_refused_before_the_upstream() {
     assert_eq!(seen.header("x-user-scope"), None);
     assert_eq!(
         seen.header("authorization"),
-        Some(format!("Bearer {good}").as_str()),
-        "forward_token defaults to true"
+        None,
+        "forward_token defaults to false: the token stays at kaname"
     );
     assert_eq!(up.hits(), 1);
 
@@ -500,9 +502,10 @@ filters:
         "issuer one of, audience any of: {}",
         resp.text()
     );
-    assert!(
-        up.last().header("x-token").is_some(),
-        "forward_token defaults to true"
+    assert_eq!(
+        up.last().header("x-token"),
+        None,
+        "forward_token defaults to false: the header goes"
     );
     let resp = send_h(format!("Bearer {good}")).await;
     resp.assert_kaname_error(401, "unauthenticated");
@@ -709,4 +712,403 @@ async fn demo_prints_working_curl_commands() {
     assert_eq!(resp.status, 200, "{}", resp.text());
     let resp = client.get(&url).await;
     resp.assert_kaname_error(401, "unauthenticated");
+}
+
+// === one token per request (request-model.md "Tokens") ===
+
+/// 32 bytes: HS256's shortest secret (RFC 7518 §3.2).
+const HS_SECRET: &str = "tokens-test-secret-of-32-bytes!!";
+
+/// An HS256 filter reading `from` (empty: the default bearer header), with
+/// `extra` keys.
+fn hs_filter(from: &str, extra: &str) -> String {
+    let from = if from.is_empty() {
+        String::new()
+    } else {
+        format!("      from: {from}\n")
+    };
+    format!(
+        "      issuer: {ISSUER}
+      audiences: [orders]
+      algorithms: [HS256]
+      secret: \"{HS_SECRET}\"
+      forward_claims: {{ sub: x-user-id }}
+{from}{extra}"
+    )
+}
+
+async fn get_with(port: u16, path_and_query: &str, headers: &[(&str, &str)]) -> TestResponse {
+    let mut b = Request::get(format!("http://127.0.0.1:{port}{path_and_query}"));
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    HttpClient::http1()
+        .send(b.body(empty()).expect("request"))
+        .await
+}
+
+/// A 400 `invalid_request` with RFC 6750's challenge; its description.
+fn invalid_request(resp: &TestResponse) -> String {
+    resp.assert_kaname_error(400, "invalid_request");
+    let challenge = resp
+        .header("www-authenticate")
+        .unwrap_or_else(|| panic!("no WWW-Authenticate in {:?}", resp.headers));
+    challenge
+        .strip_prefix("Bearer error=\"invalid_request\", error_description=\"")
+        .and_then(|d| d.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("challenge {challenge:?}"))
+        .to_string()
+}
+
+#[tokio::test]
+async fn two_authorization_headers_are_an_invalid_request() {
+    let up = TestUpstream::start("echo").await;
+    let port = free_port();
+    let k = Kaname::start(&config(port, &up, &hs_filter("", ""))).await;
+    let key = text_secret_key(Algorithm::HS256, HS_SECRET);
+    let good = format!("Bearer {}", key.sign(&claims("alice")));
+    let unsigned = format!(
+        "Bearer {}",
+        forge(&json!({"alg": "none"}), &claims("mallory"), "")
+    );
+    // Either order, a second valid copy, another case of the scheme: each
+    // is two tokens, refused before any verification or upstream.
+    let pairs = [
+        (good.clone(), unsigned.clone()),
+        (unsigned.clone(), good.clone()),
+        (good.clone(), good.clone()),
+        (good.clone(), good.replacen("Bearer", "bearer", 1)),
+    ];
+    for (first, second) in &pairs {
+        let resp = get_with(
+            port,
+            "/api/x",
+            &[("authorization", first), ("authorization", second)],
+        )
+        .await;
+        assert_eq!(invalid_request(&resp), "more than one token in the request");
+    }
+    assert_eq!(up.hits(), 0, "the upstream sees nothing");
+
+    let m = metrics(&k).await;
+    let result = |r: &str| {
+        metric_value(
+            &m,
+            &format!(r#"kaname_jwt_validations_total{{filter="auth",result="{r}"}}"#),
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(result("invalid_request"), pairs.len() as f64);
+    assert_eq!(result("ok"), 0.0);
+    assert_eq!(
+        result("bad_signature"),
+        0.0,
+        "the unsigned copy was never verified"
+    );
+
+    // gRPC: trailers-only INVALID_ARGUMENT.
+    let resp = get_with(
+        port,
+        "/api/x",
+        &[
+            ("content-type", "application/grpc"),
+            ("authorization", &good),
+            ("authorization", &unsigned),
+        ],
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("grpc-status"), Some("3"));
+    assert_eq!(resp.header("kaname-error"), Some("invalid_request"));
+
+    // One token, next to a header of another scheme, passes.
+    let resp = get_with(
+        port,
+        "/api/x",
+        &[("authorization", "Basic eDp5"), ("authorization", &good)],
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(up.hits(), 1);
+    assert_eq!(up.last().header("x-user-id"), Some("alice"));
+}
+
+/// A filter reads the one source its `from:` names; a second copy there,
+/// or a bearer token by the other RFC 6750 method (header and query), is
+/// a 400 and never reaches the upstream.
+#[tokio::test]
+async fn header_and_query_tokens_together_are_an_invalid_request() {
+    let up = TestUpstream::start("echo").await;
+    let (q_port, h_port) = (free_port(), free_port());
+    let yaml = format!(
+        "listeners:
+  q:
+    listen: 127.0.0.1:{q_port}
+    routes: [{{ upstream: echo, filters: [by-query] }}]
+  h:
+    listen: 127.0.0.1:{h_port}
+    routes: [{{ upstream: echo, filters: [by-header] }}]
+upstreams:
+  echo:
+    endpoints: [{}]
+filters:
+  by-query:
+    jwt:
+{}  by-header:
+    jwt:
+{}",
+        up.addr,
+        hs_filter("{ query: access_token }", ""),
+        hs_filter("", ""),
+    );
+    let _k = Kaname::start(&yaml).await;
+    let key = text_secret_key(Algorithm::HS256, HS_SECRET);
+    let good = key.sign(&claims("ann"));
+    let other = key.sign(&claims("eve"));
+    let bearer = format!("Bearer {good}");
+
+    // The query filter: a bearer header beside its query token.
+    let resp = get_with(
+        q_port,
+        &format!("/r?access_token={good}"),
+        &[("authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(
+        invalid_request(&resp),
+        "token sent by more than one method (header and query)"
+    );
+    // Two values of its parameter, the second spelt encoded.
+    for q in [
+        format!("access_token={good}&access_token={other}"),
+        format!("access_token={good}&access%5Ftoken={other}"),
+        format!("access_token={good}&access_token={good}"),
+    ] {
+        let resp = get_with(q_port, &format!("/r?{q}"), &[]).await;
+        assert_eq!(
+            invalid_request(&resp),
+            "more than one token in the request",
+            "{q}"
+        );
+    }
+    // The header filter: a query token beside its header token.
+    let resp = get_with(
+        h_port,
+        &format!("/r?access_token={other}"),
+        &[("authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(
+        invalid_request(&resp),
+        "token sent by more than one method (header and query)"
+    );
+    assert_eq!(up.hits(), 0, "no refused request reached the upstream");
+
+    // Each source alone passes.
+    let resp = get_with(q_port, &format!("/r?access_token={good}"), &[]).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let resp = get_with(h_port, "/r?token=unrelated", &[("authorization", &bearer)]).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(up.hits(), 2);
+}
+
+#[tokio::test]
+async fn by_default_no_copy_of_the_token_reaches_the_upstream() {
+    let up = TestUpstream::start("echo").await;
+    let (h_port, q_port) = (free_port(), free_port());
+    let yaml = format!(
+        "listeners:
+  h:
+    listen: 127.0.0.1:{h_port}
+    routes: [{{ upstream: echo, filters: [by-header] }}]
+  q:
+    listen: 127.0.0.1:{q_port}
+    routes: [{{ upstream: echo, filters: [by-query] }}]
+upstreams:
+  echo:
+    endpoints: [{}]
+filters:
+  by-header:
+    jwt:
+{}  by-query:
+    jwt:
+{}",
+        up.addr,
+        hs_filter("", ""),
+        hs_filter("{ query: access_token }", ""),
+    );
+    let _k = Kaname::start(&yaml).await;
+    let key = text_secret_key(Algorithm::HS256, HS_SECRET);
+    let token = key.sign(&claims("ann"));
+
+    // Header: the bearer value goes, a Basic one and the query stay.
+    let resp = get_with(
+        h_port,
+        "/r?a=1&b=%2Fx%20y&c&d=",
+        &[
+            ("authorization", &format!("Bearer {token}")),
+            ("authorization", "Basic eDp5"),
+        ],
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let seen = up.last();
+    let auth: Vec<_> = seen.headers.get_all("authorization").iter().collect();
+    assert_eq!(auth, ["Basic eDp5"], "no bearer token at the upstream");
+    assert!(!format!("{:?}", seen.headers).contains(&token));
+    assert_eq!(seen.path, "/r?a=1&b=%2Fx%20y&c&d=");
+    assert_eq!(seen.header("x-user-id"), Some("ann"));
+
+    // Query: the parameter goes wherever it was; the others stay byte for
+    // byte, in order.
+    for (sent, kept) in [
+        (
+            format!("/r?a=1&access_token={token}&b=%2Fx+y"),
+            "/r?a=1&b=%2Fx+y",
+        ),
+        (format!("/r?access_token={token}&a=1"), "/r?a=1"),
+        (format!("/r?a=%41&c&access%5Ftoken={token}"), "/r?a=%41&c"),
+        (format!("/r?access_token={token}"), "/r"),
+    ] {
+        let resp = get_with(q_port, &sent, &[]).await;
+        assert_eq!(resp.status, 200, "{sent}: {}", resp.text());
+        let seen = up.last();
+        assert_eq!(seen.path, kept, "sent {sent}");
+        assert_eq!(seen.header("authorization"), None);
+        assert_eq!(seen.header("x-user-id"), Some("ann"));
+    }
+}
+
+#[tokio::test]
+async fn forward_token_true_forwards_exactly_the_verified_token() {
+    let up = TestUpstream::start("echo").await;
+    let (h_port, q_port, c_port) = (free_port(), free_port(), free_port());
+    let yaml = format!(
+        "listeners:
+  h:
+    listen: 127.0.0.1:{h_port}
+    routes: [{{ upstream: echo, filters: [by-header] }}]
+  q:
+    listen: 127.0.0.1:{q_port}
+    routes: [{{ upstream: echo, filters: [by-query] }}]
+  c:
+    listen: 127.0.0.1:{c_port}
+    routes: [{{ upstream: echo, filters: [by-cookie] }}]
+upstreams:
+  echo:
+    endpoints: [{}]
+filters:
+  by-header:
+    jwt:
+{}  by-query:
+    jwt:
+{}  by-cookie:
+    jwt:
+{}",
+        up.addr,
+        hs_filter("", "      forward_token: true\n"),
+        hs_filter("{ query: access_token }", "      forward_token: true\n"),
+        hs_filter("{ cookie: session }", "      forward_token: true\n"),
+    );
+    let _k = Kaname::start(&yaml).await;
+    let key = text_secret_key(Algorithm::HS256, HS_SECRET);
+    let token = key.sign(&claims("ann"));
+    let bearer = format!("Bearer {token}");
+
+    let resp = get_with(h_port, "/r?a=1", &[("authorization", &bearer)]).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let seen = up.last();
+    let auth: Vec<_> = seen.headers.get_all("authorization").iter().collect();
+    assert_eq!(auth, [bearer.as_str()], "the one verified token, as sent");
+    assert_eq!(seen.path, "/r?a=1");
+
+    let sent = format!("/r?a=1&access_token={token}&b=2");
+    let resp = get_with(q_port, &sent, &[]).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(up.last().path, sent);
+
+    let cookie = format!("theme=dark; session={token}");
+    let resp = get_with(c_port, "/r", &[("cookie", &cookie)]).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(up.last().header("cookie"), Some(cookie.as_str()));
+
+    // A second copy is still refused: forwarding never picks one of two.
+    let resp = get_with(
+        h_port,
+        "/r",
+        &[("authorization", &bearer), ("authorization", &bearer)],
+    )
+    .await;
+    invalid_request(&resp);
+    let resp = get_with(
+        c_port,
+        "/r",
+        &[("cookie", &format!("session={token}; session={token}"))],
+    )
+    .await;
+    invalid_request(&resp);
+    assert_eq!(up.hits(), 3);
+}
+
+#[test]
+fn check_refuses_a_short_hs256_secret_at_its_position() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |yaml: &str, env: Option<&str>| {
+        std::fs::write(dir.path().join("kaname.yaml"), yaml).expect("write config");
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kaname"));
+        cmd.current_dir(dir.path())
+            .args(["check", "-c", "kaname.yaml"])
+            .env_remove("RUST_LOG")
+            .env_remove("KANAME_CONFIG");
+        match env {
+            Some(v) => cmd.env("KANAME_TEST_SHORT_SECRET", v),
+            None => cmd.env_remove("KANAME_TEST_SHORT_SECRET"),
+        };
+        cmd.output().expect("run kaname check")
+    };
+    let yaml = |secret: &str| {
+        format!(
+            "listeners:
+  main:
+    listen: 127.0.0.1:18071
+    routes: [{{ upstream: app, filters: [auth] }}]
+upstreams:
+  app: {{ endpoints: [127.0.0.1:3000] }}
+filters:
+  auth:
+    jwt:
+      algorithms: [HS256]
+      secret: {secret}
+"
+        )
+    };
+    let expect = |out: std::process::Output, len: usize| {
+        assert_eq!(out.status.code(), Some(1), "exit code");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            format!(
+                "kaname.yaml:11:15: jwt filter \"auth\": secret is {len} bytes; \
+                 HS256 needs at least 32 (RFC 7518 §3.2)\n"
+            )
+        );
+    };
+    // Written in the file: 10 bytes.
+    expect(run(&yaml("0123456789"), None), 10);
+    // From the environment: the value is measured, not `${...}`.
+    expect(
+        run(&yaml("${KANAME_TEST_SHORT_SECRET}"), Some("ten-bytes!")),
+        10,
+    );
+    // 32 bytes pass.
+    let out = run(
+        &yaml("${KANAME_TEST_SHORT_SECRET}"),
+        Some("thirty-two-bytes-thirty-two-byte"),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

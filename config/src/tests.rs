@@ -9,7 +9,7 @@ const FULL: &str = include_str!("../testdata/full.yaml");
 
 fn env(name: &str) -> Option<String> {
     match name {
-        "JWT_SECRET" => Some("s3cr3t-value".into()),
+        "JWT_SECRET" => Some("s3cr3t-value-of-at-least-32-bytes".into()),
         "PORT" => Some("8081".into()),
         _ => None,
     }
@@ -109,12 +109,20 @@ fn redacted_yaml_hides_secrets_and_reads_back() {
     let FilterKind::Jwt(jwt) = &cfg.filter("auth").unwrap().kind else {
         panic!()
     };
-    assert_eq!(jwt.secret.as_deref(), Some("s3cr3t-value"));
+    assert_eq!(
+        jwt.secret.as_deref(),
+        Some("s3cr3t-value-of-at-least-32-bytes")
+    );
     let y = &cfg.redacted_yaml;
     assert!(!y.contains("s3cr3t"), "{y}");
     assert!(!y.contains("tls.key"), "{y}");
     assert!(y.contains("secret: \"<redacted>\""), "{y}");
-    let back = ok(y);
+    // `<redacted>` is too short for an HS256 secret (RFC 7518 §3.2): put a
+    // long enough one back to read the rest of the file again.
+    let back = ok(&y.replace(
+        "secret: \"<redacted>\"",
+        "secret: \"<redacted>-placeholder-of-32-bytes-or-more\"",
+    ));
     assert_eq!(
         back.listeners,
         cfg.listeners
@@ -143,7 +151,7 @@ listeners:
 upstreams:
   app: { endpoints: [127.0.0.1:3000] }
 filters:
-  auth: { jwt: { secret: x, algorithms: [HS256] } }
+  auth: { jwt: { secret: small-config-secret-of-32-bytes!, algorithms: [HS256] } }
   limit: { rate_limit: { key: jwt:sub, rate: 10/s } }
 ";
 

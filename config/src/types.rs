@@ -89,6 +89,26 @@ pub struct Listener {
     pub idle_timeout: Duration,
     pub tls: Option<ListenerTls>,
     pub routes: Vec<Route>,
+    /// Merge repeated slashes in request paths. Default true.
+    pub merge_slashes: bool,
+    /// What an encoded slash or backslash in a path gets. Default Reject.
+    pub escaped_slashes: EscapedSlashes,
+    /// `Upgrade` tokens forwarded (lower case). Default `[websocket]`.
+    pub upgrades: Vec<String>,
+    /// How long a started request body may send nothing. Default 30s.
+    pub request_body_timeout: Duration,
+}
+
+/// `escaped_slashes:` — `%2F` and `%5C` in a request path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EscapedSlashes {
+    /// 400 (the default).
+    #[default]
+    Reject,
+    /// Decoded to `/`, then normalized.
+    Decode,
+    /// Passed on as they are, never a separator (unsafe behind prefix rules).
+    Keep,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -114,6 +134,8 @@ pub struct Route {
     pub filters: Vec<String>,
     /// Route-level body limit; overrides the listener's.
     pub max_request_body: Option<u64>,
+    /// Path matching is case-sensitive unless `case_sensitive: false`.
+    pub case_sensitive: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -322,7 +344,7 @@ pub struct Jwt {
     pub required_claims: Vec<String>,
     /// claim -> lower-case header name, in file order.
     pub forward_claims: Vec<(String, String)>,
-    /// Default true.
+    /// Default false: every copy of the token is removed before the upstream.
     pub forward_token: bool,
     /// Keep verified tokens so a repeated one skips the signature check.
     /// Default true; `false` is for measuring what the cache saves.

@@ -20,6 +20,12 @@ pub enum ErrorKind {
     PayloadTooLarge,
     HeaderTooLarge,
     BadRequest,
+    /// More than one token for a jwt filter (RFC 6750 §2, `invalid_request`).
+    InvalidRequest,
+    /// `CONNECT` (kaname is not a forward proxy).
+    MethodNotAllowed,
+    /// The client's request body stalled past `request_body_timeout`.
+    RequestTimeout,
 }
 
 impl ErrorKind {
@@ -36,6 +42,9 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::HeaderTooLarge => "header_too_large",
             ErrorKind::BadRequest => "bad_request",
+            ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::MethodNotAllowed => "method_not_allowed",
+            ErrorKind::RequestTimeout => "request_timeout",
         }
     }
 
@@ -50,19 +59,22 @@ impl ErrorKind {
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorKind::BadRequest | ErrorKind::InvalidRequest => StatusCode::BAD_REQUEST,
+            ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
     /// The gRPC status code a gRPC client receives instead of the HTTP status.
     pub fn grpc_status(self) -> u32 {
         match self {
-            ErrorKind::NoRoute => 12,         // UNIMPLEMENTED
-            ErrorKind::Unauthenticated => 16, // UNAUTHENTICATED
-            ErrorKind::Forbidden => 7,        // PERMISSION_DENIED
+            ErrorKind::NoRoute | ErrorKind::MethodNotAllowed => 12, // UNIMPLEMENTED
+            ErrorKind::Unauthenticated => 16,                       // UNAUTHENTICATED
+            ErrorKind::Forbidden => 7,                              // PERMISSION_DENIED
+            ErrorKind::InvalidRequest => 3,                         // INVALID_ARGUMENT
             ErrorKind::RateLimited | ErrorKind::Overloaded | ErrorKind::PayloadTooLarge => 8,
             ErrorKind::CircuitOpen | ErrorKind::UpstreamUnavailable => 14, // UNAVAILABLE
-            ErrorKind::UpstreamTimeout => 4,                               // DEADLINE_EXCEEDED
+            ErrorKind::UpstreamTimeout | ErrorKind::RequestTimeout => 4,   // DEADLINE_EXCEEDED
             ErrorKind::HeaderTooLarge | ErrorKind::BadRequest => 13,       // INTERNAL
         }
     }
@@ -129,6 +141,17 @@ mod tests {
         assert_eq!(res.status(), StatusCode::NOT_FOUND);
         assert_eq!(res.headers()["kaname-error"], "no_route");
         assert_eq!(res.headers()["content-type"], "application/json");
+    }
+
+    #[test]
+    fn invalid_request_is_a_400_or_invalid_argument() {
+        let res = ErrorKind::InvalidRequest.response("two tokens", false);
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(res.headers()["kaname-error"], "invalid_request");
+        let res = ErrorKind::InvalidRequest.response("two tokens", true);
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers()["grpc-status"], "3");
+        assert_eq!(res.headers()["kaname-error"], "invalid_request");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod body;
 pub mod circuit_breaker;
 pub mod claims;
+pub mod client_body;
 pub mod concurrency_limit;
 pub mod context;
 pub mod error_response;

@@ -14,6 +14,7 @@ use kaname_filters::{FilterLayer, RouteInfo, RouteService};
 
 use crate::forward::{AttemptMetrics, Forward};
 use crate::request_metrics::RouteMetrics;
+use crate::request_model::RequestModel;
 use crate::router::Matcher;
 use crate::upstream::Upstream;
 
@@ -35,6 +36,10 @@ pub struct ListenerRoutes {
     pub access_log: bool,
     /// `tracing.start_traces`.
     pub start_traces: bool,
+    /// Path, authority and upgrade rules applied before routing.
+    pub model: RequestModel,
+    /// `request_body_timeout`.
+    pub request_body_timeout: Duration,
 }
 
 pub struct RouteEntry {
@@ -158,9 +163,11 @@ impl Runtime {
                     .ok_or_else(|| unknown("filter", name))?;
                 service = layer.wrap(&info, service);
             }
-            let matcher = Matcher::compile(&r.matcher).map_err(|source| BuildError::Match {
-                route: r.name.clone(),
-                source,
+            let matcher = Matcher::compile(&r.matcher, r.case_sensitive).map_err(|source| {
+                BuildError::Match {
+                    route: r.name.clone(),
+                    source,
+                }
             })?;
             let route_metrics =
                 self.route_metrics(metrics, previous, [&l.name, &r.name, &r.upstream]);
@@ -180,6 +187,8 @@ impl Runtime {
             no_route_metrics: self.route_metrics(metrics, previous, [&l.name, "", ""]),
             access_log: self.config.log.access_log,
             start_traces: self.config.tracing.start_traces,
+            model: RequestModel::of(l),
+            request_body_timeout: l.request_body_timeout,
         })
     }
 }

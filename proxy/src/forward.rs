@@ -12,6 +12,7 @@ use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use kaname_config::UpstreamProtocol;
 use kaname_filters::body::{BodyEnd, OnEnd};
+use kaname_filters::client_body::{ClientBodyFailure, ClientBodyWatch};
 use kaname_filters::context::{AvoidEndpoint, Deadline, EndpointSlot, TriedEndpoint};
 use kaname_filters::retry::classify::{grpc_status, GRPC_UNAVAILABLE};
 use kaname_filters::{Body, BoxError, ErrorKind, RequestContext, UpstreamFailure};
@@ -30,6 +31,7 @@ pub struct AttemptMetrics {
     connect_failure: IntCounter,
     reset: IntCounter,
     timeout: IntCounter,
+    cancelled: IntCounter,
     duration: Histogram,
 }
 
@@ -43,6 +45,7 @@ impl AttemptMetrics {
             connect_failure: c("connect_failure"),
             reset: c("reset"),
             timeout: c("timeout"),
+            cancelled: c("cancelled"),
             duration: m
                 .upstream_attempt_duration_seconds
                 .with_label_values(&[upstream]),
@@ -84,9 +87,10 @@ impl tower::Service<Request<Body>> for Forward {
 
 /// Tells outlier detection and the attempt metrics how a try went. A try
 /// whose future is dropped unfinished after its deadline was cut by a
-/// per-try or route timeout: a timeout of that endpoint. One dropped before
-/// it was cancelled by the client going away, which says nothing about the
-/// upstream: it is not counted, so clients that hang up cannot eject a
+/// per-try or route timeout: a timeout of that endpoint — unless the
+/// client was still sending its body. One dropped before it was cancelled
+/// by the client going away, which says nothing about the upstream: it
+/// counts as `cancelled`, so clients that hang up or dawdle cannot eject a
 /// healthy endpoint.
 struct AttemptRecord<'a> {
     metrics: &'a AttemptMetrics,
@@ -94,6 +98,7 @@ struct AttemptRecord<'a> {
     endpoint: &'a Arc<Endpoint>,
     started: Instant,
     deadline: Option<Deadline>,
+    body: Option<ClientBodyWatch>,
     done: bool,
 }
 
@@ -114,13 +119,19 @@ impl AttemptRecord<'_> {
 
 impl Drop for AttemptRecord<'_> {
     fn drop(&mut self) {
-        if !self.done && Deadline::expired(self.deadline) {
+        if self.done {
+            return;
+        }
+        let client_slow = self.body.as_ref().is_some_and(ClientBodyWatch::incomplete);
+        if Deadline::expired(self.deadline) && !client_slow {
             self.upstream.report(self.endpoint, true);
             self.metrics.timeout.inc();
-            self.metrics
-                .duration
-                .observe(self.started.elapsed().as_secs_f64());
+        } else {
+            self.metrics.cancelled.inc();
         }
+        self.metrics
+            .duration
+            .observe(self.started.elapsed().as_secs_f64());
     }
 }
 
@@ -215,21 +226,52 @@ impl ForwardTo {
             endpoint: &endpoint,
             started: Instant::now(),
             deadline: req.extensions().get::<Deadline>().copied(),
+            body: ClientBodyWatch::of(req.extensions()).cloned(),
             done: false,
         };
         let replay = (upgrade.is_none() && replayable(&req)).then(|| head_copy(&req));
         let mut result = up.client.request(req).await;
-        if let (Err(e), Some(again)) = (&result, replay) {
+        if let Some(again) = replay {
             // The upstream closed an idle pooled connection as the request
-            // went out on it: send it once more, on another connection.
-            if closed_before_answer(e) {
+            // went out on it: send it again, on another connection. The pool
+            // may hold more such connections; a few resends drain them.
+            for _ in 0..STALE_RESENDS {
+                match &result {
+                    Err(e) if closed_before_answer(e) => {}
+                    _ => break,
+                }
                 tracing::debug!(upstream = %up.name, "stale pooled connection, sent again");
                 // The lost try still counts as an attempt that was reset.
                 self.metrics.reset.inc();
-                result = up.client.request(again).await;
+                result = up.client.request(head_copy(&again)).await;
+            }
+        }
+        if let Some(failure) = record.body.as_ref().and_then(ClientBodyWatch::failure) {
+            // The client broke its body: whatever the upstream did after
+            // that (an error, a 400 of its own) says nothing about it.
+            if result.is_err() {
+                record.finish(Some(&self.metrics.cancelled), false);
+                return client_failure(failure, grpc);
             }
         }
         match result {
+            Ok(res) if res.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_none() => {
+                // A 101 to a request that asked for no allowed upgrade: the
+                // client's connection must never become a tunnel it did not
+                // ask for (request-model.md).
+                record.finish(Some(&self.metrics.http_error), true);
+                let mut res = failure(
+                    ErrorKind::UpstreamUnavailable,
+                    UpstreamFailure::Reset,
+                    &format!(
+                        "upstream \"{}\" endpoint {} switched protocols unasked (101)",
+                        up.name, endpoint.addr
+                    ),
+                    grpc,
+                );
+                res.extensions_mut().insert(tried);
+                res
+            }
             Ok(mut res) => {
                 let status = res.status();
                 let grpc_code = grpc.then(|| grpc_status(res.headers())).flatten();
@@ -252,6 +294,12 @@ impl ForwardTo {
                     tokio::spawn(tunnel(client_side, upstream_side));
                 }
                 let (mut parts, body) = res.into_parts();
+                // Never both framings to the client (RFC 9112 §6.3): hyper
+                // read the body by its Transfer-Encoding, so its
+                // Content-Length is a lie.
+                if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+                    parts.headers.remove(header::CONTENT_LENGTH);
+                }
                 strip_hop_by_hop(&mut parts.headers, switching);
                 parts.extensions.insert(tried);
                 let body = body.map_err(|e| Box::new(e) as BoxError).boxed();
@@ -269,8 +317,7 @@ impl ForwardTo {
                     UpstreamFailure::Connect => &self.metrics.connect_failure,
                     _ => &self.metrics.reset,
                 };
-                // A body over its limit is the client's fault, not the endpoint's.
-                record.finish(Some(outcome), kind != ErrorKind::PayloadTooLarge);
+                record.finish(Some(outcome), true);
                 let message = format!(
                     "upstream \"{}\" endpoint {}: {}",
                     up.name,
@@ -314,27 +361,56 @@ fn head_copy(req: &Request<Body>) -> Request<Body> {
     copy
 }
 
-/// "connection closed before message completed": no byte of an answer.
+/// How many times a replayable request is sent again after meeting a
+/// pooled connection the upstream had closed.
+const STALE_RESENDS: usize = 3;
+
+/// "connection closed before message completed" (EOF), or the connection
+/// reset under the request: what a keep-alive race with an upstream closing
+/// an idle connection looks like. Only asked of requests safe to send twice.
 fn closed_before_answer(e: &hyper_util::client::legacy::Error) -> bool {
+    use std::io::ErrorKind as Io;
+    if e.is_connect() {
+        return false;
+    }
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
         if let Some(h) = s.downcast_ref::<hyper::Error>() {
-            return h.is_incomplete_message();
+            if h.is_incomplete_message() {
+                return true;
+            }
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                Io::ConnectionReset | Io::ConnectionAborted | Io::BrokenPipe | Io::UnexpectedEof
+            );
         }
         source = s.source();
     }
     false
 }
 
-/// Connect failure, reset, or a request body over its limit (413).
-fn classify(e: &hyper_util::client::legacy::Error) -> (ErrorKind, UpstreamFailure) {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = source {
-        if s.is::<http_body_util::LengthLimitError>() {
-            return (ErrorKind::PayloadTooLarge, UpstreamFailure::Reset);
+/// The client's answer when its own body failed the try (request-model.md).
+fn client_failure(failure: ClientBodyFailure, grpc: bool) -> Response<Body> {
+    match failure {
+        ClientBodyFailure::Ended => {
+            ErrorKind::BadRequest.response("the request body ended before it was complete", grpc)
         }
-        source = s.source();
+        ClientBodyFailure::Stalled => ErrorKind::RequestTimeout.response(
+            "the request body stopped arriving (request_body_timeout)",
+            grpc,
+        ),
+        ClientBodyFailure::TooLarge => ErrorKind::PayloadTooLarge.response(
+            "request body is larger than the route's max_request_body",
+            grpc,
+        ),
     }
+}
+
+/// Connect failure or reset (a failure of the client's body is told by its
+/// watch before this is asked).
+fn classify(e: &hyper_util::client::legacy::Error) -> (ErrorKind, UpstreamFailure) {
     if e.is_connect() {
         (ErrorKind::UpstreamUnavailable, UpstreamFailure::Connect)
     } else {

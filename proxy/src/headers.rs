@@ -17,6 +17,21 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// What `Connection` may not remove (request-model.md): headers kaname sets
+/// or relies on. The identity header and claim headers are set after the
+/// strip, so naming them cannot touch kaname's own values either.
+static PROTECTED: [HeaderName; 9] = [
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::TE,
+    HeaderName::from_static("x-request-id"),
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("traceparent"),
+    HeaderName::from_static("tracestate"),
+];
+
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -24,7 +39,7 @@ static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// Removes hop-by-hop headers, including those the `Connection` header
-/// names. With `keep_upgrade`, `Connection: upgrade` and `Upgrade` survive
+/// names (but never one of `PROTECTED`). With `keep_upgrade`, `Connection: upgrade` and `Upgrade` survive
 /// so an HTTP/1.1 upgrade (WebSocket) can pass through.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // Most messages carry none: one pass over the names (no hashing) saves
@@ -41,7 +56,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        .filter(|n| (!keep_upgrade || n != header::UPGRADE) && !PROTECTED.contains(n))
         .collect();
     let te_trailers = headers
         .get_all(header::TE)
@@ -196,6 +211,25 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn connection_cannot_name_what_kaname_relies_on() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("x-forwarded-for, Content-Length, traceparent, x-gone"),
+        );
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.insert("content-length", HeaderValue::from_static("3"));
+        h.insert("traceparent", HeaderValue::from_static("t"));
+        h.insert("x-gone", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
+        assert_eq!(h["content-length"], "3");
+        assert_eq!(h["traceparent"], "t");
+        assert!(!h.contains_key("x-gone"));
+        assert!(!h.contains_key("connection"));
     }
 
     #[test]

@@ -8,15 +8,16 @@ use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use http::{header, HeaderValue, Request, Response};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use kaname_config::{Listener as ListenerConfig, ListenerProtocol};
 use kaname_filters::body::{BodyEnd, OnEnd};
+use kaname_filters::client_body::ClientBody;
 use kaname_filters::context::Deadline;
 use kaname_filters::retry::classify::grpc_status;
-use kaname_filters::{is_grpc, Body, BoxError, ErrorKind, RequestContext};
+use kaname_filters::{is_grpc, Body, ErrorKind, RequestContext};
 use prometheus::IntGauge;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -28,7 +29,7 @@ use crate::drain::Drain;
 use crate::h1_guard::H1Guard;
 use crate::headers::{
     add_forwarded, client_value, ensure_request_id, ensure_traceparent, strip_hop_by_hop,
-    wants_upgrade, X_REQUEST_ID,
+    X_REQUEST_ID,
 };
 use crate::request_metrics::RouteMetrics;
 use crate::tls::io::ServerIo;
@@ -287,6 +288,10 @@ async fn handle(
     let _in_flight = InFlightGuard(shared.in_flight.clone());
     let routes = shared.routes.load_full();
     let (mut parts, body) = req.into_parts();
+    let grpc = is_grpc(&parts.headers);
+    // The request model first: nothing after this reads the raw target.
+    let model = routes.model.apply(&mut parts);
+    strip_hop_by_hop(&mut parts.headers, matches!(model, Ok(true)));
     let request_id = ensure_request_id(&mut parts.headers);
     if let Some(t) = &tls {
         // The identity header is kaname's word, never the client's.
@@ -295,14 +300,18 @@ async fn handle(
             parts.headers.insert(t.header.clone(), id.clone());
         }
     }
-    let grpc = is_grpc(&parts.headers);
     let method = parts.method.clone();
     let path = routes.access_log.then(|| parts.uri.path().to_owned());
 
-    let (mut res, metrics, route_name, upstream_name) = match routes.find(&parts) {
+    let found = match &model {
+        Ok(_) => routes.find(&parts),
+        Err(_) => None,
+    };
+    let (mut res, metrics, route_name, upstream_name) = match (model, found) {
+        (Err(refusal), _) => (refusal.response(grpc), &routes.no_route_metrics, "", ""),
         // A client whose identity is not allowed learns nothing of the
         // routes: 403 on any path, as on a routed one below.
-        None if tls.as_ref().is_some_and(|t| !t.allowed) => (
+        (Ok(_), None) if tls.as_ref().is_some_and(|t| !t.allowed) => (
             ErrorKind::Forbidden.response(
                 &format!(
                     "client identity is not allowed on listener \"{}\"",
@@ -314,7 +323,7 @@ async fn handle(
             "",
             "",
         ),
-        None => {
+        (Ok(_), None) => {
             let msg = format!("no route for {} {}", parts.method, parts.uri.path());
             (
                 ErrorKind::NoRoute.response(&msg, grpc),
@@ -323,9 +332,7 @@ async fn handle(
                 "",
             )
         }
-        Some(route) => {
-            let upgrade = parts.version == http::Version::HTTP_11 && wants_upgrade(&parts.headers);
-            strip_hop_by_hop(&mut parts.headers, upgrade);
+        (Ok(_), Some(route)) => {
             add_forwarded(&mut parts.headers, &client_ip, tls.is_some());
             if routes.start_traces {
                 ensure_traceparent(&mut parts.headers);
@@ -358,12 +365,10 @@ async fn handle(
                     )
                 }
                 limit => {
-                    let body: Body = match limit {
-                        Some(l) => Limited::new(body, usize::try_from(l).unwrap_or(usize::MAX))
-                            .map_err(BoxError::from)
-                            .boxed(),
-                        None => body.map_err(|e| Box::new(e) as BoxError).boxed(),
-                    };
+                    let (body, watch) =
+                        ClientBody::new(body, limit, Some(routes.request_body_timeout));
+                    let body: Body = body.boxed();
+                    parts.extensions.insert(watch.clone());
                     // The smaller of the route timeout and the gRPC deadline wins.
                     let grpc_deadline = grpc.then(|| grpc_timeout(&parts.headers)).flatten();
                     let deadline = route.timeout.into_iter().chain(grpc_deadline).min();
@@ -381,6 +386,12 @@ async fn handle(
                                 crate::grpc_deadline::bound(r, started + d, &route.upstream)
                             }
                             Ok(r) => r.unwrap_or_else(|never| match never {}),
+                            // Cut while the client was still sending its
+                            // body: the client's doing, not the upstream's.
+                            Err(_) if watch.incomplete() => ErrorKind::RequestTimeout.response(
+                                &format!("request body still arriving after {d:?}"),
+                                grpc,
+                            ),
                             Err(_) => {
                                 let mut r = ErrorKind::UpstreamTimeout.response(
                                     &format!(

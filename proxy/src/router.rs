@@ -9,6 +9,8 @@ use regex::Regex;
 #[derive(Debug)]
 pub struct Matcher {
     path: Option<CompiledPath>,
+    /// `case_sensitive: false` compares paths ignoring ASCII case.
+    ignore_case: bool,
     methods: Option<Vec<Method>>,
     headers: Vec<(HeaderName, HeaderValue)>,
     host: Option<String>,
@@ -26,13 +28,16 @@ enum CompiledPath {
 pub struct MatcherError(String);
 
 impl Matcher {
-    pub fn compile(m: &RouteMatch) -> Result<Self, MatcherError> {
+    pub fn compile(m: &RouteMatch, case_sensitive: bool) -> Result<Self, MatcherError> {
         let path = match &m.path {
             None => None,
             Some(PathMatch::Exact(p)) => Some(CompiledPath::Exact(p.clone())),
             Some(PathMatch::Prefix(p)) => Some(CompiledPath::Prefix(p.clone())),
             Some(PathMatch::Regex(r)) => Some(CompiledPath::Regex(
-                Regex::new(r).map_err(|e| MatcherError(e.to_string()))?,
+                regex::RegexBuilder::new(r)
+                    .case_insensitive(!case_sensitive)
+                    .build()
+                    .map_err(|e| MatcherError(e.to_string()))?,
             )),
         };
         let methods = match &m.methods {
@@ -58,6 +63,7 @@ impl Matcher {
             .collect::<Result<Vec<_>, MatcherError>>()?;
         Ok(Matcher {
             path,
+            ignore_case: !case_sensitive,
             methods,
             headers,
             host: m.host.as_ref().map(|h| h.to_ascii_lowercase()),
@@ -68,7 +74,12 @@ impl Matcher {
         if let Some(p) = &self.path {
             let path = req.uri.path();
             let ok = match p {
+                CompiledPath::Exact(e) if self.ignore_case => path.eq_ignore_ascii_case(e),
                 CompiledPath::Exact(e) => path == e,
+                CompiledPath::Prefix(pre) if self.ignore_case => path
+                    .as_bytes()
+                    .get(..pre.len())
+                    .is_some_and(|head| head.eq_ignore_ascii_case(pre.as_bytes())),
                 CompiledPath::Prefix(pre) => path.starts_with(pre.as_str()),
                 CompiledPath::Regex(r) => r.is_match(path),
             };
@@ -123,7 +134,27 @@ mod tests {
     }
 
     fn m(rm: RouteMatch) -> Matcher {
-        Matcher::compile(&rm).unwrap()
+        Matcher::compile(&rm, true).unwrap()
+    }
+
+    #[test]
+    fn case_insensitive_routes() {
+        let rm = RouteMatch {
+            path: Some(PathMatch::Prefix("/api/".into())),
+            ..Default::default()
+        };
+        let mm = Matcher::compile(&rm, false).unwrap();
+        assert!(mm.matches(&parts("GET", "/API/x", &[])));
+        assert!(mm.matches(&parts("GET", "/api/x", &[])));
+        assert!(!mm.matches(&parts("GET", "/ap", &[])));
+        assert!(!m(rm).matches(&parts("GET", "/API/x", &[])));
+        let re = RouteMatch {
+            path: Some(PathMatch::Regex("^/v[0-9]+/admin".into())),
+            ..Default::default()
+        };
+        assert!(Matcher::compile(&re, false)
+            .unwrap()
+            .matches(&parts("GET", "/V2/Admin", &[])));
     }
 
     #[test]

@@ -60,7 +60,8 @@ impl TestKey {
         let mut public_der = None;
         let encoding = match alg {
             Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
-                let mut secret = [0u8; 48];
+                // 64 bytes: long enough for HS512 (RFC 7518 §3.2).
+                let mut secret = [0u8; 64];
                 aws_lc_rs::rand::fill(&mut secret).expect("random secret");
                 EncodingKey::from_secret(&secret)
             }

@@ -11,6 +11,7 @@ pub mod client;
 pub mod grpc;
 pub mod jwt;
 pub mod limits;
+pub mod request_model;
 pub mod resilience;
 pub mod tls;
 pub mod upstream;

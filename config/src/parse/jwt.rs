@@ -46,7 +46,7 @@ pub fn jwt(name: &str, kind_mark: Mark, node: &Node, errs: &mut Errors) -> Optio
         ),
         _ => {}
     }
-    let algorithms = m.req("algorithms", errs, |n, e| {
+    let algorithms: Option<Vec<String>> = m.req("algorithms", errs, |n, e| {
         let items = read::list(n, e)?;
         if items.is_empty() {
             e.at(n.mark, "algorithms is empty; name the algorithms to accept");
@@ -83,6 +83,9 @@ pub fn jwt(name: &str, kind_mark: Mark, node: &Node, errs: &mut Errors) -> Optio
         }
         Some(out)
     });
+    if let (Some(secret), Some(algorithms), Some(node)) = (&secret, &algorithms, m.get("secret")) {
+        check_secret_length(name, secret, algorithms, node.mark, errs);
+    }
     let leeway = m
         .opt("leeway", errs, read::duration)
         .unwrap_or(Duration::ZERO);
@@ -109,7 +112,9 @@ pub fn jwt(name: &str, kind_mark: Mark, node: &Node, errs: &mut Errors) -> Optio
             }
         }
     }
-    let forward_token = m.opt("forward_token", errs, read::boolean).unwrap_or(true);
+    // Off by default: the upstream gets the caller's identity from
+    // `forward_claims`, not a bearer credential it could replay.
+    let forward_token = m.opt("forward_token", errs, read::boolean).unwrap_or(false);
     let cache = m.opt("cache", errs, read::boolean).unwrap_or(true);
     Some(Jwt {
         issuers,
@@ -124,6 +129,46 @@ pub fn jwt(name: &str, kind_mark: Mark, node: &Node, errs: &mut Errors) -> Optio
         forward_token,
         cache,
     })
+}
+
+/// The shortest HMAC secret RFC 7518 §3.2 allows for `alg`: the size of
+/// the hash output (None for other algorithms).
+fn min_secret_bytes(alg: &str) -> Option<usize> {
+    match alg {
+        "HS256" => Some(32),
+        "HS384" => Some(48),
+        "HS512" => Some(64),
+        _ => None,
+    }
+}
+
+/// A secret shorter than the largest HS* algorithm the filter allows needs
+/// (checked on the value after `${VAR}` substitution; the secret itself is
+/// never printed, only its length).
+fn check_secret_length(
+    filter: &str,
+    secret: &str,
+    algorithms: &[String],
+    mark: Mark,
+    errs: &mut Errors,
+) {
+    let Some((alg, need)) = algorithms
+        .iter()
+        .filter_map(|a| Some((a.as_str(), min_secret_bytes(a)?)))
+        .max_by_key(|(_, n)| *n)
+    else {
+        return;
+    };
+    let len = secret.len();
+    if len < need {
+        let unit = if len == 1 { "byte" } else { "bytes" };
+        errs.at(
+            mark,
+            format!(
+                "jwt filter {filter:?}: secret is {len} {unit}; {alg} needs at least {need} (RFC 7518 §3.2)"
+            ),
+        );
+    }
 }
 
 fn jwks(filter: &str, node: &Node, errs: &mut Errors) -> Option<JwksSource> {
@@ -203,6 +248,9 @@ mod tests {
     use super::*;
     use crate::node::load;
 
+    /// 32 bytes: the shortest secret HS256 takes.
+    const S32: &str = "0123456789abcdef0123456789abcdef";
+
     fn run(yaml: &str) -> (Option<Jwt>, String) {
         let node = load(yaml).unwrap();
         let mut errs = Errors::new("f");
@@ -212,7 +260,7 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let (j, e) = run("algorithms: [hs256]\nsecret: abc\nissuer: me\n");
+        let (j, e) = run(&format!("algorithms: [hs256]\nsecret: {S32}\nissuer: me\n"));
         assert_eq!(e, "");
         let j = j.unwrap();
         assert_eq!(j.algorithms, ["HS256"]);
@@ -224,17 +272,21 @@ mod tests {
                 prefix: "Bearer ".into()
             }
         );
-        assert!(j.forward_token);
+        assert!(!j.forward_token, "the token is not forwarded by default");
         assert!(j.cache);
         assert_eq!(j.leeway, Duration::ZERO);
     }
 
     #[test]
     fn cache_can_be_turned_off() {
-        let (j, e) = run("algorithms: [HS256]\nsecret: abc\ncache: false\n");
+        let (j, e) = run(&format!(
+            "algorithms: [HS256]\nsecret: {S32}\ncache: false\n"
+        ));
         assert_eq!(e, "");
         assert!(!j.unwrap().cache);
-        let (_, e) = run("algorithms: [HS256]\nsecret: abc\ncache: maybe\n");
+        let (_, e) = run(&format!(
+            "algorithms: [HS256]\nsecret: {S32}\ncache: maybe\n"
+        ));
         assert!(
             e.contains("f:3:8: expected true or false"),
             "a non-boolean is refused at its position: {e}"
@@ -275,6 +327,95 @@ mod tests {
         assert_eq!(
             run("algorithms: [RS256]\nsecret: x\n").1,
             "f:1:14: algorithm \"RS256\" needs jwks, not secret"
+        );
+    }
+
+    #[test]
+    fn forward_token_can_be_turned_on() {
+        let (j, e) = run(&format!(
+            "algorithms: [HS256]\nsecret: {S32}\nforward_token: true\n"
+        ));
+        assert_eq!(e, "");
+        assert!(j.unwrap().forward_token);
+    }
+
+    #[test]
+    fn short_hmac_secrets_are_refused_at_the_secret() {
+        assert_eq!(
+            run("algorithms: [HS256]\nsecret: abcde\n").1,
+            "f:2:9: jwt filter \"auth\": secret is 5 bytes; HS256 needs at least 32 (RFC 7518 §3.2)"
+        );
+        assert_eq!(
+            run("algorithms: [HS256]\nsecret: a\n").1,
+            "f:2:9: jwt filter \"auth\": secret is 1 byte; HS256 needs at least 32 (RFC 7518 §3.2)"
+        );
+        // 31 bytes is one short; 32 is enough.
+        let (_, e) = run(&format!("algorithms: [HS256]\nsecret: {}\n", &S32[..31]));
+        assert!(
+            e.contains("secret is 31 bytes; HS256 needs at least 32"),
+            "{e}"
+        );
+        assert_eq!(run(&format!("algorithms: [HS256]\nsecret: {S32}\n")).1, "");
+        // Several HS algorithms: the largest one sets the bar.
+        let s48 = "x".repeat(48);
+        assert_eq!(
+            run(&format!("algorithms: [HS256, HS512]\nsecret: {s48}\n")).1,
+            "f:2:9: jwt filter \"auth\": secret is 48 bytes; HS512 needs at least 64 (RFC 7518 §3.2)"
+        );
+        assert_eq!(
+            run(&format!("algorithms: [HS384, HS256]\nsecret: {s48}\n")).1,
+            ""
+        );
+        assert_eq!(
+            run(&format!(
+                "algorithms: [HS512]\nsecret: {}\n",
+                "x".repeat(64)
+            ))
+            .1,
+            ""
+        );
+        // Bytes, not characters: 16 two-byte characters are 32 bytes.
+        assert_eq!(
+            run(&format!(
+                "algorithms: [HS256]\nsecret: {}\n",
+                "é".repeat(16)
+            ))
+            .1,
+            ""
+        );
+        assert_eq!(
+            run(&format!("algorithms: [HS256]\nsecret: {}\n", "é".repeat(15))).1,
+            "f:2:9: jwt filter \"auth\": secret is 30 bytes; HS256 needs at least 32 (RFC 7518 §3.2)"
+        );
+    }
+
+    #[test]
+    fn secret_length_is_checked_after_substitution() {
+        let env_run = |yaml: &str, value: &str| {
+            let mut node = load(yaml).unwrap();
+            let mut errs = Errors::new("f");
+            let v = value.to_string();
+            crate::env::substitute(&mut node, &|n| (n == "S").then(|| v.clone()), &mut errs);
+            let out = jwt("auth", Mark::new(1, 1), &node, &mut errs);
+            (out, errs.finish().to_string())
+        };
+        // `${S}` is 4 bytes as written; what counts is the value.
+        let (j, e) = env_run("algorithms: [HS256]\nsecret: ${S}\n", S32);
+        assert_eq!(e, "");
+        assert_eq!(j.unwrap().secret.as_deref(), Some(S32));
+        // 32 bytes as written, 28 once `${S}` is empty.
+        let (_, e) = env_run(
+            "algorithms: [HS256]\nsecret: ${S}0123456789abcdef0123456789ab\n",
+            "",
+        );
+        assert_eq!(
+            e,
+            "f:2:9: jwt filter \"auth\": secret is 28 bytes; HS256 needs at least 32 (RFC 7518 §3.2)"
+        );
+        let (_, e) = env_run("algorithms: [HS256]\nsecret: \"${S}\"\n", "ten-bytes!");
+        assert_eq!(
+            e,
+            "f:2:9: jwt filter \"auth\": secret is 10 bytes; HS256 needs at least 32 (RFC 7518 §3.2)"
         );
     }
 }

@@ -7,7 +7,9 @@ use super::{listen_addr, ListenerMarks, RouteMarks};
 use crate::error::Errors;
 use crate::node::{Mark, Node};
 use crate::read::{self, Map};
-use crate::types::{Listener, ListenerProtocol, ListenerTls, PathMatch, Route, RouteMatch};
+use crate::types::{
+    EscapedSlashes, Listener, ListenerProtocol, ListenerTls, PathMatch, Route, RouteMatch,
+};
 
 const LISTENER_KEYS: &[&str] = &[
     "listen",
@@ -18,6 +20,10 @@ const LISTENER_KEYS: &[&str] = &[
     "idle_timeout",
     "tls",
     "routes",
+    "merge_slashes",
+    "escaped_slashes",
+    "upgrades",
+    "request_body_timeout",
 ];
 
 pub fn listener(
@@ -52,6 +58,24 @@ pub fn listener(
         .opt("idle_timeout", errs, read::positive_duration)
         .unwrap_or(Duration::from_secs(300));
     let tls = m.opt("tls", errs, |n, e| tls(name, n, e));
+    let merge_slashes = m.opt("merge_slashes", errs, read::boolean).unwrap_or(true);
+    let escaped_slashes = m
+        .opt("escaped_slashes", errs, |n, e| {
+            read::choice(n, &["reject", "decode", "keep"], e)
+        })
+        .map_or(EscapedSlashes::Reject, |i| {
+            [
+                EscapedSlashes::Reject,
+                EscapedSlashes::Decode,
+                EscapedSlashes::Keep,
+            ][i]
+        });
+    let request_body_timeout = m
+        .opt("request_body_timeout", errs, read::positive_duration)
+        .unwrap_or(Duration::from_secs(30));
+    let upgrades = m
+        .opt("upgrades", errs, upgrade_tokens)
+        .unwrap_or_else(|| vec!["websocket".to_string()]);
 
     let mut routes = Vec::new();
     let mut route_marks = Vec::new();
@@ -80,12 +104,47 @@ pub fn listener(
         idle_timeout,
         tls,
         routes,
+        merge_slashes,
+        escaped_slashes,
+        upgrades,
+        request_body_timeout,
     };
     let marks = ListenerMarks {
         listen: listen.and(listen_node.map(|n| n.mark)),
         routes: route_marks,
     };
     Some((listener, marks))
+}
+
+/// `upgrades: [websocket]`: protocol names as `Upgrade` carries them
+/// (RFC 9110 §7.8), kept lower case. `h2c` is refused: RFC 9113 retires it,
+/// and a tunnel of HTTP/2 inside it would pass by routing and filters.
+fn upgrade_tokens(node: &Node, errs: &mut Errors) -> Option<Vec<String>> {
+    let list = read::list(node, errs)?;
+    let mut out = Vec::new();
+    for item in list {
+        let Some(word) = read::nonempty(item, errs) else {
+            continue;
+        };
+        let word = word.to_ascii_lowercase();
+        let token = word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~/".contains(&b));
+        if !token {
+            errs.at(
+                item.mark,
+                format!("upgrade {word:?} is not a protocol token"),
+            );
+        } else if word == "h2c" || word.starts_with("h2c/") {
+            errs.at(
+                item.mark,
+                "upgrade \"h2c\" cannot be allowed: its tunnel would bypass routes and filters (RFC 9113 retires it; use HTTP/2 with prior knowledge)",
+            );
+        } else if !out.contains(&word) {
+            out.push(word);
+        }
+    }
+    Some(out)
 }
 
 fn tls(listener: &str, node: &Node, errs: &mut Errors) -> Option<ListenerTls> {
@@ -128,6 +187,7 @@ const ROUTE_KEYS: &[&str] = &[
     "timeout",
     "filters",
     "max_request_body",
+    "case_sensitive",
 ];
 
 fn route(listener: &str, n: usize, node: &Node, errs: &mut Errors) -> Option<(Route, RouteMarks)> {
@@ -151,6 +211,7 @@ fn route(listener: &str, n: usize, node: &Node, errs: &mut Errors) -> Option<(Ro
     let upstream = upstream_node.and_then(|n| read::nonempty(n, errs));
     let timeout = m.opt("timeout", errs, read::positive_duration);
     let max_request_body = m.opt("max_request_body", errs, read::size);
+    let case_sensitive = m.opt("case_sensitive", errs, read::boolean).unwrap_or(true);
     let mut filters = Vec::new();
     let mut filter_marks = Vec::new();
     if let Some(items) = m.opt("filters", errs, read::list) {
@@ -176,6 +237,7 @@ fn route(listener: &str, n: usize, node: &Node, errs: &mut Errors) -> Option<(Ro
         timeout,
         filters,
         max_request_body,
+        case_sensitive,
     };
     let marks = RouteMarks {
         name: m.key_mark("name").unwrap_or(m.mark),

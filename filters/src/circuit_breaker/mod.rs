@@ -36,6 +36,7 @@ use tower::Service;
 pub use state::{Admit, CircuitState, Phase};
 
 use crate::body::{BodyEnd, OnEnd};
+use crate::client_body::ClientBodyWatch;
 use crate::context::{Deadline, RefusedBy, RequestContext, UpstreamFailure};
 use crate::metrics::Metrics;
 use crate::registry::{FilterLayer, RouteInfo};
@@ -167,6 +168,7 @@ impl Breaker {
             breaker: self.clone(),
             admit: Some(admit),
             timeout_at: None,
+            body: None,
         })
     }
 
@@ -188,6 +190,9 @@ struct Permit {
     /// request's deadline, so a drop after it counts as a timeout and a drop
     /// before it (the client went away) releases the permit uncounted.
     timeout_at: Option<Option<Deadline>>,
+    /// The client's body: a timeout while it is still arriving is the
+    /// client's, not the upstream's.
+    body: Option<ClientBodyWatch>,
 }
 
 impl Permit {
@@ -196,6 +201,7 @@ impl Permit {
             breaker: breaker.clone(),
             admit: None,
             timeout_at: None,
+            body: None,
         }
     }
 
@@ -211,7 +217,8 @@ impl Drop for Permit {
         let Some(admit) = self.admit.take() else {
             return;
         };
-        if self.timeout_at.is_some_and(Deadline::expired) {
+        let client_slow = self.body.as_ref().is_some_and(ClientBodyWatch::incomplete);
+        if self.timeout_at.is_some_and(Deadline::expired) && !client_slow {
             self.breaker.record(admit, true);
         } else if let Ok(mut s) = self.breaker.state.lock() {
             s.release(admit);
@@ -259,6 +266,7 @@ impl BreakerService {
         };
         if self.failure_on.contains(&Condition::Timeout) {
             permit.timeout_at = Some(req.extensions().get::<Deadline>().copied());
+            permit.body = ClientBodyWatch::of(req.extensions()).cloned();
         }
         let res = self
             .inner

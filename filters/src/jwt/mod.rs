@@ -20,11 +20,14 @@
 //!   HS* `secret`.
 //! - Refusals are 401 `unauthenticated` with `WWW-Authenticate: Bearer
 //!   error="invalid_token", error_description="..."` (no `error` when the
-//!   token is missing, RFC 6750 §3.1), or 403 `forbidden` when a required
-//!   claim is absent; gRPC calls get the trailers-only form.
+//!   token is missing, RFC 6750 §3.1), 403 `forbidden` when a required
+//!   claim is absent, or 400 `invalid_request` (`error="invalid_request"`)
+//!   when the request carries more than one token ([`token`]); gRPC calls
+//!   get the trailers-only form.
 //! - A valid request gets `forward_claims` headers (client-sent ones of
-//!   those names always removed), loses the token if `forward_token:
-//!   false`, and carries [`VerifiedClaims`] in its extensions.
+//!   those names always removed), loses the token — every copy of it —
+//!   unless `forward_token: true`, and carries [`VerifiedClaims`] in its
+//!   extensions.
 //! - Verified tokens are cached ([`token_cache`]) until their `exp`.
 
 pub mod claims_headers;
@@ -55,6 +58,7 @@ use crate::{is_grpc, Body, ErrorKind, RouteService};
 use claims_headers::ForwardClaims;
 use jwks_cache::{JwksCache, Refresher, TaskGuard};
 use keys::{KeySet, Lookup};
+use token::Extracted;
 use token_cache::TokenCache;
 use verify::{Failure, Rejection, Verifier, MAX_TOKEN_BYTES};
 
@@ -218,8 +222,12 @@ impl Shared {
         &self,
         req: &Request<Body>,
     ) -> Result<Arc<Map<String, Value>>, Rejection> {
-        let Some(token) = token::extract(&self.source, req) else {
-            return Err(Rejection::new(Failure::Missing, "missing bearer token"));
+        let token = match token::extract(&self.source, req) {
+            Extracted::One(token) => token,
+            Extracted::Missing => {
+                return Err(Rejection::new(Failure::Missing, "missing bearer token"))
+            }
+            Extracted::Several(why) => return Err(Rejection::new(Failure::InvalidRequest, why)),
         };
         if token.len() > MAX_TOKEN_BYTES {
             return Err(Rejection::new(Failure::Malformed, "token is too large"));
@@ -270,7 +278,9 @@ impl Shared {
         Ok(verified.claims)
     }
 
-    /// What a verified request carries to the upstream.
+    /// What a verified request carries to the upstream. With
+    /// `forward_token: true` the one verified token stays where it was (a
+    /// second copy was refused before); otherwise every copy goes.
     fn prepare(&self, mut req: Request<Body>, claims: Arc<Map<String, Value>>) -> Request<Body> {
         self.forward.apply(&claims, req.headers_mut());
         if !self.forward_token {
@@ -292,6 +302,14 @@ fn refusal(r: &Rejection, grpc: bool, filter: &Arc<str>) -> Response<Body> {
     let (kind, challenge) = match r.failure {
         // §3.1: no error code when the request had no token at all.
         Failure::Missing => (ErrorKind::Unauthenticated, "Bearer".to_string()),
+        // §3.1: "uses more than one method for including an access token".
+        Failure::InvalidRequest => (
+            ErrorKind::InvalidRequest,
+            format!(
+                "Bearer error=\"invalid_request\", error_description=\"{}\"",
+                r.description
+            ),
+        ),
         Failure::Forbidden => (
             ErrorKind::Forbidden,
             format!(

@@ -130,7 +130,7 @@ async fn valid_token_passes_with_claims() {
     assert_eq!(
         headers["authorization"],
         bearer.as_str(),
-        "token kept by default"
+        "token kept with forward_token: true"
     );
     let claims = claims.as_ref().expect("VerifiedClaims in extensions");
     assert_eq!(claims.get_str("sub").as_deref(), Some("alice"));
@@ -282,4 +282,118 @@ async fn refusal_names_the_filter_for_the_access_log() {
         .extensions()
         .get::<crate::context::RefusedBy>()
         .is_none());
+}
+
+#[tokio::test]
+async fn two_bearer_tokens_are_an_invalid_request() {
+    let m = Arc::new(Metrics::new());
+    let (svc, seen) = service(&config(), &m);
+    let good = format!("Bearer {}", token(good_claims()));
+    for second in [good.as_str(), "Bearer not.a.token", "bearer x"] {
+        let res = send(&svc, &[("authorization", &good), ("authorization", second)]).await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "second {second:?}");
+        assert_eq!(res.headers()["kaname-error"], "invalid_request");
+        assert_eq!(
+            res.headers()["www-authenticate"],
+            r#"Bearer error="invalid_request", error_description="more than one token in the request""#
+        );
+        assert_eq!(
+            res.extensions().get::<crate::context::RefusedBy>(),
+            Some(&crate::context::RefusedBy("auth".into()))
+        );
+    }
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "nothing reaches the upstream"
+    );
+    assert_eq!(result(&m, "invalid_request"), 3);
+    assert_eq!(result(&m, "ok"), 0);
+    // gRPC: trailers-only INVALID_ARGUMENT.
+    let res = send(
+        &svc,
+        &[
+            ("content-type", "application/grpc"),
+            ("authorization", &good),
+            ("authorization", &good),
+        ],
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["grpc-status"], "3");
+    assert_eq!(res.headers()["kaname-error"], "invalid_request");
+    // A Basic value beside the bearer token is not a second token.
+    let res = send(
+        &svc,
+        &[("authorization", "Basic eDp5"), ("authorization", &good)],
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn header_token_with_a_query_token_is_an_invalid_request() {
+    let m = Arc::new(Metrics::new());
+    let (svc, seen) = service(&config(), &m);
+    let good = token(good_claims());
+    let req = Request::get(format!("/x?access_token={good}"))
+        .header("authorization", format!("Bearer {good}"))
+        .body(body::empty())
+        .unwrap();
+    let res = svc.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert!(res.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains("more than one method"));
+    assert!(seen.lock().unwrap().is_empty());
+    assert_eq!(result(&m, "invalid_request"), 1);
+}
+
+#[tokio::test]
+async fn forward_token_false_strips_every_bearer_value_only() {
+    let m = Arc::new(Metrics::new());
+    let mut cfg = config();
+    cfg.forward_token = false;
+    let (svc, seen) = service(&cfg, &m);
+    let bearer = format!("Bearer {}", token(good_claims()));
+    let res = send(
+        &svc,
+        &[("authorization", "Basic eDp5"), ("authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let seen = seen.lock().unwrap();
+    let left: Vec<_> = seen[0].0.get_all("authorization").iter().collect();
+    assert_eq!(left, ["Basic eDp5"], "the bearer value goes, Basic stays");
+    assert_eq!(seen[0].0["x-user-id"], "alice");
+}
+
+#[tokio::test]
+async fn two_query_tokens_or_cookies_are_an_invalid_request() {
+    let good = token(good_claims());
+    let m = Arc::new(Metrics::new());
+    let mut cfg = config();
+    cfg.from = TokenSource::Query("access_token".into());
+    let (svc, seen) = service(&cfg, &m);
+    for uri in [
+        format!("/x?access_token={good}&access_token={good}"),
+        format!("/x?access_token={good}&access%5Ftoken=other"),
+    ] {
+        let req = Request::get(uri.as_str()).body(body::empty()).unwrap();
+        let res = svc.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{uri}");
+    }
+    assert_eq!(result(&m, "invalid_request"), 2);
+
+    let mut cfg = config();
+    cfg.from = TokenSource::Cookie("session".into());
+    let (cookie_svc, cookie_seen) = service(&cfg, &m);
+    let res = send(
+        &cookie_svc,
+        &[("cookie", &format!("session={good}; session={good}"))],
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert!(seen.lock().unwrap().is_empty());
+    assert!(cookie_seen.lock().unwrap().is_empty());
 }

@@ -32,10 +32,12 @@ pub enum Failure {
     WrongAudience,
     UnknownKey,
     Forbidden,
+    /// More than one token in the request (RFC 6750 §2): 400, never verified.
+    InvalidRequest,
 }
 
 impl Failure {
-    pub const ALL: [Failure; 9] = [
+    pub const ALL: [Failure; 10] = [
         Failure::Missing,
         Failure::Malformed,
         Failure::Expired,
@@ -45,6 +47,7 @@ impl Failure {
         Failure::WrongAudience,
         Failure::UnknownKey,
         Failure::Forbidden,
+        Failure::InvalidRequest,
     ];
 
     pub fn label(self) -> &'static str {
@@ -58,6 +61,7 @@ impl Failure {
             Failure::WrongAudience => "wrong_audience",
             Failure::UnknownKey => "unknown_key",
             Failure::Forbidden => "forbidden",
+            Failure::InvalidRequest => "invalid_request",
         }
     }
 }

@@ -42,6 +42,7 @@ pub use backoff::{Backoff, InvalidBackoff};
 pub use budget::RetryBudget;
 pub use replay::Replay;
 
+use crate::client_body::ClientBodyWatch;
 use crate::context::{
     AvoidEndpoint, Deadline, EndpointSlot, RequestContext, TriedEndpoint, UpstreamFailure,
 };
@@ -258,9 +259,17 @@ impl RetryService {
                 .unwrap_or_else(|never| match never {});
         };
         Deadline::tighten(req.extensions_mut(), limit);
+        let body = ClientBodyWatch::of(req.extensions()).cloned();
         let call = self.inner.call(req);
         match tokio::time::timeout(limit, call).await {
             Ok(res) => res.unwrap_or_else(|never| match never {}),
+            // Cut while the client was still sending: the client's doing.
+            Err(_) if body.as_ref().is_some_and(ClientBodyWatch::incomplete) => {
+                ErrorKind::RequestTimeout.response(
+                    &format!("request body still arriving after per_try_timeout {limit:?}"),
+                    grpc,
+                )
+            }
             Err(_) => {
                 let mut res = ErrorKind::UpstreamTimeout.response(
                     &format!("no response within per_try_timeout {limit:?}"),
