@@ -398,7 +398,15 @@ fn explain_prints_each_routes_chain_in_order_without_secrets() {
         .collect();
     assert_eq!(
         steps,
-        ["request", "route", "jwt", "rate_limit", "retry", "upstream"],
+        [
+            "request", // 0. request model
+            "request", // 1. request id, metrics, access log
+            "route",
+            "jwt",
+            "rate_limit",
+            "retry",
+            "upstream"
+        ],
         "{}",
         out.stdout
     );
@@ -418,4 +426,133 @@ fn explain_prints_each_routes_chain_in_order_without_secrets() {
         out.stderr
     );
     assert_eq!(out.stdout, "");
+}
+
+/// BASE with `protect` (a concurrency_limit taking priority from `source`)
+/// on route `api`, named in `route_filters`.
+fn with_protect(source: &str, route_filters: &str) -> String {
+    format!(
+        "{}  protect:\n    concurrency_limit: {{ max_in_flight: 4, priority: {source} }}\n",
+        with("[auth, per-user, retries]", route_filters)
+    )
+}
+
+#[test]
+fn priority_from_a_client_header_on_an_open_listener_is_a_warning() {
+    let text = with_protect("{ header: x-priority }", "[auth, protect, retries]");
+    // Loopback only: a sidecar's own clients, no warning.
+    let out = check_text(&text, true);
+    assert_eq!((out.stderr.as_str(), out.code), ("", Some(0)));
+    let open = text.replacen("listen: 127.0.0.1:18001", "listen: 0.0.0.0:18001", 1);
+    let out = check_text(&open, true);
+    assert_eq!(
+        out.stderr,
+        "warning: filter \"protect\" takes priority from client header \"x-priority\" on listener \"main\" (0.0.0.0:18001), which any client can set; use priority.claim or a route priority\n"
+    );
+    assert_eq!(out.code, Some(0));
+    // A route priority replaces the header on its route.
+    let pinned = open.replacen(
+        "timeout: 2s\n",
+        "timeout: 2s\n        priority: normal\n",
+        1,
+    );
+    let out = check_text(&pinned, true);
+    assert_eq!((out.stderr.as_str(), out.code), ("", Some(0)));
+    // A verified claim is no client's say.
+    let claim = with_protect("{ claim: tier }", "[auth, protect, retries]").replacen(
+        "listen: 127.0.0.1:18001",
+        "listen: 0.0.0.0:18001",
+        1,
+    );
+    let out = check_text(&claim, true);
+    assert_eq!((out.stderr.as_str(), out.code), ("", Some(0)));
+}
+
+#[test]
+fn priority_from_a_claim_needs_jwt_first() {
+    assert_errors(
+        &with_protect("{ claim: tier }", "[protect, auth, retries]"),
+        &["kaname.yaml:11:19: concurrency_limit filter \"protect\" takes priority from claim \"tier\" but route \"api\" has no jwt filter before it"],
+    );
+    assert_errors(
+        &with("timeout: 2s\n", "timeout: 2s\n        priority: urgent\n"),
+        &["kaname.yaml:11:19: expected one of high, normal, low, found \"urgent\""],
+    );
+}
+
+/// `config_depth`: BASE with an `x-` key nesting 5,000 block sequences
+/// (10 KB). Refused where the 65th level starts, not a stack overflow.
+#[test]
+fn yaml_nested_5000_levels_deep_is_refused_with_position() {
+    let text = format!("{BASE}x-deep:\n{}x\n", "- ".repeat(5000));
+    let line = BASE.lines().count() + 2;
+    // The root mapping is level 1: the 64th `- ` opens level 65.
+    assert_errors(
+        &text,
+        &[&format!(
+            "kaname.yaml:{line}:127: YAML nested deeper than 64 levels (config_depth)"
+        )],
+    );
+}
+
+/// `config_expansion`: BASE with one 100 KiB string aliased 20,000 times
+/// (183 KB that would expand to 2 GB). Refused at the first alias that
+/// takes the document past 16× its size.
+#[test]
+fn alias_bomb_of_a_big_string_is_refused_with_position() {
+    let text = format!(
+        "{BASE}x-s: &s \"{}\"\nx-b: [{}]\n",
+        "a".repeat(100 * 1024),
+        vec!["*s"; 20_000].join(", ")
+    );
+    let out = check_text(&text, true);
+    assert_eq!(out.code, Some(1), "stderr: {}", out.stderr);
+    assert_eq!(out.stdout, "");
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", out.stderr);
+    let len = text.len();
+    let message = format!(
+        ": aliases expand the document past 16× its size (config_expansion: {:.1} MiB allowed for {:.0} KiB)",
+        (16 * len) as f64 / f64::from(1 << 20),
+        len as f64 / 1024.0
+    );
+    let (position, rest) = lines[0].split_at(lines[0].find(": ").expect("position"));
+    assert_eq!(rest, message, "{}", out.stderr);
+    let prefix = format!("kaname.yaml:{}:", BASE.lines().count() + 2);
+    let column: usize = position
+        .strip_prefix(&prefix)
+        .unwrap_or_else(|| panic!("{position} on the line of the aliases"))
+        .parse()
+        .expect("column");
+    // One of the first 30 aliases (`x-b: [` then `*s, ` each): 16 copies
+    // of the file at most were made before the refusal.
+    assert_eq!((column - 7) % 4, 0, "at an alias: {column}");
+    assert!(
+        (column - 7) / 4 < 30,
+        "refused early: alias {}",
+        (column - 7) / 4 + 1
+    );
+}
+
+/// `kaname explain` hides a JWKS URL's user-info and query, as `/config`
+/// does.
+#[test]
+fn explain_hides_the_user_info_and_query_of_a_jwks_url() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!(
+        "{}  remote:\n    jwt:\n      algorithms: [RS256]\n      jwks: {{ url: \"https://user:pass@keys.example/jwks.json?key=abc\" }}\n",
+        with("[auth, per-user, retries]", "[remote, per-user, retries]")
+    );
+    std::fs::write(dir.path().join("kaname.yaml"), text).expect("write config");
+    let out = run_in(dir.path(), &["explain", "-c", "kaname.yaml"], true);
+    assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
+    assert!(
+        out.stdout
+            .contains("\"https://<redacted>@keys.example/jwks.json?<redacted>\""),
+        "{}",
+        out.stdout
+    );
+    for hidden in ["user:pass", "pass@", "key=abc", "abc"] {
+        assert!(!out.stdout.contains(hidden), "{hidden:?}: {}", out.stdout);
+    }
 }

@@ -26,7 +26,10 @@ use saphyr::{LoadableYamlNode, YamlOwned as Yaml};
 use support::{free_port, KANAME};
 
 /// Values for `${VAR}` references without a default in example configs.
-const EXAMPLE_ENV: &[(&str, &str)] = &[("JWT_SECRET", "example-secret-at-least-32-bytes-long")];
+const EXAMPLE_ENV: &[(&str, &str)] = &[
+    ("JWT_SECRET", "example-secret-at-least-32-bytes-long"),
+    ("ADMIN_TOKEN", "example-admin-token"),
+];
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -614,4 +617,106 @@ fn rules_and_dashboard_use_only_exported_metric_names() {
             );
         }
     }
+}
+
+// === The admin token: set where the sidecars run, sent where they are scraped ===
+
+#[test]
+fn scrapers_send_the_admin_token_the_sidecars_expect() {
+    // Compose: both sidecars get ADMIN_TOKEN from compose.yaml, Prometheus
+    // sends the same value, and each sidecar allows the name it is scraped by.
+    let compose_dir = examples_dir().join("compose");
+    let compose = &load_yaml("compose.yaml", &read(&compose_dir.join("compose.yaml")))[0];
+    let prometheus = &load_yaml("prometheus.yml", &read(&compose_dir.join("prometheus.yml")))[0];
+    let job = &seq(get(prometheus, &["scrape_configs"]))[0];
+    let sent = get_str(job, &["authorization", "credentials"]).expect("authorization.credentials");
+    let targets: Vec<String> = seq(job.as_mapping_get("static_configs"))
+        .iter()
+        .flat_map(|c| seq(c.as_mapping_get("targets")))
+        .filter_map(|t| t.as_str().map(str::to_string))
+        .collect();
+    for (service, config) in [
+        ("orders", "kaname-orders.yaml"),
+        ("payments", "kaname-payments.yaml"),
+    ] {
+        let sidecar = get(compose, &["services", &format!("{service}-kaname")]).expect("sidecar");
+        assert_eq!(
+            get_str(sidecar, &["environment", "ADMIN_TOKEN"]),
+            Some(sent),
+            "{service}-kaname's ADMIN_TOKEN is not what prometheus.yml sends"
+        );
+        let cfg = &load_yaml(config, &read(&compose_dir.join(config)))[0];
+        assert_eq!(
+            get_str(cfg, &["admin", "token"]),
+            Some("${ADMIN_TOKEN}"),
+            "{config}"
+        );
+        let allowed: Vec<String> = seq(get(cfg, &["admin", "allowed_hosts"]))
+            .iter()
+            .filter_map(|h| h.as_str().map(str::to_string))
+            .collect();
+        let port = port_of(get_str(cfg, &["admin", "listen"]).expect("admin.listen"));
+        assert!(
+            targets.contains(&format!("{service}:{port}")),
+            "prometheus.yml does not scrape {service}:{port}: {targets:?}"
+        );
+        assert!(
+            allowed.iter().any(|h| h == service),
+            "{config}: Prometheus scrapes it as {service}:{port}, not in admin.allowed_hosts {allowed:?}"
+        );
+    }
+
+    // Kubernetes: the Secret the Deployment reads ADMIN_TOKEN from is the
+    // one the ServiceMonitor sends.
+    let k8s = examples_dir().join("kubernetes");
+    let cm = &load_yaml("configmap.yaml", &read(&k8s.join("configmap.yaml")))[0];
+    let config_text = get_str(cm, &["data", "kaname.yaml"]).expect("data.kaname.yaml");
+    let config = &load_yaml("kaname.yaml", config_text)[0];
+    assert_eq!(get_str(config, &["admin", "token"]), Some("${ADMIN_TOKEN}"));
+    let secret = &load_yaml("secret.yaml", &read(&k8s.join("secret.yaml")))[0];
+    assert_eq!(get_str(secret, &["kind"]), Some("Secret"));
+    let secret_name = get_str(secret, &["metadata", "name"]).expect("Secret name");
+    assert!(
+        get_str(secret, &["stringData", "token"]).is_some(),
+        "secret.yaml: no token"
+    );
+    let deploy = &load_yaml("deployment.yaml", &read(&k8s.join("deployment.yaml")))[0];
+    let pod = get(deploy, &["spec", "template", "spec"]).expect("pod spec");
+    let inits = seq(pod.as_mapping_get("initContainers"));
+    let sidecar = inits
+        .iter()
+        .find(|c| get_str(c, &["name"]) == Some("kaname"))
+        .expect("kaname init container");
+    let env = seq(sidecar.as_mapping_get("env"));
+    let token = env
+        .iter()
+        .find(|e| get_str(e, &["name"]) == Some("ADMIN_TOKEN"))
+        .expect("ADMIN_TOKEN in the sidecar's env");
+    let from = get(token, &["valueFrom", "secretKeyRef"]).expect("ADMIN_TOKEN from a Secret");
+    assert_eq!(get_str(from, &["name"]), Some(secret_name));
+    assert_eq!(get_str(from, &["key"]), Some("token"));
+    let sm = &load_yaml(
+        "servicemonitor.yaml",
+        &read(&k8s.join("servicemonitor.yaml")),
+    )[0];
+    let endpoint = &seq(get(sm, &["spec", "endpoints"]))[0];
+    let credentials = get(endpoint, &["authorization", "credentials"]).expect("authorization");
+    assert_eq!(get_str(credentials, &["name"]), Some(secret_name));
+    assert_eq!(get_str(credentials, &["key"]), Some("token"));
+    let kustomization = &load_yaml("kustomization.yaml", &read(&k8s.join("kustomization.yaml")))[0];
+    assert!(
+        seq(kustomization.as_mapping_get("resources"))
+            .iter()
+            .any(|r| r.as_str() == Some("secret.yaml")),
+        "kustomization.yaml does not apply secret.yaml"
+    );
+    let scrape = &load_yaml(
+        "prometheus-scrape.yaml",
+        &read(&k8s.join("prometheus-scrape.yaml")),
+    )[0];
+    let job = &seq(get(scrape, &["scrape_configs"]))[0];
+    assert!(
+        get_str(job, &["authorization", "credentials_file"]).is_some(),
+        "prometheus-scrape.yaml sends no admin token"
+    );
 }

@@ -698,3 +698,120 @@ async fn dns_name_endpoint_is_resolved_and_refreshed() {
     );
     assert_eq!(metric_value(&metrics, &series), Some(1.0), "{metrics}");
 }
+
+/// limits.md `routes`: 100,000 prefix routes and 1,000 regex routes work —
+/// the last of each is served by its own upstream, a path no route matches
+/// is a 404 — and only routes that served have request series. Startup is
+/// bounded by its own deadline (a debug build parses and indexes 6 MB of
+/// YAML); no timing is asserted.
+#[tokio::test]
+async fn a_hundred_thousand_prefix_routes_and_a_thousand_regex_routes() {
+    use std::fmt::Write;
+    const PREFIX: usize = 100_000;
+    const REGEX: usize = 1_000;
+    const STARTUP_DEADLINE: Duration = Duration::from_secs(300);
+    let prefix_up = TestUpstream::start("prefix").await;
+    let regex_up = TestUpstream::start("regex").await;
+    let last_up = TestUpstream::start("last").await;
+    let port = free_port();
+    let mut config = format!("listeners:\n  main:\n    listen: 127.0.0.1:{port}\n    routes:\n");
+    for i in 0..PREFIX {
+        let up = if i == PREFIX - 1 { "last" } else { "prefix" };
+        write!(
+            config,
+            "      - match: {{ path_prefix: /r{i}/ }}\n        upstream: {up}\n"
+        )
+        .unwrap();
+    }
+    for i in 0..REGEX {
+        let up = if i == REGEX - 1 { "last" } else { "regex" };
+        write!(
+            config,
+            "      - match: {{ path_regex: \"^/re{i}/[0-9]+$\" }}\n        upstream: {up}\n"
+        )
+        .unwrap();
+    }
+    for (name, up) in [
+        ("prefix", &prefix_up),
+        ("regex", &regex_up),
+        ("last", &last_up),
+    ] {
+        if name == "prefix" {
+            config.push_str("upstreams:\n");
+        }
+        writeln!(config, "  {name}:\n    endpoints: [{}]", up.addr).unwrap();
+    }
+
+    let started = Instant::now();
+    let k = Kaname::spawn(&config, &[]);
+    let client = HttpClient::http1();
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", k.pid)).unwrap_or_default();
+        let state = stat.rsplit_once(") ").map(|(_, rest)| &rest[..1]);
+        assert!(
+            !matches!(state, None | Some("Z")),
+            "kaname exited before ready"
+        );
+        if let Ok(resp) = client
+            .try_get(&k.admin_url("/ready"), Duration::from_secs(1))
+            .await
+        {
+            if resp.status == 200 {
+                break;
+            }
+        }
+        assert!(
+            started.elapsed() < STARTUP_DEADLINE,
+            "not ready within {STARTUP_DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "{} routes ready after {:?}",
+        PREFIX + REGEX,
+        started.elapsed()
+    );
+
+    async fn served_by(client: &HttpClient, port: u16, path: &str) -> (u16, Option<String>) {
+        let resp = client.get(&url(port, path)).await;
+        let upstream = resp.header("x-upstream").map(str::to_owned);
+        (resp.status.as_u16(), upstream)
+    }
+    let served = |path: String| {
+        let client = &client;
+        async move { served_by(client, port, &path).await }
+    };
+    let last = format!("/r{}/deep/path", PREFIX - 1);
+    assert_eq!(served(last).await, (200, Some("last".into())));
+    assert_eq!(served("/r5/x".into()).await, (200, Some("prefix".into())));
+    let last_regex = format!("/re{}/42", REGEX - 1);
+    assert_eq!(served(last_regex).await, (200, Some("last".into())));
+    assert_eq!(served("/re5/7".into()).await, (200, Some("regex".into())));
+    for unmatched in ["/nothing", "/r100000/x", "/r99999", "/re999/x", "/re1000/1"] {
+        assert_eq!(served(unmatched.into()).await.0, 404, "{unmatched}");
+    }
+
+    // Series for the four routes that served and the no-route label only.
+    let text = client.get(&k.admin_url("/metrics")).await.text();
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("kaname_request_duration_seconds_count{"))
+        .collect();
+    assert_eq!(series.len(), 5, "{series:#?}");
+    for (route, upstream, n) in [
+        (format!("main-{PREFIX}"), "last", 1.0),
+        ("main-6".to_string(), "prefix", 1.0),
+        (format!("main-{}", PREFIX + REGEX), "last", 1.0),
+        (format!("main-{}", PREFIX + 6), "regex", 1.0),
+        (String::new(), "", 5.0),
+    ] {
+        let sel = format!(
+            r#"kaname_request_duration_seconds_count{{listener="main",route="{route}",upstream="{upstream}"}}"#
+        );
+        assert_eq!(metric_value(&text, &sel), Some(n), "{sel}\n{series:#?}");
+    }
+    assert!(
+        !text.contains("route=\"main-7\""),
+        "a route that never served has no series"
+    );
+}

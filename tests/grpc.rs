@@ -21,12 +21,14 @@ const CALL_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Listener `grpc` with route `echo` (`/kaname.test.Echo/`) to upstream
 /// `echo` (`protocol: http2`), through `route_filters`; `filters_yaml` is
-/// the `filters:` section's body (empty for none).
+/// the `filters:` section's body (empty for none). The stream cap is
+/// raised from its default of 100 for the test of 200 calls at once.
 fn config(port: u16, up: SocketAddr, route_filters: &str, filters_yaml: &str) -> String {
     let mut yaml = format!(
         "listeners:
   grpc:
     listen: 127.0.0.1:{port}
+    http2: {{ max_concurrent_streams: 256 }}
     routes:
       - name: echo
         match: {{ path_prefix: /{SERVICE}/ }}

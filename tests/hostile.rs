@@ -7,11 +7,11 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use support::h2_frames::{frame, PREFACE};
 use support::{free_port, metric_value, HttpClient, Kaname, TestUpstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const DATA_END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 const HEADERS: u8 = 0x1;
@@ -24,23 +24,9 @@ const CONTINUATION: u8 = 0x9;
 /// (allocator slack, metrics), far below what an unbounded queue would take.
 const RSS_GROWTH_KIB: u64 = 100 * 1024;
 
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = Vec::with_capacity(9 + payload.len());
-    f.extend_from_slice(&len.to_be_bytes()[1..]);
-    f.push(kind);
-    f.push(flags);
-    f.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// HPACK: `GET /` over http with `:authority` 127.0.0.1 (static table
-/// entries and one literal without indexing).
+/// `GET /` over http with `:authority` 127.0.0.1.
 fn get_block() -> Vec<u8> {
-    let mut b = vec![0x82, 0x86, 0x84, 0x01, 9];
-    b.extend_from_slice(b"127.0.0.1");
-    b
+    support::h2_frames::get_block("/")
 }
 
 fn config(port: u16, up: &TestUpstream) -> String {
@@ -278,4 +264,153 @@ async fn continuation_flood_is_cut_off() {
     others_are_served(port).await;
     let grown = k.rss_kib().saturating_sub(rss_before);
     assert!(grown < RSS_GROWTH_KIB, "RSS grew by {grown} KiB");
+}
+
+const WINDOW_UPDATE: u8 = 0x8;
+const PRIORITY: u8 = 0x2;
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+async fn limit_hits(k: &Kaname, limit: &str) -> f64 {
+    let text = HttpClient::http1()
+        .get(&k.admin_url("/metrics"))
+        .await
+        .text();
+    metric_value(
+        &text,
+        &format!("kaname_limits_hit_total{{limit=\"{limit}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn paused_rapid_reset_gets_goaway_and_a_bounded_upstream_load() {
+    // Each stream is accepted before it is reset (a pause between HEADERS
+    // and RST_STREAM), which h2's own pending-reset limit never sees.
+    let up = TestUpstream::slow("up", Duration::from_millis(200)).await;
+    let port = free_port();
+    let k = Kaname::start(&config(port, &up)).await;
+    let mut s = h2_connect(port).await;
+    let block = get_block();
+    let started = Instant::now();
+    let mut stream = 1u32;
+    let mut sent = 0u32;
+    'attack: while sent < 5_000 && started.elapsed() < Duration::from_secs(15) {
+        let mut heads = Vec::new();
+        let mut resets = Vec::new();
+        for _ in 0..50 {
+            heads.extend(frame(
+                HEADERS,
+                DATA_END_STREAM | END_HEADERS,
+                stream,
+                &block,
+            ));
+            resets.extend(frame(RST_STREAM, 0, stream, &8u32.to_be_bytes()));
+            stream += 2;
+        }
+        for batch in [heads, resets] {
+            match tokio::time::timeout(Duration::from_secs(2), s.write_all(&batch)).await {
+                Ok(Ok(())) => {}
+                _ => break 'attack,
+            }
+            // Long enough for kaname to accept the streams first.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        sent += 50;
+    }
+    let (closed, goaway) = read_until_goaway_or_close(&mut s, Duration::from_secs(10)).await;
+    println!(
+        "paused rapid reset: {sent} streams in {:?}; closed={closed} goaway={goaway:?}; upstream saw {}",
+        started.elapsed(),
+        up.hits()
+    );
+    assert_eq!(goaway, Some(ENHANCE_YOUR_CALM), "closed={closed}");
+    assert!(
+        up.hits() <= 300,
+        "{} reset streams reached the upstream before the GOAWAY",
+        up.hits()
+    );
+    assert!(limit_hits(&k, "h2_resets").await >= 1.0);
+    others_are_served(port).await;
+    in_flight_settles(&k).await;
+}
+
+#[tokio::test]
+async fn window_update_and_priority_floods_get_goaway() {
+    let up = TestUpstream::start("up").await;
+    let port = free_port();
+    let k = Kaname::start(&config(port, &up)).await;
+    let mut wu = Vec::new();
+    for _ in 0..500 {
+        wu.extend(frame(WINDOW_UPDATE, 0, 0, &1u32.to_be_bytes()));
+    }
+    let mut prio = Vec::new();
+    for i in 0..500u32 {
+        prio.extend(frame(PRIORITY, 0, 1 + 2 * i, &[0, 0, 0, 0, 16]));
+    }
+    for (name, batch) in [("WINDOW_UPDATE", wu), ("PRIORITY", prio)] {
+        let mut s = h2_connect(port).await;
+        let sent = flood(&mut s, &batch, Duration::from_secs(5), 50 << 20).await;
+        let (closed, goaway) = read_until_goaway_or_close(&mut s, Duration::from_secs(10)).await;
+        println!(
+            "{name} flood: {} KiB sent; closed={closed} goaway={goaway:?}",
+            sent >> 10
+        );
+        assert_eq!(goaway, Some(ENHANCE_YOUR_CALM), "{name}: closed={closed}");
+        // What was sent includes what the kernel's socket buffers took
+        // after kaname stopped reading (several MiB on loopback).
+        assert!(
+            sent < 32 << 20,
+            "{name}: the flood was never cut off ({} KiB sent)",
+            sent >> 10
+        );
+        others_are_served(port).await;
+    }
+    assert!(limit_hits(&k, "h2_control_frames").await >= 2.0);
+}
+
+#[tokio::test]
+async fn streams_past_max_concurrent_streams_are_refused() {
+    // Streams held open (no END_STREAM on a POST) past the listener's cap
+    // get REFUSED_STREAM; the upstream sees at most the cap.
+    let up = TestUpstream::slow("up", Duration::from_secs(5)).await;
+    let port = free_port();
+    let yaml = config(port, &up).replacen(
+        "    routes:",
+        "    http2: { max_concurrent_streams: 10 }\n    routes:",
+        1,
+    );
+    let k = Kaname::start(&yaml).await;
+    let mut s = h2_connect(port).await;
+    let mut batch = Vec::new();
+    for i in 0..30u32 {
+        batch.extend(frame(HEADERS, END_HEADERS, 1 + 2 * i, &get_block()));
+    }
+    s.write_all(&batch).await.expect("headers");
+    // RST_STREAM REFUSED_STREAM (7) for the streams beyond the cap.
+    let start = Instant::now();
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut refused = 0;
+    while refused < 20 && start.elapsed() < Duration::from_secs(5) {
+        match tokio::time::timeout(Duration::from_secs(1), s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => continue,
+        }
+        let mut at = 0;
+        refused = 0;
+        while buf.len() >= at + 9 {
+            let len = u32::from_be_bytes([0, buf[at], buf[at + 1], buf[at + 2]]) as usize;
+            if buf.len() < at + 9 + len {
+                break;
+            }
+            if buf[at + 3] == RST_STREAM && len == 4 && buf[at + 9..at + 13] == 7u32.to_be_bytes() {
+                refused += 1;
+            }
+            at += 9 + len;
+        }
+    }
+    assert_eq!(refused, 20, "streams beyond 10 refused");
+    drop(s);
+    in_flight_settles(&k).await;
 }

@@ -713,3 +713,89 @@ filters:
     let config = client.get(&k.admin_url("/config")).await.text();
     assert!(config.contains("/added"), "{config}");
 }
+
+/// The valid file for the limit tests: `/svc` to upstream a.
+fn serving(port: u16, a: &TestUpstream) -> String {
+    format!(
+        "listeners:\n  main:\n    listen: 127.0.0.1:{port}\n    routes:\n      - match: {{ path_prefix: /svc }}\n        upstream: a\nupstreams:\n  a:\n    endpoints: [{}]\n",
+        a.addr
+    )
+}
+
+/// Reloads a running sidecar with `bad` (its body after the valid routes):
+/// 400 naming `kaname.yaml:LINE:COL` and `limit`, the old config serves on,
+/// the process is alive, and its peak RSS stays below 200 MB.
+async fn reload_is_refused_within_bounds(bad: &str, limit: &str) {
+    let a = TestUpstream::start("a").await;
+    let port = free_port();
+    let k = Kaname::start(&serving(port, &a)).await;
+    let client = HttpClient::http1();
+    wait_for_upstream(&client, port, "a").await;
+    let rss_before = k.rss_kib();
+
+    replace_config(&k, &format!("{}{bad}", serving(port, &a)));
+    let (status, text) = post_reload(&k).await;
+    assert_eq!(status, 400, "refused: {text}");
+    let first = text.lines().next().unwrap_or("");
+    let mut parts = first.splitn(4, ':');
+    let (file, line, column) = (parts.next(), parts.next(), parts.next());
+    assert!(
+        file.is_some_and(|f| f.ends_with("kaname.yaml"))
+            && line.is_some_and(|l| l.parse::<usize>().is_ok_and(|n| n > 0))
+            && column.is_some_and(|c| c.parse::<usize>().is_ok_and(|n| n > 0)),
+        "file:line:col first: {text}"
+    );
+    assert!(text.contains(&format!("({limit}")), "names {limit}: {text}");
+
+    // Still alive, still on the old config.
+    wait_for_upstream(&client, port, "a").await;
+    for _ in 0..20 {
+        let r = client.get(&format!("http://127.0.0.1:{port}/svc/x")).await;
+        assert_eq!(r.status, 200, "old config serves");
+    }
+    let ready = client.get(&k.admin_url("/ready")).await;
+    assert_eq!(ready.status, 200);
+    let config = client.get(&k.admin_url("/config")).await;
+    assert_eq!(config.status, 200);
+    let shown = config.text();
+    assert!(
+        !shown.contains("x-deep") && !shown.contains(&"a".repeat(64)),
+        "the old config is shown: {shown}"
+    );
+    let peak = k.peak_rss_kib();
+    println!("{limit}: RSS before {rss_before} KiB, peak {peak} KiB");
+    assert!(
+        peak < 200 * 1024,
+        "{limit}: peak RSS {peak} KiB (before the reload {rss_before} KiB)"
+    );
+    let m = metrics(&k).await;
+    assert!(
+        metric_value(&m, "kaname_config_reloads_total{result=\"failure\"}").unwrap_or(0.0) >= 1.0,
+        "failure counted"
+    );
+    assert_eq!(
+        metric_value(&m, &format!("kaname_limits_hit_total{{limit=\"{limit}\"}}")),
+        Some(1.0),
+        "{limit} counted"
+    );
+}
+
+/// `config_depth`: an `x-` key nesting 5,000 block sequences once aborted
+/// the process on the first reload (a stack overflow on a tokio thread).
+#[tokio::test]
+async fn reload_with_5000_levels_of_nesting_is_refused() {
+    let bad = format!("x-deep:\n{}x\n", "- ".repeat(5000));
+    reload_is_refused_within_bounds(&bad, "config_depth").await;
+}
+
+/// `config_expansion`: one 100 KiB string aliased 20,000 times once took a
+/// running sidecar from 10 MB to 4.2 GB.
+#[tokio::test]
+async fn reload_with_an_alias_bomb_is_refused() {
+    let bad = format!(
+        "x-s: &s \"{}\"\nx-b: [{}]\n",
+        "a".repeat(100 * 1024),
+        vec!["*s"; 20_000].join(", ")
+    );
+    reload_is_refused_within_bounds(&bad, "config_expansion").await;
+}

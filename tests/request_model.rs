@@ -19,6 +19,7 @@ use futures_util::{SinkExt, StreamExt};
 use http::Request;
 use jsonwebtoken::Algorithm;
 use serde_json::json;
+use support::h2_frames::{frame, get_block, PREFACE};
 use support::jwt::{now, text_secret_key};
 use support::request_model::{
     h2_connect, h2_get, h2_send, ok_reply, permissive_resolve, permissive_upstream, raw_exchange,
@@ -544,6 +545,50 @@ upstreams:
 
 // === 4. methods and targets ===
 
+/// An HTTP/2 upstream gets the request's authority as `:authority`, not
+/// the endpoint's address (one connection per endpoint carries them all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_upstream_receives_the_requests_authority() {
+    let up = TestUpstream::start("h2").await;
+    let port = free_port();
+    let yaml = format!(
+        "listeners:
+  main:
+    listen: 127.0.0.1:{port}
+    routes:
+      - match: {{ path_prefix: / }}
+        upstream: h2
+upstreams:
+  h2:
+    endpoints: [{}]
+    protocol: http2
+",
+        up.addr
+    );
+    let _k = Kaname::start(&yaml).await;
+    for (i, host) in ["orders.example", "Orders.Example:8443", "a.example"]
+        .iter()
+        .enumerate()
+    {
+        let raw = format!("GET /x{i} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+        let resp = raw_exchange(port, raw.as_bytes(), DEADLINE).await;
+        assert_eq!(resp.status, 200, "{host}: {}", resp.summary());
+        let got = up.last();
+        assert_eq!(got.version, http::Version::HTTP_2);
+        assert_eq!(got.authority.as_deref(), Some(*host), ":authority upstream");
+        assert!(got.header("host").is_none(), "no Host beside :authority");
+    }
+    // Over HTTP/2 from the client too: its :authority goes on.
+    let resp = HttpClient::http2()
+        .get(&format!("http://127.0.0.1:{port}/h2"))
+        .await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        up.last().authority.as_deref(),
+        Some(format!("127.0.0.1:{port}").as_str())
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_and_asterisk_forms_are_answered_by_kaname() {
     let up = TestUpstream::start("up").await;
@@ -585,28 +630,14 @@ async fn connect_and_asterisk_forms_are_answered_by_kaname() {
 
 // === 5. h2c smuggling ===
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-    f.push(kind);
-    f.push(flags);
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
 /// Preface, empty SETTINGS and a `GET path` HEADERS frame on stream 1
 /// (HPACK: static `:method GET`, `:scheme http`, literal `:path` and
 /// `:authority` without indexing).
 fn h2_attack(path: &str) -> Vec<u8> {
-    let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
-    block.extend_from_slice(path.as_bytes());
-    block.extend_from_slice(&[0x01, 9]);
-    block.extend_from_slice(b"127.0.0.1");
+    let block = get_block(path);
     let mut out = PREFACE.to_vec();
-    out.extend(h2_frame(0x4, 0, 0, &[]));
-    out.extend(h2_frame(0x1, 0x1 | 0x4, 1, &block));
+    out.extend(frame(0x4, 0, 0, &[]));
+    out.extend(frame(0x1, 0x1 | 0x4, 1, &block));
     out
 }
 

@@ -617,3 +617,167 @@ filters:
         up.hits()
     );
 }
+
+/// An upstream for the replay-buffer test: each request carries `x-id`;
+/// the first try of an id is read whole, held until `first_tries` first
+/// tries have arrived whole (so they are all in flight at once), then
+/// answered 503; any later try of the id gets 200. Records the body length
+/// of every try, by id.
+struct FirstTryFails {
+    addr: SocketAddr,
+    tries: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<usize>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FirstTryFails {
+    async fn start(first_tries: usize) -> Self {
+        use http_body_util::BodyExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let tries: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<usize>>>> =
+            Arc::default();
+        let (arrived, _) = tokio::sync::watch::channel(0usize);
+        let arrived = Arc::new(arrived);
+        let state = (tries.clone(), arrived);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (tries, arrived) = state.clone();
+                tokio::spawn(async move {
+                    let svc =
+                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                            let (tries, arrived) = (tries.clone(), arrived.clone());
+                            async move {
+                                let id = req
+                                    .headers()
+                                    .get("x-id")
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or_default()
+                                    .to_string();
+                                let len = match req.into_body().collect().await {
+                                    Ok(c) => c.to_bytes().len(),
+                                    Err(_) => 0,
+                                };
+                                let first = {
+                                    let mut t = tries.lock().expect("lock");
+                                    let seen = t.entry(id).or_default();
+                                    seen.push(len);
+                                    seen.len() == 1
+                                };
+                                let status = if first {
+                                    arrived.send_modify(|n| *n += 1);
+                                    let mut rx = arrived.subscribe();
+                                    let all = rx.wait_for(|n| *n % first_tries == 0);
+                                    let _ =
+                                        tokio::time::timeout(Duration::from_secs(20), all).await;
+                                    503
+                                } else {
+                                    200
+                                };
+                                let mut res = http::Response::new(full(Bytes::new()));
+                                *res.status_mut() =
+                                    http::StatusCode::from_u16(status).expect("status");
+                                Ok::<_, std::convert::Infallible>(res)
+                            }
+                        });
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+                });
+            }
+        });
+        FirstTryFails { addr, tries, task }
+    }
+}
+
+impl Drop for FirstTryFails {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// limits.md `replay_buffer` (issue 18): with `max_body_bytes: 1GiB`, 20
+/// concurrent 50 MiB POSTs made kaname hold 1.4 GB of replay copies. Now
+/// the copies of all requests share one pool: with `max_body_bytes: 8MiB`
+/// and `max_buffered_bytes: 16MiB`, 6 concurrent 4 MiB POSTs whose first
+/// tries all fail (and are all in flight at once, see `FirstTryFails`):
+/// at most 4 copies fit, so at most 4 are retried (200) and the others are
+/// sent once, their first try's 503 standing, each refusal counted. A body
+/// is refused only when the pool would pass 16 MiB, which 4 bodies of 4 MiB
+/// never do, so refusals stop once 4 copies are left; usually exactly 4
+/// are retried, 3 when two bodies hit the full pool at the same moment (both
+/// are refused). The copies go back when the requests finish: a second
+/// round is served the same way. kaname's RSS stays far below what the
+/// uncapped copies would need.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_copies_are_bounded_across_requests() {
+    const POSTS: usize = 6;
+    const SIZE: usize = 4 << 20;
+    let up = FirstTryFails::start(POSTS).await;
+    let port = free_port();
+    let retry = "  retries:
+    retry:
+      attempts: 2
+      retry_on: [503]
+      methods: [POST]
+      backoff: { base: 1ms, max: 5ms }
+      budget: { ratio: 1.0, min_per_second: 100 }
+      max_body_bytes: 8MiB
+      max_buffered_bytes: 16MiB
+";
+    let k = Kaname::start(&config(port, &[up.addr], "", "retries", retry)).await;
+    let client = HttpClient::http1();
+    let url = format!("http://127.0.0.1:{port}/upload");
+    let reset = k.reset_peak_rss();
+    let rss_before = k.rss_kib();
+    let mut refused_total = 0;
+    for round in 0..2 {
+        let posts = (0..POSTS).map(|i| {
+            let body = Bytes::from(vec![b'a' + i as u8; SIZE]);
+            let req = Request::post(&url)
+                .header("x-id", format!("{round}-{i}"))
+                .body(full(body))
+                .expect("request");
+            client.send(req)
+        });
+        let statuses: Vec<u16> = futures_util::future::join_all(posts)
+            .await
+            .iter()
+            .map(|r| r.status.as_u16())
+            .collect();
+        let tries = up.tries.lock().expect("lock").clone();
+        let mut retried = 0;
+        for (i, status) in statuses.iter().enumerate() {
+            let seen = &tries[&format!("{round}-{i}")];
+            assert!(
+                seen.iter().all(|n| *n == SIZE),
+                "round {round} post {i}: {seen:?}"
+            );
+            match (status, seen.len()) {
+                (200, 2) => retried += 1,
+                (503, 1) => {}
+                other => panic!("round {round} post {i}: (status, tries) {other:?}"),
+            }
+        }
+        println!("round {round}: {retried} of {POSTS} retried, statuses {statuses:?}");
+        assert!(
+            (1..=4).contains(&retried),
+            "round {round}: {retried} retried; 16 MiB holds at most four 4 MiB copies"
+        );
+        refused_total += POSTS - retried;
+        let refused = metric(&k, r#"kaname_limits_hit_total{limit="replay_buffer"}"#).await;
+        assert_eq!(
+            refused, refused_total as f64,
+            "round {round}: refusals counted"
+        );
+    }
+    let (rss, peak) = (k.rss_kib(), k.peak_rss_kib());
+    println!("kaname VmRSS {rss_before} -> {rss} KiB, peak {peak} KiB (peak reset: {reset})");
+    assert!(peak < 150 * 1024, "kaname peaked at {peak} KiB");
+}

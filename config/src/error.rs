@@ -1,5 +1,6 @@
 //! Config errors: each one names the file, line and column.
 
+use std::collections::HashSet;
 use std::fmt;
 
 use crate::node::Mark;
@@ -12,6 +13,36 @@ pub struct ConfigError {
     pub line: usize,
     pub column: usize,
     pub message: String,
+    /// The protective limit the file ran into, if that is why it was
+    /// refused: for the caller to count (`kaname_limits_hit_total{limit}`).
+    pub limit: Option<Limit>,
+}
+
+/// The limits of `docs`' limits table that the config reader enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Limit {
+    /// YAML nested deeper than [`crate::MAX_DEPTH`] levels.
+    ConfigDepth,
+    /// Aliases expanding the document past [`crate::MAX_EXPANSION_FACTOR`]×
+    /// its size, or past [`crate::MAX_EXPANDED_BYTES`].
+    ConfigExpansion,
+}
+
+impl Limit {
+    /// The `limit` label: `config_depth`, `config_expansion`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Limit::ConfigDepth => "config_depth",
+            Limit::ConfigExpansion => "config_expansion",
+        }
+    }
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// All errors found in one pass, in file order. Display = one error per line.
@@ -32,14 +63,23 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+impl ConfigErrors {
+    /// The limit that refused the file, when one did (such a refusal is
+    /// then the only error: nothing past it is read).
+    pub fn limit(&self) -> Option<Limit> {
+        self.0.iter().find_map(|e| e.limit)
+    }
+}
+
 /// Collects errors while a file is read; the parser never stops at the first.
 #[derive(Debug)]
 pub(crate) struct Errors {
     file: String,
     list: Vec<ConfigError>,
     /// Positions whose value is already known to be wrong (an unset
-    /// `${VAR}`): later complaints about the same value are dropped.
-    poisoned: Vec<Mark>,
+    /// `${VAR}`): later complaints about the same value are dropped. A set:
+    /// aliases can repeat one bad value many times.
+    poisoned: HashSet<Mark>,
 }
 
 impl Errors {
@@ -47,7 +87,7 @@ impl Errors {
         Errors {
             file: file.to_string(),
             list: Vec::new(),
-            poisoned: Vec::new(),
+            poisoned: HashSet::new(),
         }
     }
 
@@ -60,13 +100,25 @@ impl Errors {
             line: mark.line,
             column: mark.column,
             message: message.into(),
+            limit: None,
+        });
+    }
+
+    /// A refusal by one of the limits.
+    pub(crate) fn limit(&mut self, mark: Mark, message: impl Into<String>, limit: Limit) {
+        self.list.push(ConfigError {
+            file: self.file.clone(),
+            line: mark.line,
+            column: mark.column,
+            message: message.into(),
+            limit: Some(limit),
         });
     }
 
     /// Reports an error and drops any later one at the same position.
     pub(crate) fn poison(&mut self, mark: Mark, message: impl Into<String>) {
         self.at(mark, message);
-        self.poisoned.push(mark);
+        self.poisoned.insert(mark);
     }
 
     pub(crate) fn is_empty(&self) -> bool {

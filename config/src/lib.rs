@@ -19,8 +19,10 @@ pub mod types;
 mod units;
 mod validate;
 
-pub use error::{ConfigError, ConfigErrors};
+pub use error::{ConfigError, ConfigErrors, Limit};
 pub use locate::locate;
+pub use node::{MAX_DEPTH, MAX_EXPANDED_BYTES, MAX_EXPANSION_FACTOR};
+pub use redact::redact_url;
 pub use types::*;
 
 use error::Errors;
@@ -50,6 +52,7 @@ pub fn load(file: &str) -> Result<Config, ConfigErrors> {
                 line: 0,
                 column: 0,
                 message: format!("cannot read {file}: {reason}"),
+                limit: None,
             }]))
         }
     }
@@ -70,8 +73,11 @@ pub fn parse_with_env(
     let mut errs = Errors::new(file);
     let mut root = match node::load(text) {
         Ok(root) => root,
-        Err((mark, message)) => {
-            errs.at(mark, message);
+        Err(e) => {
+            match e.limit {
+                Some(limit) => errs.limit(e.mark, e.message, limit),
+                None => errs.at(e.mark, e.message),
+            }
             return Err(errs.finish());
         }
     };
@@ -81,7 +87,7 @@ pub fn parse_with_env(
     if !errs.is_empty() {
         return Err(errs.finish());
     }
-    cfg.redacted_yaml = redact::redacted_yaml(&root);
+    cfg.redacted_yaml = redact::redacted_yaml(&cfg, &root);
     Ok(cfg)
 }
 
@@ -91,5 +97,7 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
     validate::warnings(cfg)
 }
 
+#[cfg(test)]
+mod limits_tests;
 #[cfg(test)]
 mod tests;

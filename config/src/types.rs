@@ -34,10 +34,38 @@ impl Config {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Admin {
     /// Default 127.0.0.1:9901.
     pub listen: SocketAddr,
+    /// `admin.token`: when set, `/config`, `/reload` and `/metrics` need
+    /// `Authorization: Bearer <token>`. Printable ASCII, no spaces. Never
+    /// printed (Debug shows `<redacted>`).
+    pub token: Option<String>,
+    /// `admin.header_timeout`: how long a client may take to send a request
+    /// head on the admin port (also bounds an idle keep-alive connection).
+    /// Default 10s.
+    pub header_timeout: Duration,
+    /// `admin.allowed_hosts`: names this admin port may be reached by,
+    /// beyond loopback and its listen address (the `Host` guard): host
+    /// names without a port, lower-cased, matched exactly. Default none.
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Admin {
+    /// Default 10s (limits.md, `admin_header_timeout`).
+    pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("header_timeout", &self.header_timeout)
+            .field("allowed_hosts", &self.allowed_hosts)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +125,11 @@ pub struct Listener {
     pub upgrades: Vec<String>,
     /// How long a started request body may send nothing. Default 30s.
     pub request_body_timeout: Duration,
+    /// `http2.max_concurrent_streams`: streams one HTTP/2 connection may
+    /// have open; more are refused (REFUSED_STREAM). Default 100.
+    pub http2_max_concurrent_streams: u32,
+    /// A request or response that moves no byte this long is reset. Default 5m.
+    pub stream_idle_timeout: Duration,
 }
 
 /// `escaped_slashes:` — `%2F` and `%5C` in a request path.
@@ -136,6 +169,18 @@ pub struct Route {
     pub max_request_body: Option<u64>,
     /// Path matching is case-sensitive unless `case_sensitive: false`.
     pub case_sensitive: bool,
+    /// `priority: high|normal|low`: the class of every request of this
+    /// route in each `concurrency_limit` filter it names (the filter's own
+    /// `priority` source is not read on this route). None = the filter decides.
+    pub priority: Option<PriorityClass>,
+}
+
+/// A request's class in a `concurrency_limit` queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PriorityClass {
+    High,
+    Normal,
+    Low,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -203,6 +248,9 @@ pub struct Pool {
     pub idle_timeout: Duration,
     /// Default 64.
     pub max_idle_per_endpoint: usize,
+    /// Requests in flight (HTTP/1.1: connections in use) per endpoint;
+    /// more wait up to `connect_timeout`, then get 503. Default 1024.
+    pub max_connections_per_endpoint: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -301,8 +349,21 @@ pub struct ConcurrencyLimit {
     pub max_queue: usize,
     /// Default 100ms.
     pub queue_timeout: Duration,
-    /// Lower-case header name carrying high | normal | low.
-    pub priority_header: Option<String>,
+    /// Where a request's class comes from on a route without its own
+    /// `priority`. None = every request is normal.
+    pub priority: Option<PrioritySource>,
+}
+
+/// `concurrency_limit.priority`: the value `high`, `normal` or `low` (any
+/// case; anything else, or nothing, is normal).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrioritySource {
+    /// `{ header: NAME }`, lower case. Client-controlled: any client can
+    /// claim `high`, so use it only where the clients are trusted.
+    Header(String),
+    /// `{ claim: NAME }`: a string claim of the token a `jwt` filter
+    /// earlier in the route verified.
+    Claim(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -393,6 +454,10 @@ pub struct Retry {
     pub budget_min_per_second: u32,
     /// Default 64 KiB.
     pub max_body_bytes: u64,
+    /// Bytes all requests may keep for replay at once (one pool for the
+    /// process, shared by every retry filter; each filter stops keeping
+    /// copies once the pool would pass its own value). Default 64 MiB.
+    pub max_buffered_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]

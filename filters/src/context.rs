@@ -17,6 +17,14 @@ pub struct RequestContext {
     pub grpc: bool,
 }
 
+/// A route's own `priority:` (high | normal | low), placed in the request's
+/// extensions by the listener for a route that sets one. Every
+/// `concurrency_limit` filter on the route takes it as the request's class
+/// instead of reading its `priority` source (header or claim). Absent: the
+/// filter's source decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoutePriority(pub kaname_config::types::PriorityClass);
+
 /// Placed in the extensions of a response kaname made because a try failed,
 /// so retry and breaker filters can tell a connect failure from a reset or
 /// a timeout without parsing bodies.

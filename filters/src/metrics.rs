@@ -6,6 +6,43 @@ use prometheus::{
     Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 
+/// A counter series made on its first increment, so a route that never
+/// counts has no series (limits.md: with 100,000 routes, per-route series
+/// only for routes that served). A clone is one reference count.
+#[derive(Clone)]
+pub struct LazyCounter(std::sync::Arc<LazyCounterInner>);
+
+struct LazyCounterInner {
+    family: IntCounterVec,
+    labels: Vec<String>,
+    series: std::sync::OnceLock<prometheus::IntCounter>,
+}
+
+impl LazyCounter {
+    pub fn new(family: &IntCounterVec, labels: &[&str]) -> Self {
+        LazyCounter(std::sync::Arc::new(LazyCounterInner {
+            family: family.clone(),
+            labels: labels.iter().map(|l| l.to_string()).collect(),
+            series: std::sync::OnceLock::new(),
+        }))
+    }
+
+    pub fn inc(&self) {
+        let c = &self.0;
+        c.series
+            .get_or_init(|| {
+                let labels: Vec<&str> = c.labels.iter().map(String::as_str).collect();
+                c.family.with_label_values(&labels)
+            })
+            .inc();
+    }
+
+    /// The count so far (0 before the first increment).
+    pub fn get(&self) -> u64 {
+        self.0.series.get().map_or(0, |c| c.get())
+    }
+}
+
 /// Buckets from 0.5 ms to 10 s, as the contract asks.
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -39,6 +76,8 @@ pub struct Metrics {
     pub config_reloads_total: IntCounterVec,
     pub config_last_reload_success_timestamp_seconds: Gauge,
     pub build_info: IntGaugeVec,
+    /// `kaname_limits_hit_total{limit}`: a protective limit (limits.md) refused something.
+    pub limits_hit_total: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -64,6 +103,11 @@ fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Histogram
 }
 
 impl Metrics {
+    /// Counts one refusal by the limit named `limit` (a name of limits.md's table).
+    pub fn limit_hit(&self, limit: &str) {
+        self.limits_hit_total.with_label_values(&[limit]).inc();
+    }
+
     /// Creates and registers every family. Call once per process.
     pub fn new() -> Self {
         let r = Registry::new();
@@ -241,6 +285,12 @@ impl Metrics {
                 "kaname_build_info",
                 "Always 1; the version label says which kaname runs.",
                 &["version"],
+            ),
+            limits_hit_total: counter(
+                &r,
+                "kaname_limits_hit_total",
+                "Times a protective limit refused something, by limit (limits.md).",
+                &["limit"],
             ),
             registry: r,
         };

@@ -220,7 +220,9 @@ impl App {
                 b.shared.routes.store(routes.clone());
                 b.shared.tls.store(listener_tls);
                 if b.shared.conn.load().key != ConnSettings::key_of(l) {
-                    b.shared.conn.store(Arc::new(ConnSettings::of(l)));
+                    b.shared
+                        .conn
+                        .store(Arc::new(ConnSettings::of(l, &self.metrics)));
                     b.shared.retire_connections();
                     tracing::info!(listener = %l.name, "listener settings changed; open connections retired");
                 }
@@ -237,7 +239,15 @@ impl App {
                     .with_label_values(&[&l.name]),
                 connections: self.metrics.connections_open.with_label_values(&[&l.name]),
                 tls: ArcSwapOption::new(listener_tls),
-                conn: ArcSwap::from_pointee(ConnSettings::of(l)),
+                conn: ArcSwap::from_pointee(ConnSettings::of(l, &self.metrics)),
+                fd_refused: self
+                    .metrics
+                    .limits_hit_total
+                    .with_label_values(&["file_descriptors"]),
+                stream_idle_hit: self
+                    .metrics
+                    .limits_hit_total
+                    .with_label_values(&["stream_idle_timeout"]),
                 epoch: watch::channel(0).0,
             });
             let (stop, stop_rx) = watch::channel(false);
@@ -288,9 +298,13 @@ impl App {
         let parsed = tokio::task::spawn_blocking(move || kaname_config::load(&file))
             .await
             .map_err(|e| vec![format!("reload task failed: {e}")])?;
-        let config = Arc::new(
-            parsed.map_err(|errs| errs.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?,
-        );
+        let config = Arc::new(parsed.map_err(|errs| {
+            // config_depth / config_expansion refused the file (limits.md).
+            if let Some(limit) = errs.limit() {
+                self.metrics.limit_hit(limit.name());
+            }
+            errs.0.iter().map(|e| e.to_string()).collect::<Vec<_>>()
+        })?);
         // TLS files are loaded again, so a reload picks up changed files too.
         let tls = build_tls(&config, &self.metrics)?;
         let previous = self.runtime.load_full();

@@ -15,7 +15,7 @@ use kaname_filters::{FilterLayer, RouteInfo, RouteService};
 use crate::forward::{AttemptMetrics, Forward};
 use crate::request_metrics::RouteMetrics;
 use crate::request_model::RequestModel;
-use crate::router::Matcher;
+use crate::router::{Matcher, RouteIndex, RouteIndexBuilder};
 use crate::upstream::Upstream;
 
 /// Everything one loaded config runs on.
@@ -31,6 +31,8 @@ pub struct Runtime {
 pub struct ListenerRoutes {
     pub name: Arc<str>,
     pub routes: Vec<RouteEntry>,
+    /// The paths of `routes`, indexed (see `find`).
+    index: RouteIndex,
     /// Labels a request that matched no route (empty route and upstream).
     pub no_route_metrics: Arc<RouteMetrics>,
     pub access_log: bool,
@@ -136,25 +138,41 @@ impl Runtime {
         metrics: &Arc<Metrics>,
         previous: Option<&Runtime>,
     ) -> Result<ListenerRoutes, BuildError> {
-        let mut routes = Vec::new();
+        let mut routes = Vec::with_capacity(l.routes.len());
+        let mut index = RouteIndexBuilder::default();
+        let listener: Arc<str> = l.name.as_str().into();
+        // Per upstream, shared by its routes: its name and the `Forward`
+        // (its handles are per upstream), so a route costs no copy of them.
+        let mut forwards: HashMap<&str, (Arc<str>, RouteService)> = HashMap::new();
         for r in &l.routes {
             let unknown = |what, name: &str| BuildError::Unknown {
                 route: r.name.clone(),
                 what,
                 name: name.to_owned(),
             };
-            let upstream = self
-                .upstreams
-                .get(&r.upstream)
-                .cloned()
-                .ok_or_else(|| unknown("upstream", &r.upstream))?;
-            let info = RouteInfo {
-                listener: l.name.as_str().into(),
-                route: r.name.as_str().into(),
-                upstream: r.upstream.as_str().into(),
+            let (upstream_name, forward) = match forwards.get(r.upstream.as_str()) {
+                Some(f) => f.clone(),
+                None => {
+                    let upstream = self
+                        .upstreams
+                        .get(&r.upstream)
+                        .cloned()
+                        .ok_or_else(|| unknown("upstream", &r.upstream))?;
+                    let forward = Forward::new(upstream, AttemptMetrics::new(metrics, &r.upstream));
+                    let f = (
+                        Arc::<str>::from(r.upstream.as_str()),
+                        RouteService::from_boxed(forward),
+                    );
+                    forwards.insert(&r.upstream, f.clone());
+                    f
+                }
             };
-            let forward = Forward::new(upstream, AttemptMetrics::new(metrics, &r.upstream));
-            let mut service = RouteService::from_boxed(forward);
+            let info = RouteInfo {
+                listener: listener.clone(),
+                route: r.name.as_str().into(),
+                upstream: upstream_name,
+            };
+            let mut service = forward;
             // Outermost first in the file, so wrap from the innermost out.
             for name in r.filters.iter().rev() {
                 let (_, layer) = self
@@ -163,12 +181,19 @@ impl Runtime {
                     .ok_or_else(|| unknown("filter", name))?;
                 service = layer.wrap(&info, service);
             }
-            let matcher = Matcher::compile(&r.matcher, r.case_sensitive).map_err(|source| {
-                BuildError::Match {
-                    route: r.name.clone(),
-                    source,
-                }
+            if let Some(p) = r.priority {
+                // A route's own priority class, for its concurrency limits.
+                service = kaname_filters::concurrency_limit::with_route_priority(service, p);
+            }
+            let matcher = Matcher::compile(&r.matcher).map_err(|source| BuildError::Match {
+                route: r.name.clone(),
+                source,
             })?;
+            index.push(
+                r.matcher.path.as_ref(),
+                r.case_sensitive,
+                matcher.is_unconditional(),
+            );
             let route_metrics =
                 self.route_metrics(metrics, previous, [&l.name, &r.name, &r.upstream]);
             routes.push(RouteEntry {
@@ -181,9 +206,14 @@ impl Runtime {
                 metrics: route_metrics,
             });
         }
+        let index = index.build().map_err(|e| BuildError::Match {
+            route: l.routes[e.route].name.clone(),
+            source: e.source,
+        })?;
         Ok(ListenerRoutes {
-            name: l.name.as_str().into(),
+            name: listener,
             routes,
+            index,
             no_route_metrics: self.route_metrics(metrics, previous, [&l.name, "", ""]),
             access_log: self.config.log.access_log,
             start_traces: self.config.tracing.start_traces,
@@ -238,7 +268,12 @@ impl Runtime {
 }
 
 impl ListenerRoutes {
+    /// The first route in config order that matches: the index yields
+    /// the routes whose path matches, the matcher checks the rest.
     pub fn find(&self, req: &http::request::Parts) -> Option<&RouteEntry> {
-        self.routes.iter().find(|r| r.matcher.matches(req))
+        let i = self
+            .index
+            .first(req.uri.path(), |i| self.routes[i].matcher.matches(req))?;
+        Some(&self.routes[i])
     }
 }

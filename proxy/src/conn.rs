@@ -16,6 +16,10 @@ pub struct Activity {
     epoch: Instant,
     /// Milliseconds since `epoch` of the last byte read or written.
     last_ms: AtomicU64,
+    /// Milliseconds since `epoch` a request or response last moved (any
+    /// byte on HTTP/1.1; a HEADERS or DATA frame on HTTP/2, where control
+    /// frames move nothing): `stream_idle_timeout`.
+    progress_ms: AtomicU64,
     in_flight: AtomicUsize,
 }
 
@@ -24,6 +28,7 @@ impl Activity {
         Arc::new(Activity {
             epoch: Instant::now(),
             last_ms: AtomicU64::new(0),
+            progress_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
         })
     }
@@ -34,8 +39,25 @@ impl Activity {
         self.last_ms.store(now, Ordering::Relaxed);
     }
 
+    /// A request or response moved (see `progress_ms`).
+    pub fn progress(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.progress_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// When requests in flight will have moved nothing for `timeout`.
+    pub fn stall_deadline(&self, timeout: Duration) -> Instant {
+        self.epoch + Duration::from_millis(self.progress_ms.load(Ordering::Relaxed)) + timeout
+    }
+
+    /// Requests are in flight and none moved a byte for `timeout`.
+    pub fn is_stalled(&self, timeout: Duration) -> bool {
+        self.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() >= self.stall_deadline(timeout)
+    }
+
     /// Marks a request in flight until the guard drops.
     pub fn request(self: &Arc<Self>) -> RequestGuard {
+        self.progress();
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         RequestGuard(self.clone())
     }
@@ -54,10 +76,56 @@ impl Activity {
 
 pub struct RequestGuard(Arc<Activity>);
 
+pin_project_lite::pin_project! {
+    /// A response body holding its request's guard: a request counts as in
+    /// flight (for `idle_timeout` and `stream_idle_timeout`) until its
+    /// response body ends or is dropped. A plain wrapper, not another box.
+    pub struct GuardedBody<B> {
+        #[pin]
+        inner: B,
+        guard: Option<RequestGuard>,
+    }
+}
+
+impl<B> GuardedBody<B> {
+    pub fn new(inner: B, guard: RequestGuard) -> Self {
+        GuardedBody {
+            inner,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for GuardedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(None) | Poll::Ready(Some(Err(_))) = polled {
+            this.guard.take();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.0.touch();
+        self.0.progress();
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use kaname_config::{Config, FilterKind};
+use kaname_config::{Config, FilterKind, JwksSource};
 
 pub fn explain(cfg: &Config) -> String {
     let mut out = String::new();
@@ -14,6 +14,11 @@ pub fn explain(cfg: &Config) -> String {
         );
         for r in &l.routes {
             let _ = writeln!(out, "  route {} {:?}", r.name, r.matcher);
+            let _ = writeln!(
+                out,
+                "    0. request model: path normalized (merge_slashes {}, escaped_slashes {:?}), one authority, upgrades {:?}, request_body_timeout {:?}",
+                l.merge_slashes, l.escaped_slashes, l.upgrades, l.request_body_timeout
+            );
             let _ = writeln!(out, "    1. request id, metrics, access log");
             let mut n = 2;
             if let Some(t) = r.timeout {
@@ -61,6 +66,10 @@ fn settings(kind: &FilterKind) -> String {
             let mut j = j.clone();
             if j.secret.is_some() {
                 j.secret = Some("<redacted>".into());
+            }
+            // The user-info and query of a JWKS URL, as /config hides them.
+            if let Some(JwksSource::Url { url, .. }) = &mut j.jwks {
+                *url = kaname_config::redact_url(url);
             }
             format!("{j:?}")
         }

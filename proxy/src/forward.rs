@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use http::uri::Authority;
 use http::{header, uri::PathAndQuery, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
@@ -20,7 +21,7 @@ use prometheus::{Histogram, IntCounter};
 use tokio::time::Instant;
 
 use crate::headers::{strip_hop_by_hop, wants_upgrade};
-use crate::upstream::{Endpoint, Upstream};
+use crate::upstream::{Endpoint, TryError, Upstream};
 
 /// Per-upstream handles of the attempt metrics, resolved once.
 #[derive(Clone)]
@@ -32,6 +33,10 @@ pub struct AttemptMetrics {
     reset: IntCounter,
     timeout: IntCounter,
     cancelled: IntCounter,
+    /// `kaname_limits_hit_total{limit="request_body_timeout"}`.
+    body_stalled: IntCounter,
+    /// `kaname_limits_hit_total{limit="upstream_connections"}`.
+    connections_full: IntCounter,
     duration: Histogram,
 }
 
@@ -46,6 +51,12 @@ impl AttemptMetrics {
             reset: c("reset"),
             timeout: c("timeout"),
             cancelled: c("cancelled"),
+            body_stalled: m
+                .limits_hit_total
+                .with_label_values(&["request_body_timeout"]),
+            connections_full: m
+                .limits_hit_total
+                .with_label_values(&["upstream_connections"]),
             duration: m
                 .upstream_attempt_duration_seconds
                 .with_label_values(&[upstream]),
@@ -182,15 +193,36 @@ impl ForwardTo {
             slot.set(endpoint.addr);
         }
         let tried = TriedEndpoint(endpoint.addr);
-        let authority = req.uri().authority().cloned();
+        // The request's one authority (request-model.md: the listener put
+        // it in Host) is what the upstream receives: as Host on HTTP/1.1,
+        // as :authority on HTTP/2.
+        let authority = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+            .or_else(|| req.uri().authority().cloned());
         let pq = req
             .uri()
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let (scheme, shown) = match up.config.protocol {
+            // The pool keys connections by this authority: the endpoint's.
+            UpstreamProtocol::Http1 => ("http", endpoint.authority.clone()),
+            UpstreamProtocol::Http2 => (
+                if up.config.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                },
+                authority
+                    .clone()
+                    .unwrap_or_else(|| endpoint.authority.clone()),
+            ),
+        };
         let uri = Uri::builder()
-            .scheme("http")
-            .authority(endpoint.authority.clone())
+            .scheme(scheme)
+            .authority(shown)
             .path_and_query(pq)
             .build();
         match uri {
@@ -219,6 +251,26 @@ impl ForwardTo {
             }
         };
 
+        // HTTP/1.1 holds a connection per request in flight: bound them per
+        // endpoint (HTTP/2 multiplexes on one).
+        let slot = match up.config.protocol {
+            UpstreamProtocol::Http2 => None,
+            UpstreamProtocol::Http1 => {
+                match endpoint.connection_slot(up.config.connect_timeout).await {
+                    Some(p) => Some(p),
+                    None => {
+                        self.metrics.connections_full.inc();
+                        return ErrorKind::Overloaded.response(
+                            &format!(
+                                "upstream \"{}\" endpoint {} has {} requests in flight (pool.max_connections_per_endpoint)",
+                                up.name, endpoint.addr, up.config.pool.max_connections_per_endpoint
+                            ),
+                            grpc,
+                        );
+                    }
+                }
+            }
+        };
         let _in_flight = endpoint.start();
         let mut record = AttemptRecord {
             metrics: &self.metrics,
@@ -230,7 +282,7 @@ impl ForwardTo {
             done: false,
         };
         let replay = (upgrade.is_none() && replayable(&req)).then(|| head_copy(&req));
-        let mut result = up.client.request(req).await;
+        let mut result = up.send(&endpoint, req).await;
         if let Some(again) = replay {
             // The upstream closed an idle pooled connection as the request
             // went out on it: send it again, on another connection. The pool
@@ -243,7 +295,7 @@ impl ForwardTo {
                 tracing::debug!(upstream = %up.name, "stale pooled connection, sent again");
                 // The lost try still counts as an attempt that was reset.
                 self.metrics.reset.inc();
-                result = up.client.request(head_copy(&again)).await;
+                result = up.send(&endpoint, head_copy(&again)).await;
             }
         }
         if let Some(failure) = record.body.as_ref().and_then(ClientBodyWatch::failure) {
@@ -251,6 +303,9 @@ impl ForwardTo {
             // that (an error, a 400 of its own) says nothing about it.
             if result.is_err() {
                 record.finish(Some(&self.metrics.cancelled), false);
+                if failure == ClientBodyFailure::Stalled {
+                    self.metrics.body_stalled.inc();
+                }
                 return client_failure(failure, grpc);
             }
         }
@@ -308,6 +363,11 @@ impl ForwardTo {
                     OnEnd::wrap(body, judge)
                 } else {
                     body
+                };
+                // The connection is the endpoint's until the body is read.
+                let body = match slot {
+                    Some(slot) => OnEnd::wrap(body, move |_| drop(slot)),
+                    None => body,
                 };
                 Response::from_parts(parts, body)
             }
@@ -368,11 +428,13 @@ const STALE_RESENDS: usize = 3;
 /// "connection closed before message completed" (EOF), or the connection
 /// reset under the request: what a keep-alive race with an upstream closing
 /// an idle connection looks like. Only asked of requests safe to send twice.
-fn closed_before_answer(e: &hyper_util::client::legacy::Error) -> bool {
+fn closed_before_answer(e: &TryError) -> bool {
     use std::io::ErrorKind as Io;
-    if e.is_connect() {
-        return false;
-    }
+    let e = match e {
+        TryError::H2(e) => return e.not_sent(),
+        TryError::Pooled(e) if e.is_connect() => return false,
+        TryError::Pooled(e) => e,
+    };
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
         if let Some(h) = s.downcast_ref::<hyper::Error>() {
@@ -410,7 +472,7 @@ fn client_failure(failure: ClientBodyFailure, grpc: bool) -> Response<Body> {
 
 /// Connect failure or reset (a failure of the client's body is told by its
 /// watch before this is asked).
-fn classify(e: &hyper_util::client::legacy::Error) -> (ErrorKind, UpstreamFailure) {
+fn classify(e: &TryError) -> (ErrorKind, UpstreamFailure) {
     if e.is_connect() {
         (ErrorKind::UpstreamUnavailable, UpstreamFailure::Connect)
     } else {

@@ -16,6 +16,7 @@ use kaname_config::{Listener as ListenerConfig, ListenerProtocol};
 use kaname_filters::body::{BodyEnd, OnEnd};
 use kaname_filters::client_body::ClientBody;
 use kaname_filters::context::Deadline;
+use kaname_filters::metrics::Metrics;
 use kaname_filters::retry::classify::grpc_status;
 use kaname_filters::{is_grpc, Body, ErrorKind, RequestContext};
 use prometheus::IntGauge;
@@ -24,9 +25,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::chain::ListenerRoutes;
-use crate::conn::{Activity, ActivityIo};
+use crate::conn::{Activity, ActivityIo, GuardedBody};
 use crate::drain::Drain;
 use crate::h1_guard::H1Guard;
+use crate::h2_guard::{H2Guard, H2Limits};
 use crate::headers::{
     add_forwarded, client_value, ensure_request_id, ensure_traceparent, strip_hop_by_hop,
     X_REQUEST_ID,
@@ -44,6 +46,10 @@ pub struct ListenerShared {
     pub tls: ArcSwapOption<ServerTls>,
     /// How new connections are served; swapped on reload.
     pub conn: ArcSwap<ConnSettings>,
+    /// `kaname_limits_hit_total{limit="file_descriptors"}`.
+    pub fd_refused: prometheus::IntCounter,
+    /// `kaname_limits_hit_total{limit="stream_idle_timeout"}`.
+    pub stream_idle_hit: prometheus::IntCounter,
     /// Bumped to retire the connections open so far (a reload changed how
     /// connections are served, or the listener moved or went away): each
     /// finishes its requests in flight and closes, as Envoy drains a
@@ -62,27 +68,51 @@ impl ListenerShared {
 pub struct ConnSettings {
     pub builder: auto::Builder<TokioExecutor>,
     pub idle_timeout: Duration,
+    /// `stream_idle_timeout`.
+    pub stream_idle_timeout: Duration,
     pub guard: GuardSettings,
+    /// HTTP/2 reset and control-frame limits; None on an HTTP/1-only listener.
+    pub h2: Option<H2Limits>,
     /// What these were built from, to see whether a reload changes them.
-    pub key: (ListenerProtocol, Duration, u64, Duration),
+    pub key: ConnKey,
 }
 
+/// The listener settings a connection is served with.
+pub type ConnKey = (ListenerProtocol, Duration, u64, Duration, u32, Duration);
+
+/// Streams an HTTP/2 client may reset within `H2_WINDOW` (limits.md).
+const H2_RESETS: u32 = 100;
+/// PING, SETTINGS, PRIORITY and unearned WINDOW_UPDATE frames within `H2_WINDOW`.
+const H2_CONTROL_FRAMES: u32 = 1000;
+const H2_WINDOW: Duration = Duration::from_secs(10);
+
 impl ConnSettings {
-    pub fn of(cfg: &ListenerConfig) -> Self {
+    pub fn of(cfg: &ListenerConfig, metrics: &Metrics) -> Self {
+        let hit = |limit: &str| metrics.limits_hit_total.with_label_values(&[limit]);
         ConnSettings {
             builder: server_builder(cfg),
             idle_timeout: cfg.idle_timeout,
+            stream_idle_timeout: cfg.stream_idle_timeout,
             guard: GuardSettings::of(cfg),
+            h2: (cfg.protocol != ListenerProtocol::Http1).then(|| H2Limits {
+                resets: H2_RESETS,
+                control_frames: H2_CONTROL_FRAMES,
+                window: H2_WINDOW,
+                resets_hit: hit("h2_resets"),
+                control_hit: hit("h2_control_frames"),
+            }),
             key: Self::key_of(cfg),
         }
     }
 
-    pub fn key_of(cfg: &ListenerConfig) -> (ListenerProtocol, Duration, u64, Duration) {
+    pub fn key_of(cfg: &ListenerConfig) -> ConnKey {
         (
             cfg.protocol,
             cfg.header_read_timeout,
             cfg.max_header_bytes,
             cfg.idle_timeout,
+            cfg.http2_max_concurrent_streams,
+            cfg.stream_idle_timeout,
         )
     }
 }
@@ -133,14 +163,17 @@ pub fn server_builder(cfg: &ListenerConfig) -> auto::Builder<TokioExecutor> {
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(1024)
+        // More are refused with REFUSED_STREAM (limits.md, 100 by default).
+        .max_concurrent_streams(cfg.http2_max_concurrent_streams)
         // Rapid reset (CVE-2023-44487): a client that opens and resets
         // streams faster than they are accepted gets a GOAWAY.
         .max_pending_accept_reset_streams(Some(20))
         // Streams kaname itself had to reset for the client's errors.
         .max_local_error_reset_streams(Some(1024))
-        // What one connection may buffer to send to a slow reader.
-        .max_send_buf_size(400 * 1024)
+        // What one stream may buffer to send to a slow reader: a client
+        // holding many streams at a zero window holds this much per stream
+        // (limits.md); 64 KiB is HTTP/2's default initial window.
+        .max_send_buf_size(64 * 1024)
         .keep_alive_interval(Some(Duration::from_secs(60)))
         .keep_alive_timeout(Duration::from_secs(20));
     match cfg.protocol {
@@ -173,12 +206,20 @@ pub async fn accept_loop(
                 continue;
             }
         };
+        let Some(fd_slot) = crate::fd_budget::client_slot() else {
+            // Over the descriptor budget: closed at once, so the admin port
+            // and upstream connections keep theirs.
+            shared.fd_refused.inc();
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let (token, mut draining) = drain.connection();
         let gauge = shared.connections.clone();
         gauge.inc();
         let shared = shared.clone();
         let settings = shared.conn.load_full();
+        let stream_idle_hit = shared.stream_idle_hit.clone();
         let mut retired = shared.epoch.subscribe();
         tokio::spawn(async move {
             let (idle_timeout, guard) = (settings.idle_timeout, settings.guard);
@@ -208,17 +249,23 @@ pub async fn accept_loop(
                     req,
                 );
                 async move {
+                    // The request is in flight until its response body ends.
                     let res = fut.await;
-                    drop(guard);
-                    res
+                    res.map(|r| r.map(|body| GuardedBody::new(body, guard)))
                 }
             });
             let io = ActivityIo::new(TokioIo::new(io), activity.clone());
+            let io = H2Guard::new(io, settings.h2.clone(), Some(activity.clone()));
             let io = H1Guard::new(io, guard.head_limit, guard.enabled, guard.head_timeout);
             let conn = settings.builder.serve_connection_with_upgrades(io, service);
             tokio::pin!(conn);
+            let stream_idle = settings.stream_idle_timeout;
             let result = loop {
-                let deadline = activity.idle_deadline(idle_timeout);
+                // The next time something may be due: the stall of the
+                // requests in flight, or the idle end of the connection.
+                let deadline = activity
+                    .idle_deadline(idle_timeout)
+                    .min(activity.stall_deadline(stream_idle));
                 let event = tokio::select! {
                     r = conn.as_mut() => ConnEvent::Done(r),
                     _ = draining.wait_for(|d| *d) => ConnEvent::Close,
@@ -227,7 +274,22 @@ pub async fn accept_loop(
                 };
                 match event {
                     ConnEvent::Done(r) => break r,
-                    ConnEvent::Tick if !activity.is_idle(idle_timeout) => continue,
+                    ConnEvent::Tick if activity.is_stalled(stream_idle) => {
+                        // Requests in flight moved nothing for
+                        // stream_idle_timeout: reset, so their upstream
+                        // tries are cancelled (limits.md).
+                        stream_idle_hit.inc();
+                        tracing::debug!(%peer, "stream_idle_timeout: connection reset");
+                        break Ok(());
+                    }
+                    ConnEvent::Tick if !activity.is_idle(idle_timeout) => {
+                        // Not due yet; the deadline moved on. A past one
+                        // (requests in flight, no stall) waits a beat.
+                        if activity.stall_deadline(stream_idle) <= Instant::now() {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        continue;
+                    }
                     ConnEvent::Tick | ConnEvent::Close => {
                         // Finish requests in flight, refuse new ones, then close.
                         conn.as_mut().graceful_shutdown();
@@ -240,6 +302,7 @@ pub async fn accept_loop(
             }
             gauge.dec();
             drop(token);
+            drop(fd_slot);
         });
     }
 }

@@ -8,9 +8,11 @@ mod conn;
 mod demo;
 mod drain;
 mod explain;
+mod fd_budget;
 mod forward;
 mod grpc_deadline;
 mod h1_guard;
+mod h2_guard;
 mod headers;
 mod jwks;
 mod listener;
@@ -88,8 +90,16 @@ fn main() -> ExitCode {
 /// raise it to the hard limit, as servers do.
 fn raise_fd_limit() {
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) => tracing::debug!(limit = n, "open file limit"),
-        Err(e) => eprintln!("warning: could not raise the open file limit: {e}"),
+        Ok(n) => {
+            tracing::debug!(limit = n, "open file limit");
+            fd_budget::set_limit(n);
+        }
+        Err(e) => {
+            eprintln!("warning: could not raise the open file limit: {e}");
+            if let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
+                fd_budget::set_limit(soft);
+            }
+        }
     }
 }
 

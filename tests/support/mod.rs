@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod grpc;
+pub mod h2_frames;
 pub mod jwt;
 pub mod limits;
 pub mod request_model;
@@ -125,6 +126,20 @@ impl Kaname {
 
     /// Starts `kaname run` without waiting for readiness.
     pub fn spawn(body: &str, env: &[(&str, &str)]) -> Kaname {
+        Self::spawn_under(body, env, &[])
+    }
+
+    /// As `start`, with the process's open-file limit (soft and hard) set
+    /// to `nofile` by util-linux `prlimit`.
+    pub async fn start_with_nofile(body: &str, nofile: u64) -> Kaname {
+        let limit = format!("--nofile={nofile}:{nofile}");
+        let mut kaname = Self::spawn_under(body, &[], &["prlimit", &limit, "--"]);
+        kaname.wait_ready().await;
+        kaname
+    }
+
+    /// `kaname run`, run by `wrapper` (a command and its arguments) when given.
+    fn spawn_under(body: &str, env: &[(&str, &str)], wrapper: &[&str]) -> Kaname {
         let admin_port = free_port();
         // A body with its own top-level `log:` keeps it.
         let log = if body.starts_with("log:") || body.contains("\nlog:") {
@@ -138,7 +153,14 @@ impl Kaname {
         std::fs::write(&config_path, yaml).expect("write config");
         let stdout_path = dir.path().join("stdout.log");
         let stderr_path = dir.path().join("stderr.log");
-        let mut cmd = tokio::process::Command::new(KANAME);
+        let mut cmd = match wrapper.split_first() {
+            None => tokio::process::Command::new(KANAME),
+            Some((program, args)) => {
+                let mut c = tokio::process::Command::new(program);
+                c.args(args).arg(KANAME);
+                c
+            }
+        };
         cmd.arg("run")
             .arg("-c")
             .arg(&config_path)

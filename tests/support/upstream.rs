@@ -43,6 +43,9 @@ pub struct Recorded {
     pub headers: HeaderMap,
     /// Bytes of request body; None for `/echo-body` (streamed back, not counted).
     pub body_len: Option<u64>,
+    /// The target's authority: HTTP/2's `:authority` (None for HTTP/1.1's
+    /// origin form, whose authority is `Host`).
+    pub authority: Option<String>,
 }
 
 impl Recorded {
@@ -176,6 +179,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         version: parts.version,
         headers: parts.headers.clone(),
         body_len: None,
+        authority: parts.uri.authority().map(|a| a.to_string()),
     };
 
     if parts.uri.path() == "/echo-body" {

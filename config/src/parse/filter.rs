@@ -8,7 +8,7 @@ use crate::error::Errors;
 use crate::node::{Mark, Node};
 use crate::read::{self, Map};
 use crate::suggest::did_you_mean;
-use crate::types::{ConcurrencyLimit, Filter, FilterKind, RateLimit, RateLimitKey};
+use crate::types::{ConcurrencyLimit, Filter, FilterKind, PrioritySource, RateLimit, RateLimitKey};
 use crate::SUPPORTED_FILTER_KINDS;
 
 /// Every kind the config language knows (the proxy may support fewer).
@@ -135,34 +135,36 @@ fn concurrency(name: &str, node: &Node, errs: &mut Errors) -> Option<Concurrency
     let queue_timeout = m
         .opt("queue_timeout", errs, read::duration)
         .unwrap_or(Duration::from_millis(100));
-    let priority_header = m.opt("priority", errs, |n, e| {
-        let found = match &n.value {
-            crate::node::Value::Map(entries) if entries.len() == 1 => {
-                let is_header = entries[0].0.scalar().is_some_and(|s| s.text == "header");
-                is_header.then(|| read::header_name(&entries[0].1, e))
-            }
-            _ => None,
-        };
-        match found {
-            Some(header) => header,
-            None => {
-                e.at(
-                    n.mark,
-                    format!(
-                        "expected priority as {{ header: NAME }}, found {}",
-                        n.describe()
-                    ),
-                );
-                None
-            }
-        }
-    });
+    let priority = m.opt("priority", errs, priority_source);
     Some(ConcurrencyLimit {
         max_in_flight: usize::try_from(max_in_flight?).unwrap_or(usize::MAX),
         max_queue,
         queue_timeout,
-        priority_header,
+        priority,
     })
+}
+
+/// `{ header: NAME }` or `{ claim: NAME }`.
+fn priority_source(node: &Node, errs: &mut Errors) -> Option<PrioritySource> {
+    if let crate::node::Value::Map(entries) = &node.value {
+        if let [(key, value)] = entries.as_slice() {
+            match key.scalar().map(|s| s.text.as_str()) {
+                Some("header") => {
+                    return read::header_name(value, errs).map(PrioritySource::Header)
+                }
+                Some("claim") => return read::nonempty(value, errs).map(PrioritySource::Claim),
+                _ => {}
+            }
+        }
+    }
+    errs.at(
+        node.mark,
+        format!(
+            "expected priority as {{ header: NAME }} or {{ claim: NAME }}, found {}",
+            node.describe()
+        ),
+    );
+    None
 }
 
 #[cfg(test)]
@@ -224,11 +226,36 @@ mod tests {
         };
         assert_eq!((c.max_in_flight, c.max_queue), (4, 0));
         assert_eq!(c.queue_timeout, Duration::from_millis(100));
-        assert_eq!(c.priority_header.as_deref(), Some("x-priority"));
+        assert_eq!(
+            c.priority,
+            Some(PrioritySource::Header("x-priority".into()))
+        );
         assert_eq!(
             run("concurrency_limit: {max_in_flight: 0, priority: x-priority}").1,
             "f:1:36: expected at least 1, found 0\n\
-             f:1:49: expected priority as { header: NAME }, found \"x-priority\""
+             f:1:49: expected priority as { header: NAME } or { claim: NAME }, found \"x-priority\""
+        );
+    }
+
+    #[test]
+    fn concurrency_priority_from_a_claim() {
+        let (f, e) = run("concurrency_limit: {max_in_flight: 4, priority: {claim: tier}}");
+        assert_eq!(e, "");
+        let FilterKind::ConcurrencyLimit(c) = f.unwrap().kind else {
+            panic!()
+        };
+        assert_eq!(c.priority, Some(PrioritySource::Claim("tier".into())));
+        assert_eq!(
+            run("concurrency_limit: {max_in_flight: 4, priority: {claim: \"\"}}").1,
+            "f:1:57: expected a non-empty string"
+        );
+        assert_eq!(
+            run("concurrency_limit: {max_in_flight: 4, priority: {header: a, claim: b}}").1,
+            "f:1:49: expected priority as { header: NAME } or { claim: NAME }, found a mapping"
+        );
+        assert_eq!(
+            run("concurrency_limit: {max_in_flight: 4, priority: {route: high}}").1,
+            "f:1:49: expected priority as { header: NAME } or { claim: NAME }, found a mapping"
         );
     }
 }

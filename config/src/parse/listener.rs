@@ -24,6 +24,8 @@ const LISTENER_KEYS: &[&str] = &[
     "escaped_slashes",
     "upgrades",
     "request_body_timeout",
+    "http2",
+    "stream_idle_timeout",
 ];
 
 pub fn listener(
@@ -73,6 +75,13 @@ pub fn listener(
     let request_body_timeout = m
         .opt("request_body_timeout", errs, read::positive_duration)
         .unwrap_or(Duration::from_secs(30));
+    let stream_idle_timeout = m
+        .opt("stream_idle_timeout", errs, read::positive_duration)
+        .unwrap_or(Duration::from_secs(300));
+    let http2_max_concurrent_streams = m
+        .opt("http2", errs, |n, e| http2_settings(name, n, e))
+        .flatten()
+        .unwrap_or(100);
     let upgrades = m
         .opt("upgrades", errs, upgrade_tokens)
         .unwrap_or_else(|| vec!["websocket".to_string()]);
@@ -108,12 +117,26 @@ pub fn listener(
         escaped_slashes,
         upgrades,
         request_body_timeout,
+        http2_max_concurrent_streams,
+        stream_idle_timeout,
     };
     let marks = ListenerMarks {
         listen: listen.and(listen_node.map(|n| n.mark)),
         routes: route_marks,
     };
     Some((listener, marks))
+}
+
+/// `http2: { max_concurrent_streams: 100 }`.
+fn http2_settings(listener: &str, node: &Node, errs: &mut Errors) -> Option<Option<u32>> {
+    let place = format!("in http2 of listener {listener:?}");
+    let m = Map::new(node, &place, &["max_concurrent_streams"], errs)?;
+    let n = m.opt("max_concurrent_streams", errs, read::u32_);
+    if let (Some(0), Some(mark)) = (n, m.key_mark("max_concurrent_streams")) {
+        errs.at(mark, "max_concurrent_streams must be at least 1");
+        return Some(None);
+    }
+    Some(n)
 }
 
 /// `upgrades: [websocket]`: protocol names as `Upgrade` carries them
@@ -188,6 +211,7 @@ const ROUTE_KEYS: &[&str] = &[
     "filters",
     "max_request_body",
     "case_sensitive",
+    "priority",
 ];
 
 fn route(listener: &str, n: usize, node: &Node, errs: &mut Errors) -> Option<(Route, RouteMarks)> {
@@ -212,6 +236,14 @@ fn route(listener: &str, n: usize, node: &Node, errs: &mut Errors) -> Option<(Ro
     let timeout = m.opt("timeout", errs, read::positive_duration);
     let max_request_body = m.opt("max_request_body", errs, read::size);
     let case_sensitive = m.opt("case_sensitive", errs, read::boolean).unwrap_or(true);
+    let priority = m
+        .opt("priority", errs, |n, e| {
+            read::choice(n, &["high", "normal", "low"], e)
+        })
+        .map(|i| {
+            use crate::types::PriorityClass as P;
+            [P::High, P::Normal, P::Low][i]
+        });
     let mut filters = Vec::new();
     let mut filter_marks = Vec::new();
     if let Some(items) = m.opt("filters", errs, read::list) {
@@ -238,6 +270,7 @@ fn route(listener: &str, n: usize, node: &Node, errs: &mut Errors) -> Option<(Ro
         filters,
         max_request_body,
         case_sensitive,
+        priority,
     };
     let marks = RouteMarks {
         name: m.key_mark("name").unwrap_or(m.mark),

@@ -63,6 +63,9 @@ pub fn config(file: &str, root: &Node, errs: &mut Errors) -> (Config, Marks) {
         file: file.to_string(),
         admin: Admin {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9901),
+            token: None,
+            header_timeout: Admin::DEFAULT_HEADER_TIMEOUT,
+            allowed_hosts: Vec::new(),
         },
         shutdown_grace: Duration::from_secs(30),
         log: Log {
@@ -95,11 +98,7 @@ pub fn config(file: &str, root: &Node, errs: &mut Errors) -> (Config, Marks) {
         }
     }
     if let Some(node) = top.get("admin") {
-        if let Some(admin) = Map::new(node, "in admin", &["listen"], errs) {
-            if let Some(addr) = admin.opt("listen", errs, listen_addr) {
-                cfg.admin.listen = addr;
-            }
-        }
+        admin(node, &mut cfg.admin, errs);
     }
     if let Some(d) = top.opt("shutdown_grace", errs, read::duration) {
         cfg.shutdown_grace = d;
@@ -153,6 +152,74 @@ pub fn config(file: &str, root: &Node, errs: &mut Errors) -> (Config, Marks) {
         }
     }
     (cfg, marks)
+}
+
+fn admin(node: &Node, admin: &mut Admin, errs: &mut Errors) {
+    let keys = ["listen", "token", "header_timeout", "allowed_hosts"];
+    let Some(m) = Map::new(node, "in admin", &keys, errs) else {
+        return;
+    };
+    if let Some(addr) = m.opt("listen", errs, listen_addr) {
+        admin.listen = addr;
+    }
+    admin.token = m.opt("token", errs, admin_token);
+    if let Some(d) = m.opt("header_timeout", errs, read::positive_duration) {
+        admin.header_timeout = d;
+    }
+    if let Some(items) = m.get("allowed_hosts").and_then(|n| read::list(n, errs)) {
+        admin.allowed_hosts = items.iter().filter_map(|n| allowed_host(n, errs)).collect();
+    }
+}
+
+/// An `admin.allowed_hosts` entry: a host name as a `Host` header carries
+/// it, without the port (`orders`, `orders.shop.svc`); lower-cased.
+fn allowed_host(node: &Node, errs: &mut Errors) -> Option<String> {
+    let name = read::string(node, errs)?;
+    if !is_host_name(&name) {
+        let hint = if name.contains(':') {
+            " (without a port: any port is accepted)"
+        } else {
+            ""
+        };
+        errs.at(
+            node.mark,
+            format!("admin.allowed_hosts: expected a host name like \"orders\" or \"orders.shop.svc\" (letters, digits, '-' and '.'), found {name:?}{hint}"),
+        );
+        return None;
+    }
+    Some(name.to_ascii_lowercase())
+}
+
+/// Dot-separated labels of letters, digits and `-` (not at either end of a
+/// label), each 1 to 63 characters, 253 in all (RFC 1123).
+fn is_host_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// A bearer token as `Authorization: Bearer <token>` carries it. Messages
+/// never show the value (it is usually a `${VAR}`).
+fn admin_token(node: &Node, errs: &mut Errors) -> Option<String> {
+    let token = read::string(node, errs)?;
+    if token.is_empty() {
+        errs.at(node.mark, "admin.token is empty; remove it or set a token");
+        return None;
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        errs.at(
+            node.mark,
+            "admin.token must be printable ASCII without spaces (it is sent as \"Authorization: Bearer <token>\")",
+        );
+        return None;
+    }
+    Some(token)
 }
 
 const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
@@ -237,6 +304,40 @@ mod tests {
                 .count(),
             2
         );
+    }
+
+    #[test]
+    fn allowed_hosts() {
+        let node = load(
+            "admin: { allowed_hosts: [Orders, payments.shop.svc, 10.0.0.5] }\nlisteners: {}\n",
+        )
+        .unwrap();
+        let mut errs = Errors::new("f");
+        let (cfg, _) = config("f", &node, &mut errs);
+        assert_eq!(
+            cfg.admin.allowed_hosts,
+            ["orders", "payments.shop.svc", "10.0.0.5"]
+        );
+        let e = errors(
+            "admin:\n  allowed_hosts:\n    - ok\n    - \"orders:9901\"\n    - \"a b\"\n    - -x\n    - a..b\n    - \"\"\n    - \"[::1]\"\nlisteners: {}\n",
+        );
+        let lines: Vec<&str> = e.lines().collect();
+        assert!(
+            lines[0].starts_with("f:4:7: admin.allowed_hosts: expected a host name"),
+            "{e}"
+        );
+        assert!(
+            lines[0].ends_with("found \"orders:9901\" (without a port: any port is accepted)"),
+            "{e}"
+        );
+        for (i, line) in ["f:5:7:", "f:6:7:", "f:7:7:", "f:8:7:", "f:9:7:"]
+            .iter()
+            .enumerate()
+        {
+            assert!(lines[i + 1].starts_with(line), "{e}");
+        }
+        assert!(errors("admin: { allowed_hosts: orders }\nlisteners: {}\n")
+            .contains("f:1:25: expected a list"));
     }
 
     #[test]

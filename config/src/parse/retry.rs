@@ -72,6 +72,7 @@ const RETRY_KEYS: &[&str] = &[
     "backoff",
     "budget",
     "max_body_bytes",
+    "max_buffered_bytes",
 ];
 
 pub fn retry(name: &str, node: &Node, errs: &mut Errors) -> Option<Retry> {
@@ -152,6 +153,9 @@ pub fn retry(name: &str, node: &Node, errs: &mut Errors) -> Option<Retry> {
     let max_body_bytes = m
         .opt("max_body_bytes", errs, read::size)
         .unwrap_or(64 * 1024);
+    let max_buffered_bytes = m
+        .opt("max_buffered_bytes", errs, read::size)
+        .unwrap_or(64 * 1024 * 1024);
     Some(Retry {
         attempts: attempts.unwrap_or(3),
         retry_on,
@@ -162,6 +166,7 @@ pub fn retry(name: &str, node: &Node, errs: &mut Errors) -> Option<Retry> {
         budget_ratio: ratio,
         budget_min_per_second: min_per_second,
         max_body_bytes,
+        max_buffered_bytes,
     })
 }
 
@@ -287,6 +292,14 @@ mod tests {
             RetryMethods::List(vec!["GET".into(), "POST".into()])
         );
         assert_eq!((r.attempts, r.max_body_bytes), (3, 65536));
+        assert_eq!(r.max_buffered_bytes, 64 << 20);
+        let (r, e) = run_retry("max_body_bytes: 8MiB\nmax_buffered_bytes: 16MiB\n");
+        assert_eq!(e, "");
+        let r = r.unwrap();
+        assert_eq!(
+            (r.max_body_bytes, r.max_buffered_bytes),
+            (8 << 20, 16 << 20)
+        );
         assert_eq!(
             (r.backoff_base, r.backoff_max),
             (Duration::from_millis(25), Duration::from_millis(250))

@@ -63,6 +63,7 @@ pub fn upstream(name: &str, node: &Node, errs: &mut Errors) -> Option<Upstream> 
         .unwrap_or(Pool {
             idle_timeout: Duration::from_secs(90),
             max_idle_per_endpoint: 64,
+            max_connections_per_endpoint: 1024,
         });
     let dns_refresh = m
         .opt("dns_refresh", errs, read::positive_duration)
@@ -120,7 +121,11 @@ fn pool(upstream: &str, node: &Node, errs: &mut Errors) -> Option<Pool> {
     let m = Map::new(
         node,
         &place,
-        &["idle_timeout", "max_idle_per_endpoint"],
+        &[
+            "idle_timeout",
+            "max_idle_per_endpoint",
+            "max_connections_per_endpoint",
+        ],
         errs,
     )?;
     Some(Pool {
@@ -130,6 +135,10 @@ fn pool(upstream: &str, node: &Node, errs: &mut Errors) -> Option<Pool> {
         max_idle_per_endpoint: m
             .opt("max_idle_per_endpoint", errs, read::usize_)
             .unwrap_or(64),
+        max_connections_per_endpoint: m
+            .opt("max_connections_per_endpoint", errs, read::u32_)
+            .filter(|n| *n > 0)
+            .unwrap_or(1024),
     })
 }
 

@@ -11,8 +11,18 @@
 //!     max_in_flight: 64
 //!     max_queue: 256
 //!     queue_timeout: 100ms
-//!     priority: { header: x-priority }   # high | normal | low (default normal)
+//!     priority: { claim: tier }   # or { header: x-priority }; high | normal | low
 //! ```
+//!
+//! A request's class: the route's own `priority` when it has one (carried
+//! in [`RoutePriority`], put there by [`with_route_priority`] around the
+//! route's chain); else the filter's source — a string claim of the token a
+//! `jwt` filter earlier on the route verified ([`VerifiedClaims`]), or a
+//! header, which any client can set and so is only for trusted clients;
+//! else normal. A missing, non-string or unknown value is normal. Priority
+//! from a client is a claim, not a fact: with a header source, one client
+//! sending `high` on every request pushes everyone else's high requests out
+//! of the queue.
 //!
 //! A slot is held until the response *body* ends (or is dropped), not just
 //! until its head: the upstream is still working while it streams the body,
@@ -36,20 +46,21 @@ use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
-use kaname_config::types::ConcurrencyLimit as ConcurrencyConfig;
+use kaname_config::types::{ConcurrencyLimit as ConcurrencyConfig, PriorityClass, PrioritySource};
 use tower::Service;
 
 pub use queue::{Gauges, Limiter, Permit, Priority, Shed};
 
-use crate::context::{RefusedBy, RequestContext};
+use crate::claims::VerifiedClaims;
+use crate::context::{RefusedBy, RequestContext, RoutePriority};
 use crate::metrics::Metrics;
 use crate::registry::{BuildError, FilterLayer, RouteInfo};
-use crate::{is_grpc, Body, BoxError, ErrorKind, RouteService};
+use crate::{is_grpc, Body, BoxError, ErrorKind, RouteFuture, RouteService};
 
 /// A built concurrency_limit filter.
 pub struct ConcurrencyLayer {
     name: Arc<str>,
-    priority_header: Option<HeaderName>,
+    source: Source,
     limiter: Arc<Limiter>,
 }
 
@@ -57,8 +68,30 @@ pub struct ConcurrencyLayer {
 pub struct ConcurrencyService {
     inner: RouteService,
     name: Arc<str>,
-    priority_header: Option<HeaderName>,
+    source: Source,
     limiter: Arc<Limiter>,
+}
+
+/// Where a request's class comes from on a route without its own priority.
+#[derive(Debug, Clone)]
+enum Source {
+    /// Every request is normal.
+    None,
+    Header(HeaderName),
+    Claim(Arc<str>),
+}
+
+impl Source {
+    fn priority_of(&self, req: &Request<Body>) -> Priority {
+        if let Some(RoutePriority(p)) = req.extensions().get::<RoutePriority>() {
+            return (*p).into();
+        }
+        match self {
+            Source::None => Priority::Normal,
+            Source::Header(h) => Priority::from_header(req.headers().get(h)),
+            Source::Claim(c) => Priority::from_claim(req.extensions().get::<VerifiedClaims>(), c),
+        }
+    }
 }
 
 // === impl ConcurrencyLayer ===
@@ -69,14 +102,17 @@ impl ConcurrencyLayer {
         config: &ConcurrencyConfig,
         metrics: &Arc<Metrics>,
     ) -> Result<Self, BuildError> {
-        let priority_header = match &config.priority_header {
-            Some(h) => Some(
-                HeaderName::try_from(h.as_str()).map_err(|e| BuildError::Invalid {
-                    filter: name.to_owned(),
-                    message: format!("priority header {h:?}: {e}"),
-                })?,
-            ),
-            None => None,
+        let source = match &config.priority {
+            Some(PrioritySource::Header(h)) => {
+                Source::Header(HeaderName::try_from(h.as_str()).map_err(|e| {
+                    BuildError::Invalid {
+                        filter: name.to_owned(),
+                        message: format!("priority header {h:?}: {e}"),
+                    }
+                })?)
+            }
+            Some(PrioritySource::Claim(c)) => Source::Claim(c.as_str().into()),
+            None => Source::None,
         };
         let gauges = Gauges {
             in_flight: metrics.concurrency_in_flight.with_label_values(&[name]),
@@ -91,7 +127,7 @@ impl ConcurrencyLayer {
         );
         Ok(ConcurrencyLayer {
             name: name.into(),
-            priority_header,
+            source,
             limiter: Arc::new(limiter),
         })
     }
@@ -106,7 +142,7 @@ impl FilterLayer for ConcurrencyLayer {
         RouteService::from_boxed(ConcurrencyService {
             inner,
             name: self.name.clone(),
-            priority_header: self.priority_header.clone(),
+            source: self.source.clone(),
             limiter: self.limiter.clone(),
         })
     }
@@ -133,10 +169,7 @@ impl Service<Request<Body>> for ConcurrencyService {
 
 impl ConcurrencyService {
     async fn run(&mut self, req: Request<Body>) -> Response<Body> {
-        let priority = match &self.priority_header {
-            Some(h) => Priority::from_header(req.headers().get(h)),
-            None => Priority::Normal,
-        };
+        let priority = self.source.priority_of(&req);
         let permit = match self.limiter.acquire(priority).await {
             Ok(p) => p,
             Err(why) => {
@@ -168,6 +201,39 @@ impl ConcurrencyService {
             }
             .boxed()
         })
+    }
+}
+
+/// Wraps a route's whole chain (outside its first filter) so that every
+/// request of the route carries the route's own `priority` to the
+/// concurrency_limit filters on it ([`RoutePriority`]). For the proxy to
+/// call when it builds a route whose config sets `priority`; it costs one
+/// extension insert per request, and no extra boxed future.
+pub fn with_route_priority(inner: RouteService, priority: PriorityClass) -> RouteService {
+    RouteService::from_boxed(WithRoutePriority {
+        inner,
+        priority: RoutePriority(priority),
+    })
+}
+
+#[derive(Clone)]
+struct WithRoutePriority {
+    inner: RouteService,
+    priority: RoutePriority,
+}
+
+impl Service<Request<Body>> for WithRoutePriority {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = RouteFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> RouteFuture {
+        req.extensions_mut().insert(self.priority);
+        self.inner.call(req)
     }
 }
 

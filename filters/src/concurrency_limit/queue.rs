@@ -15,10 +15,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use http::HeaderValue;
+use kaname_config::types::PriorityClass;
 use prometheus::{IntCounter, IntGauge};
 use tokio::sync::oneshot;
 
-/// A request's priority, from the configured header.
+use crate::claims::VerifiedClaims;
+
+/// A request's class in the queue: from the route's own priority, or the
+/// filter's source (a header or a verified claim).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Priority {
     High = 0,
@@ -32,10 +36,20 @@ impl Priority {
     /// `high`, `normal` or `low` in any case; anything else (or no header)
     /// is normal, so a client cannot break the filter with a typo.
     pub fn from_header(value: Option<&HeaderValue>) -> Priority {
-        let Some(v) = value else {
-            return Priority::Normal;
-        };
-        let v = v.as_bytes();
+        value.map_or(Priority::Normal, |v| Priority::from_text(v.as_bytes()))
+    }
+
+    /// The claim `name` of a verified token: a string `high`, `normal` or
+    /// `low` in any case. No token, no such claim, a claim that is not a
+    /// string (`1`, `true`, a list) or another word: normal.
+    pub fn from_claim(claims: Option<&VerifiedClaims>, name: &str) -> Priority {
+        claims
+            .and_then(|c| c.0.get(name))
+            .and_then(serde_json::Value::as_str)
+            .map_or(Priority::Normal, |s| Priority::from_text(s.as_bytes()))
+    }
+
+    fn from_text(v: &[u8]) -> Priority {
         if v.eq_ignore_ascii_case(b"high") {
             Priority::High
         } else if v.eq_ignore_ascii_case(b"low") {
@@ -55,6 +69,16 @@ impl Priority {
 
     fn index(self) -> usize {
         self as usize
+    }
+}
+
+impl From<PriorityClass> for Priority {
+    fn from(p: PriorityClass) -> Priority {
+        match p {
+            PriorityClass::High => Priority::High,
+            PriorityClass::Normal => Priority::Normal,
+            PriorityClass::Low => Priority::Low,
+        }
     }
 }
 
@@ -325,6 +349,39 @@ mod tests {
         assert_eq!(p("normal"), Priority::Normal);
         assert_eq!(p("urgent"), Priority::Normal);
         assert_eq!(Priority::from_header(None), Priority::Normal);
+    }
+
+    #[test]
+    fn priority_from_a_claim() {
+        let json = serde_json::json!({
+            "high": "high", "upper": "LOW", "normal": "normal", "other": "urgent",
+            "number": 1, "boolean": true, "list": ["high"], "object": {"tier": "high"}, "null": null,
+        });
+        let serde_json::Value::Object(map) = json else {
+            unreachable!()
+        };
+        let claims = VerifiedClaims(Arc::new(map));
+        let p = |name: &str| Priority::from_claim(Some(&claims), name);
+        assert_eq!(p("high"), Priority::High);
+        assert_eq!(p("upper"), Priority::Low);
+        assert_eq!(p("normal"), Priority::Normal);
+        assert_eq!(p("other"), Priority::Normal, "an unknown word");
+        assert_eq!(p("missing"), Priority::Normal, "no such claim");
+        for not_a_string in ["number", "boolean", "list", "object", "null"] {
+            assert_eq!(p(not_a_string), Priority::Normal, "{not_a_string}");
+        }
+        assert_eq!(
+            Priority::from_claim(None, "high"),
+            Priority::Normal,
+            "no token"
+        );
+    }
+
+    #[test]
+    fn priority_from_a_route() {
+        assert_eq!(Priority::from(PriorityClass::High), Priority::High);
+        assert_eq!(Priority::from(PriorityClass::Normal), Priority::Normal);
+        assert_eq!(Priority::from(PriorityClass::Low), Priority::Low);
     }
 
     #[tokio::test(start_paused = true)]

@@ -18,7 +18,7 @@ fn config(max_in_flight: usize, max_queue: usize) -> ConcurrencyConfig {
         max_in_flight,
         max_queue,
         queue_timeout: Duration::from_millis(100),
-        priority_header: Some("x-priority".into()),
+        priority: Some(PrioritySource::Header("x-priority".into())),
     }
 }
 
@@ -211,7 +211,7 @@ async fn the_slot_is_held_until_the_body_ends() {
 async fn without_a_priority_header_everyone_is_normal() {
     let m = Arc::new(Metrics::new());
     let cfg = ConcurrencyConfig {
-        priority_header: None,
+        priority: None,
         ..config(1, 0)
     };
     let layer = ConcurrencyLayer::new("plain", &cfg, &m).expect("layer");
@@ -231,6 +231,202 @@ async fn without_a_priority_header_everyone_is_normal() {
         m.shed_total.with_label_values(&["plain", "normal"]).get(),
         1
     );
+    gate.add_permits(1);
+    drop(first.await.expect("join").expect("infallible"));
+}
+
+fn claim_config(max_in_flight: usize, max_queue: usize) -> ConcurrencyConfig {
+    ConcurrencyConfig {
+        priority: Some(PrioritySource::Claim("tier".into())),
+        ..config(max_in_flight, max_queue)
+    }
+}
+
+/// A request as the jwt filter passes it on: with the verified claims.
+fn with_claims(mut req: Request<Body>, claims: serde_json::Value) -> Request<Body> {
+    let serde_json::Value::Object(map) = claims else {
+        panic!("claims must be an object")
+    };
+    req.extensions_mut().insert(VerifiedClaims(Arc::new(map)));
+    req
+}
+
+async fn text(res: Response<Body>) -> String {
+    let bytes = res.into_body().collect().await.expect("body").to_bytes();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// The attack: a `high` header on a normal-tier token is normal; a real
+/// high-tier token displaces it from the full queue and is served first.
+#[tokio::test(start_paused = true)]
+async fn with_a_claim_source_the_class_is_the_claim_and_the_header_is_ignored() {
+    let m = Arc::new(Metrics::new());
+    let layer = ConcurrencyLayer::new("protect", &claim_config(1, 1), &m).expect("layer");
+    let gate = Arc::new(Semaphore::new(0));
+    let svc = layer.wrap(&route(), gated_upstream(Counting::default(), gate.clone()));
+    let first = tokio::spawn(svc.clone().oneshot(request(None, false)));
+    while layer.limiter().in_flight() < 1 {
+        tokio::task::yield_now().await;
+    }
+    let liar = with_claims(
+        request(Some("high"), false),
+        serde_json::json!({"tier": "normal"}),
+    );
+    let liar = tokio::spawn(svc.clone().oneshot(liar));
+    while layer.limiter().queued() < 1 {
+        tokio::task::yield_now().await;
+    }
+    // Full. A header-only `high` without a high claim cannot displace it.
+    let header_only = svc
+        .clone()
+        .oneshot(request(Some("high"), false))
+        .await
+        .expect("infallible");
+    assert_eq!(header_only.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(text(header_only)
+        .await
+        .contains("(normal priority): queue full"));
+    // A high-tier token does, whatever its header says.
+    let real = with_claims(
+        request(Some("low"), false),
+        serde_json::json!({"tier": "high"}),
+    );
+    let real = tokio::spawn(svc.clone().oneshot(real));
+    let liar = liar.await.expect("join").expect("infallible");
+    assert_eq!(liar.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        text(liar).await.contains("(normal priority): displaced"),
+        "the liar was normal"
+    );
+    gate.add_permits(2);
+    drop(first.await.expect("join").expect("infallible"));
+    let real = real.await.expect("join").expect("infallible");
+    assert_eq!(real.status(), StatusCode::OK);
+    drop(real);
+    assert_eq!(
+        m.shed_total.with_label_values(&["protect", "normal"]).get(),
+        2
+    );
+    assert_eq!(
+        m.shed_total.with_label_values(&["protect", "high"]).get(),
+        0
+    );
+}
+
+/// A non-string or missing claim, or no token at all, is normal: it neither
+/// displaces a normal waiter nor is displaced by one.
+#[tokio::test(start_paused = true)]
+async fn a_missing_or_non_string_claim_is_normal() {
+    let m = Arc::new(Metrics::new());
+    let layer = ConcurrencyLayer::new("protect", &claim_config(1, 1), &m).expect("layer");
+    let gate = Arc::new(Semaphore::new(0));
+    let svc = layer.wrap(&route(), gated_upstream(Counting::default(), gate.clone()));
+    let first = tokio::spawn(svc.clone().oneshot(request(None, false)));
+    while layer.limiter().in_flight() < 1 {
+        tokio::task::yield_now().await;
+    }
+    let waiter = tokio::spawn(svc.clone().oneshot(request(None, false)));
+    while layer.limiter().queued() < 1 {
+        tokio::task::yield_now().await;
+    }
+    for claims in [
+        serde_json::json!({"tier": 1}),
+        serde_json::json!({"tier": true}),
+        serde_json::json!({"tier": ["high"]}),
+        serde_json::json!({"tier": {"level": "high"}}),
+        serde_json::json!({"sub": "no tier"}),
+        serde_json::json!({"tier": "urgent"}),
+    ] {
+        let res = svc
+            .clone()
+            .oneshot(with_claims(request(Some("high"), false), claims.clone()))
+            .await
+            .expect("infallible");
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE, "{claims}");
+        assert!(text(res).await.contains("(normal priority)"), "{claims}");
+    }
+    assert_eq!(
+        m.shed_total.with_label_values(&["protect", "normal"]).get(),
+        6
+    );
+    gate.add_permits(2);
+    drop(first.await.expect("join").expect("infallible"));
+    let w = waiter.await.expect("join").expect("infallible");
+    assert_eq!(
+        w.status(),
+        StatusCode::OK,
+        "the normal waiter kept its place"
+    );
+}
+
+/// A route's own priority is the class of every request on it: the filter's
+/// claim (or header) is not read there.
+#[tokio::test(start_paused = true)]
+async fn a_route_priority_replaces_the_filters_source() {
+    use kaname_config::types::PriorityClass;
+    let on_route = |mut req: Request<Body>, p: PriorityClass| {
+        req.extensions_mut().insert(RoutePriority(p));
+        req
+    };
+    let m = Arc::new(Metrics::new());
+    let layer = ConcurrencyLayer::new("protect", &claim_config(1, 1), &m).expect("layer");
+    let gate = Arc::new(Semaphore::new(0));
+    let svc = layer.wrap(&route(), gated_upstream(Counting::default(), gate.clone()));
+    let first = tokio::spawn(svc.clone().oneshot(request(None, false)));
+    while layer.limiter().in_flight() < 1 {
+        tokio::task::yield_now().await;
+    }
+    let normal = tokio::spawn(svc.clone().oneshot(request(None, false)));
+    while layer.limiter().queued() < 1 {
+        tokio::task::yield_now().await;
+    }
+    // A high-tier token on a low route is low: it cannot displace normal.
+    let high_token = with_claims(request(None, false), serde_json::json!({"tier": "high"}));
+    let res = svc
+        .clone()
+        .oneshot(on_route(high_token, PriorityClass::Low))
+        .await
+        .expect("infallible");
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(text(res).await.contains("(low priority)"));
+    // A request without a token on a high route is high: it displaces normal.
+    let high = tokio::spawn(
+        svc.clone()
+            .oneshot(on_route(request(None, false), PriorityClass::High)),
+    );
+    let displaced = normal.await.expect("join").expect("infallible");
+    assert_eq!(displaced.status(), StatusCode::SERVICE_UNAVAILABLE);
+    gate.add_permits(2);
+    drop(first.await.expect("join").expect("infallible"));
+    let h = high.await.expect("join").expect("infallible");
+    assert_eq!(h.status(), StatusCode::OK);
+    drop(h);
+    assert_eq!(m.shed_total.with_label_values(&["protect", "low"]).get(), 1);
+    assert_eq!(
+        m.shed_total.with_label_values(&["protect", "normal"]).get(),
+        1
+    );
+}
+
+/// `with_route_priority` around a route's chain gives its requests the
+/// route's class, whatever their claims say.
+#[tokio::test(start_paused = true)]
+async fn with_route_priority_carries_the_routes_class_to_the_filter() {
+    use kaname_config::types::PriorityClass;
+    let m = Arc::new(Metrics::new());
+    let layer = ConcurrencyLayer::new("protect", &claim_config(1, 0), &m).expect("layer");
+    let gate = Arc::new(Semaphore::new(0));
+    let chain = layer.wrap(&route(), gated_upstream(Counting::default(), gate.clone()));
+    let low_route = with_route_priority(chain.clone(), PriorityClass::Low);
+    let first = tokio::spawn(chain.oneshot(request(None, false)));
+    while layer.limiter().in_flight() < 1 {
+        tokio::task::yield_now().await;
+    }
+    let high_token = with_claims(request(None, false), serde_json::json!({"tier": "high"}));
+    let res = low_route.oneshot(high_token).await.expect("infallible");
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(text(res).await.contains("(low priority)"));
+    assert_eq!(m.shed_total.with_label_values(&["protect", "low"]).get(), 1);
     gate.add_permits(1);
     drop(first.await.expect("join").expect("infallible"));
 }

@@ -17,7 +17,10 @@
 //! again); a refusal adds `Retry-After` (seconds until the next token,
 //! rounded up, at least 1). Requests without the key share one anonymous
 //! bucket. The buckets (`buckets.rs`, with its memory policy) are shared by
-//! every route naming the filter; the key is read by `key.rs`.
+//! every route naming the filter; the key is read by `key.rs`. At most
+//! `max_keys` keys are kept; at the bound a new key still gets its own
+//! bucket and the least recently used (idle ones first) are evicted,
+//! counted in `kaname_limits_hit_total{limit="rate_limit_keys"}`.
 
 mod buckets;
 mod key;
@@ -32,14 +35,13 @@ use std::time::Duration;
 use governor::clock::Clock;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response};
 use kaname_config::types::RateLimit as RateLimitConfig;
-use prometheus::IntCounter;
 use tower::Service;
 
 pub use buckets::{Buckets, Decision, Key};
 pub use key::KeySource;
 
 use crate::context::RequestContext;
-use crate::metrics::Metrics;
+use crate::metrics::{LazyCounter, Metrics};
 use crate::registry::{BuildError, FilterLayer, RouteInfo};
 use crate::{is_grpc, Body, ErrorKind, RouteService};
 
@@ -59,7 +61,7 @@ pub struct RateLimitService<C: Clock = governor::clock::MonotonicClock> {
     buckets: Arc<Buckets<C>>,
     /// `RateLimit-Limit`, made once.
     limit: HeaderValue,
-    limited: IntCounter,
+    limited: LazyCounter,
 }
 
 // === impl RateLimitLayer ===
@@ -87,10 +89,16 @@ impl<C: Clock> RateLimitLayer<C> {
             filter: name.to_owned(),
             message,
         };
+        let buckets = buckets.map_err(|e| invalid(e.to_string()))?;
+        buckets.count_evictions_in(
+            metrics
+                .limits_hit_total
+                .with_label_values(&["rate_limit_keys"]),
+        );
         Ok(RateLimitLayer {
             name: name.into(),
             key: Arc::new(KeySource::new(&config.key).map_err(invalid)?),
-            buckets: Arc::new(buckets.map_err(|e| invalid(e.to_string()))?),
+            buckets: Arc::new(buckets),
             metrics: metrics.clone(),
         })
     }
@@ -112,10 +120,10 @@ where
             key: self.key.clone(),
             limit: HeaderValue::from(self.buckets.limit()),
             buckets: self.buckets.clone(),
-            limited: self
-                .metrics
-                .rate_limited_total
-                .with_label_values(&[&*self.name, &*route.route]),
+            limited: LazyCounter::new(
+                &self.metrics.rate_limited_total,
+                &[&*self.name, &*route.route],
+            ),
         })
     }
 }

@@ -204,3 +204,28 @@ async fn a_tighter_inner_limit_is_reported() {
     assert_eq!(header(&res, "ratelimit-limit"), "2");
     assert_eq!(header(&res, "ratelimit-remaining"), "1");
 }
+
+#[tokio::test]
+async fn a_flood_of_new_keys_evicts_counts_and_never_refuses_a_new_key() {
+    let m = Arc::new(Metrics::new());
+    let cfg = RateLimitConfig {
+        max_keys: 10,
+        ..config(RateLimitKey::Header("x-key".into()), 1, 1)
+    };
+    let (layer, _clock) = layer(&cfg, &m);
+    let svc = layer.wrap(&route("r"), upstream(Arc::default()));
+    for i in 0..50 {
+        let res = send(&svc, Some(&format!("key-{i}")), false).await;
+        assert_eq!(res.status(), StatusCode::OK, "new key {i}");
+    }
+    assert_eq!(layer.buckets().len(), 10);
+    let hits = m
+        .limits_hit_total
+        .with_label_values(&["rate_limit_keys"])
+        .get();
+    assert_eq!(
+        hits, 40,
+        "one eviction under pressure per key past the bound"
+    );
+    assert_eq!(layer.buckets().evictions(), 40);
+}

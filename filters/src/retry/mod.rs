@@ -10,6 +10,7 @@
 //!     backoff: { base: 25ms, max: 250ms }
 //!     budget: { ratio: 0.2, min_per_second: 10 }
 //!     max_body_bytes: 64KiB
+//!     max_buffered_bytes: 64MiB
 //! ```
 //!
 //! The loop is a plain `async fn` (as linkerd's `http/retry`): a try, then
@@ -19,6 +20,11 @@
 //! the answer is not retryable, tries are used up, the body cannot be
 //! replayed, `Retry-After` asks for longer than `backoff.max`, or the budget
 //! (kept per upstream, shared by the routes naming this filter) is spent.
+//!
+//! Bodies kept for replay are bounded per request (`max_body_bytes`) and
+//! across all requests of the process at once (`max_buffered_bytes`, one
+//! pool shared by every retry filter, see `replay.rs`): a body that does
+//! not fit is sent once, never retried.
 
 mod backoff;
 mod budget;
@@ -35,18 +41,17 @@ use std::time::Duration;
 
 use http::{header, Method, Request, Response, StatusCode};
 use kaname_config::types::{Condition, Retry as RetryConfig, RetryMethods};
-use prometheus::IntCounter;
 use tower::Service;
 
 pub use backoff::{Backoff, InvalidBackoff};
 pub use budget::RetryBudget;
-pub use replay::Replay;
+pub use replay::{BufferPool, Replay, ReplayLimits};
 
 use crate::client_body::ClientBodyWatch;
 use crate::context::{
     AvoidEndpoint, Deadline, EndpointSlot, RequestContext, TriedEndpoint, UpstreamFailure,
 };
-use crate::metrics::Metrics;
+use crate::metrics::{LazyCounter, Metrics};
 use crate::registry::{BuildError, FilterLayer, RouteInfo};
 use crate::{is_grpc, Body, ErrorKind, RouteService};
 use classify::Observed;
@@ -61,6 +66,8 @@ struct Policy {
     per_try_timeout: Option<Duration>,
     backoff: Backoff,
     max_body: usize,
+    /// What a request may keep for replay (`max_body` included).
+    replay: Arc<ReplayLimits>,
     /// `retry_on` names a gRPC code, so trailers may be worth a peek.
     grpc_codes: bool,
     ratio: f64,
@@ -80,14 +87,25 @@ pub struct RetryService {
     inner: RouteService,
     policy: Arc<Policy>,
     budget: Arc<RetryBudget>,
-    retries: IntCounter,
-    exhausted: IntCounter,
+    retries: LazyCounter,
+    exhausted: LazyCounter,
 }
 
 // === impl RetryLayer ===
 
 impl RetryLayer {
     pub fn new(name: &str, cfg: &RetryConfig, metrics: &Arc<Metrics>) -> Result<Self, BuildError> {
+        Self::with_pool(name, cfg, metrics, BufferPool::global())
+    }
+
+    /// As `new`, keeping replay copies in `pool` rather than the process's
+    /// (tests).
+    pub fn with_pool(
+        name: &str,
+        cfg: &RetryConfig,
+        metrics: &Arc<Metrics>,
+        pool: Arc<BufferPool>,
+    ) -> Result<Self, BuildError> {
         let invalid = |message: String| BuildError::Invalid {
             filter: name.to_owned(),
             message,
@@ -108,6 +126,15 @@ impl RetryLayer {
                 .map(|m| Method::from_bytes(m.as_bytes()).map_err(|e| invalid(e.to_string())))
                 .collect::<Result<_, _>>()?,
         };
+        let max_body = usize::try_from(cfg.max_body_bytes).unwrap_or(usize::MAX);
+        let replay = Arc::new(ReplayLimits {
+            pool,
+            per_request: max_body,
+            total: usize::try_from(cfg.max_buffered_bytes).unwrap_or(usize::MAX),
+            refused: metrics
+                .limits_hit_total
+                .with_label_values(&["replay_buffer"]),
+        });
         Ok(RetryLayer {
             policy: Arc::new(Policy {
                 attempts: cfg.attempts.max(1),
@@ -115,7 +142,8 @@ impl RetryLayer {
                 methods,
                 per_try_timeout: cfg.per_try_timeout,
                 backoff,
-                max_body: usize::try_from(cfg.max_body_bytes).unwrap_or(usize::MAX),
+                max_body,
+                replay,
                 grpc_codes: cfg.retry_on.iter().any(|c| matches!(c, Condition::Grpc(_))),
                 ratio: cfg.budget_ratio,
                 min_per_second: cfg.budget_min_per_second,
@@ -146,11 +174,8 @@ impl FilterLayer for RetryLayer {
             inner,
             policy: self.policy.clone(),
             budget: self.budget(&route.upstream),
-            retries: self.metrics.retries_total.with_label_values(&labels),
-            exhausted: self
-                .metrics
-                .retry_budget_exhausted_total
-                .with_label_values(&labels),
+            retries: LazyCounter::new(&self.metrics.retries_total, &labels),
+            exhausted: LazyCounter::new(&self.metrics.retry_budget_exhausted_total, &labels),
         })
     }
 }
@@ -191,7 +216,9 @@ impl RetryService {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
             .is_some_and(|n| n > p.max_body as u64);
-        let replay = Replay::new(body, p.max_body, too_large);
+        // Dropped when this loop is done with the request: the copy is no
+        // longer kept from then on (its bytes go back to the pool).
+        let replay = Replay::new(body, p.replay.clone(), too_large);
         let mut body = replay.first();
         let mut avoid = None;
         let mut tries = 1;

@@ -86,6 +86,7 @@ fn config() -> RetryConfig {
         budget_ratio: 0.2,
         budget_min_per_second: 10,
         max_body_bytes: 64,
+        max_buffered_bytes: 64 << 20,
     }
 }
 
@@ -222,4 +223,42 @@ fn invalid_backoff_is_a_build_error() {
     let mut cfg = config();
     cfg.backoff_base = Duration::ZERO;
     assert!(RetryLayer::new("retries", &cfg, &m).is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_past_the_shared_pool_is_sent_once_and_counted() {
+    let m = Arc::new(Metrics::new());
+    let pool = Arc::new(BufferPool::default());
+    let mut cfg = config();
+    cfg.max_buffered_bytes = 100;
+    let layer = RetryLayer::with_pool("retries", &cfg, &m, pool.clone()).unwrap();
+    let (inner, seen) = scripted(vec![Act::Status(503), Act::Status(503), Act::Status(200)]);
+    let mut svc = layer.wrap(&route(), inner);
+    // Another request of the process holds 60 bytes for its own replay.
+    let other = Replay::new(
+        body::full(Bytes::from_static(&[0; 60])),
+        layer.policy.replay.clone(),
+        false,
+    );
+    let _ = other.first().collect().await.unwrap();
+    assert_eq!(pool.held(), 60);
+    // 50 more would make 110: this one is sent once, its 503 stands.
+    let res = send(&mut svc, Method::PUT, &[b'x'; 50]).await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(seen.lock().unwrap().bodies.len(), 1);
+    let refused = || {
+        m.limits_hit_total
+            .with_label_values(&["replay_buffer"])
+            .get()
+    };
+    assert_eq!(refused(), 1);
+    assert_eq!(pool.held(), 60, "the refused body holds nothing");
+    // Once the other request is done, the same body is retried.
+    drop(other);
+    assert_eq!(pool.held(), 0);
+    let res = send(&mut svc, Method::PUT, &[b'x'; 50]).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(seen.lock().unwrap().bodies.len(), 3);
+    assert_eq!(refused(), 1);
+    assert_eq!(pool.held(), 0, "given back when the request finished");
 }

@@ -2,11 +2,15 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::uri::Authority;
+use http::Uri;
+
+use super::h2_conn::H2Conn;
 use prometheus::IntGauge;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 /// The round-trip time an endpoint is assumed to have before it answered once.
@@ -34,15 +38,28 @@ pub struct Endpoint {
     pub(super) consecutive_failures: AtomicU32,
     /// `kaname_upstream_endpoint_healthy{upstream,endpoint}`, once attached.
     gauge: OnceLock<IntGauge>,
+    /// `pool.max_connections_per_endpoint`: requests in flight at once.
+    connections: Arc<Semaphore>,
+    /// `http://addr/`: what the connector dials for this endpoint.
+    pub connect_uri: Uri,
+    /// The endpoint's connection when its upstream speaks HTTP/2.
+    pub h2: H2Conn,
 }
 
 impl Endpoint {
+    /// An endpoint with the default cap (tests).
+    #[cfg(test)]
     pub fn new(addr: SocketAddr) -> Self {
+        Self::with_connection_cap(addr, 1024)
+    }
+
+    /// An endpoint taking at most `cap` requests at once.
+    pub fn with_connection_cap(addr: SocketAddr, cap: u32) -> Self {
         let authority = Authority::try_from(addr.to_string().as_str())
             .unwrap_or_else(|_| Authority::from_static("127.0.0.1"));
         Endpoint {
             addr,
-            authority,
+            authority: authority.clone(),
             in_flight: AtomicU32::new(0),
             ewma_ns: AtomicU64::new(DEFAULT_RTT.as_nanos() as u64),
             stamp_ns: AtomicU64::new(0),
@@ -51,7 +68,28 @@ impl Endpoint {
             ejected: AtomicBool::new(false),
             consecutive_failures: AtomicU32::new(0),
             gauge: OnceLock::new(),
+            connections: Arc::new(Semaphore::new(cap as usize)),
+            connect_uri: Uri::builder()
+                .scheme("http")
+                .authority(authority.clone())
+                .path_and_query("/")
+                .build()
+                .unwrap_or_else(|_| Uri::from_static("http://127.0.0.1/")),
+            h2: H2Conn::default(),
         }
+    }
+
+    /// A slot for one request (an HTTP/1.1 connection in use), waiting at
+    /// most `wait`; None when the endpoint stays full (limits.md:
+    /// `upstream_connections`).
+    pub async fn connection_slot(&self, wait: Duration) -> Option<OwnedSemaphorePermit> {
+        if let Ok(p) = self.connections.clone().try_acquire_owned() {
+            return Some(p);
+        }
+        tokio::time::timeout(wait, self.connections.clone().acquire_owned())
+            .await
+            .ok()?
+            .ok()
     }
 
     pub fn in_flight(&self) -> u32 {

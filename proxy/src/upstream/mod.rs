@@ -4,6 +4,7 @@
 mod balancer;
 mod connector;
 mod endpoint;
+mod h2_conn;
 mod health;
 mod outlier;
 
@@ -22,7 +23,27 @@ use kaname_filters::Body;
 use prometheus::{IntGauge, IntGaugeVec};
 
 pub use balancer::Balancer;
+/// Why a try got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum TryError {
+    #[error(transparent)]
+    Pooled(hyper_util::client::legacy::Error),
+    #[error(transparent)]
+    H2(H2Error),
+}
+
+impl TryError {
+    /// No connection could be made.
+    pub fn is_connect(&self) -> bool {
+        match self {
+            TryError::Pooled(e) => e.is_connect(),
+            TryError::H2(e) => e.is_connect(),
+        }
+    }
+}
+
 pub use endpoint::Endpoint;
+pub use h2_conn::H2Error;
 pub use outlier::OutlierDetector;
 
 pub type HttpClient = Client<connector::Connector, Body>;
@@ -30,7 +51,10 @@ pub type HttpClient = Client<connector::Connector, Body>;
 pub struct Upstream {
     pub name: Arc<str>,
     pub config: UpstreamConfig,
+    /// HTTP/1.1 tries (and health checks) go through this pool.
     pub client: HttpClient,
+    /// HTTP/2 tries connect through this, one connection per endpoint.
+    connector: connector::Connector,
     balancer: Balancer,
     endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
     outlier: Option<OutlierDetector>,
@@ -61,15 +85,15 @@ impl Upstream {
         if config.protocol == UpstreamProtocol::Http2 {
             builder.http2_only(true);
         }
+        // TLS files were checked before this build; if they broke since,
+        // the connector refuses to connect rather than send plain text.
+        let connector =
+            connector::Connector::new(connector, crate::tls::client::ClientTls::build(config));
         let up = Arc::new(Upstream {
             name: config.name.as_str().into(),
             config: config.clone(),
-            // TLS files were checked before this build; if they broke since,
-            // the connector refuses to connect rather than send plain text.
-            client: builder.build(connector::Connector::new(
-                connector,
-                crate::tls::client::ClientTls::build(config),
-            )),
+            client: builder.build(connector.clone()),
+            connector,
             balancer: Balancer::new(config.load_balancing),
             endpoints: ArcSwap::from_pointee(Vec::new()),
             outlier: config.outlier_detection.clone().map(|o| {
@@ -100,6 +124,23 @@ impl Upstream {
             tokio::spawn(refresh_dns(Arc::downgrade(&up), config.dns_refresh));
         }
         up
+    }
+
+    /// Sends one try to `endpoint`: through the pool (HTTP/1.1) or on the
+    /// endpoint's HTTP/2 connection.
+    pub async fn send(
+        &self,
+        endpoint: &Endpoint,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<hyper::body::Incoming>, TryError> {
+        match self.config.protocol {
+            UpstreamProtocol::Http1 => self.client.request(req).await.map_err(TryError::Pooled),
+            UpstreamProtocol::Http2 => endpoint
+                .h2
+                .send(&self.connector, &endpoint.connect_uri, req)
+                .await
+                .map_err(TryError::H2),
+        }
     }
 
     /// Picks an endpoint for one try. When every endpoint is unhealthy or
@@ -160,7 +201,10 @@ impl Upstream {
                 }
                 let kept = old.iter().find(|o| o.addr == addr).cloned();
                 next.push(kept.unwrap_or_else(|| {
-                    let ep = Endpoint::new(addr);
+                    let ep = Endpoint::with_connection_cap(
+                        addr,
+                        self.config.pool.max_connections_per_endpoint,
+                    );
                     let endpoint = addr.to_string();
                     ep.attach_gauge(
                         self.healthy_gauge
