@@ -411,6 +411,7 @@ async fn streams_past_max_concurrent_streams_are_refused() {
         }
     }
     assert_eq!(refused, 20, "streams beyond 10 refused");
+    assert_eq!(limit_hits(&k, "h2_max_concurrent_streams").await, 20.0);
     drop(s);
     in_flight_settles(&k).await;
 }

@@ -863,3 +863,67 @@ async fn priority_from_a_verified_claim_ignores_the_clients_header() {
         Some(f64::from(claim.attacker_shed))
     );
 }
+
+/// A route's own `priority: high` reaches its concurrency_limit: a request
+/// on that route takes the queue place of a normal one, which is shed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routes_own_priority_outranks_normal_requests() {
+    let up = CountingUpstream::start(Duration::from_millis(1500)).await;
+    let port = free_port();
+    let k = Kaname::start(&format!(
+        "listeners:
+  main:
+    listen: 127.0.0.1:{port}
+    routes:
+      - match: {{ path_prefix: /vip/ }}
+        upstream: up
+        priority: high
+        filters: [protect]
+      - match: {{ path_prefix: / }}
+        upstream: up
+        filters: [protect]
+upstreams:
+  up:
+    endpoints: [{}]
+filters:
+  protect:
+    concurrency_limit: {{ max_in_flight: 1, max_queue: 1, queue_timeout: 10s }}
+",
+        up.addr
+    ))
+    .await;
+    let gauge = |text: &str, name: &str| {
+        metric_value(text, &format!("{name}{{filter=\"protect\"}}")).unwrap_or(0.0)
+    };
+    let wait_for = |name: &'static str, want: f64| {
+        let url = k.admin_url("/metrics");
+        async move {
+            let start = std::time::Instant::now();
+            while start.elapsed() < Duration::from_secs(5) {
+                let text = HttpClient::http1().get(&url).await.text();
+                if gauge(&text, name) >= want {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            panic!("{name} never reached {want}");
+        }
+    };
+    let get = |path: &'static str| {
+        let url = format!("http://127.0.0.1:{port}{path}");
+        tokio::spawn(async move { HttpClient::http1_no_pool().get(&url).await })
+    };
+    let first = get("/a");
+    wait_for("kaname_concurrency_in_flight", 1.0).await;
+    let queued = get("/b");
+    wait_for("kaname_queue_depth", 1.0).await;
+    let vip = get("/vip/c");
+    let queued = queued.await.expect("queued");
+    queued.assert_kaname_error(503, "overloaded");
+    assert_eq!(
+        vip.await.expect("vip").status,
+        200,
+        "the high route's request"
+    );
+    assert_eq!(first.await.expect("first").status, 200);
+}

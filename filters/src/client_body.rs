@@ -8,7 +8,7 @@
 
 use std::future::Future as _;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -38,12 +38,19 @@ const TOO_LARGE: u8 = 4;
 
 /// Shared view of how a [`ClientBody`] is doing; cheap to clone.
 #[derive(Debug, Clone, Default)]
-pub struct ClientBodyWatch(Arc<AtomicU8>);
+pub struct ClientBodyWatch(Arc<WatchState>);
+
+#[derive(Debug, Default)]
+struct WatchState {
+    state: AtomicU8,
+    /// The body was asked for more and the client has not sent it yet.
+    waiting: AtomicBool,
+}
 
 impl ClientBodyWatch {
     /// The failure, once the body has failed.
     pub fn failure(&self) -> Option<ClientBodyFailure> {
-        match self.0.load(Ordering::Acquire) {
+        match self.0.state.load(Ordering::Acquire) {
             ENDED => Some(ClientBodyFailure::Ended),
             STALLED => Some(ClientBodyFailure::Stalled),
             TOO_LARGE => Some(ClientBodyFailure::TooLarge),
@@ -51,18 +58,28 @@ impl ClientBodyWatch {
         }
     }
 
-    /// True until the whole body has arrived: a timeout that fires while the
-    /// client is still sending is the client's (Envoy, too, starts a route
-    /// timeout only once the request is complete).
+    /// The client is to blame for a cut try: its body failed, or kaname
+    /// asked for more of it and is still waiting (Envoy, too, starts a
+    /// route timeout only once the request is complete). A body nobody is
+    /// reading — the upstream does not take it — is not the client's doing.
     pub fn incomplete(&self) -> bool {
-        self.0.load(Ordering::Acquire) != COMPLETE
+        match self.0.state.load(Ordering::Acquire) {
+            COMPLETE => false,
+            STREAMING => self.0.waiting.load(Ordering::Acquire),
+            _ => true,
+        }
     }
 
     fn set(&self, state: u8) {
         // Only the first verdict counts.
-        let _ = self
-            .0
-            .compare_exchange(STREAMING, state, Ordering::AcqRel, Ordering::Acquire);
+        let _ =
+            self.0
+                .state
+                .compare_exchange(STREAMING, state, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    fn waiting(&self, waiting: bool) {
+        self.0.waiting.store(waiting, Ordering::Release);
     }
 
     /// Finds the watch of a request (set by the listener).
@@ -135,7 +152,11 @@ where
         if *this.done {
             return Poll::Ready(None);
         }
-        match this.inner.as_mut().poll_frame(cx) {
+        let polled = this.inner.as_mut().poll_frame(cx);
+        if polled.is_ready() {
+            this.watch.waiting(false);
+        }
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     *this.read += data.len() as u64;
@@ -147,9 +168,6 @@ where
                                 limit,
                             )))));
                         }
-                    }
-                    if let (Some(idle), Some(timer)) = (*this.idle, this.timer.as_mut()) {
-                        timer.as_mut().reset(Instant::now() + idle);
                     }
                 }
                 if this.inner.is_end_stream() {
@@ -171,12 +189,19 @@ where
                 Poll::Ready(None)
             }
             Poll::Pending => {
+                // The idle timer counts only time spent waiting on the
+                // client: it starts again each time a wait starts (after
+                // upstream backpressure too).
+                let started = !this.watch.0.waiting.swap(true, Ordering::AcqRel);
                 let Some(idle) = *this.idle else {
                     return Poll::Pending;
                 };
                 let timer = this
                     .timer
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if started {
+                    timer.as_mut().reset(Instant::now() + idle);
+                }
                 if timer.as_mut().poll(cx).is_ready() {
                     *this.done = true;
                     this.watch.set(STALLED);
@@ -214,7 +239,7 @@ mod tests {
             Some(3),
             None,
         );
-        assert!(watch.incomplete());
+        assert!(!watch.incomplete(), "not asked for yet");
         let bytes = b.collect().await.unwrap().to_bytes();
         assert_eq!(bytes, "abc");
         assert!(!watch.incomplete());
@@ -225,6 +250,50 @@ mod tests {
     async fn an_empty_body_is_complete_at_once() {
         let (_b, watch) = ClientBody::new(http_body_util::Empty::<Bytes>::new(), None, None);
         assert!(!watch.incomplete());
+    }
+
+    #[tokio::test]
+    async fn a_body_nobody_reads_is_not_the_clients() {
+        let (b, watch) =
+            ClientBody::new(body(vec![Ok(Frame::data(Bytes::from("ab")))]), None, None);
+        assert!(
+            !watch.incomplete(),
+            "never asked for: not waiting on the client"
+        );
+        drop(b);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_timer_counts_only_waits_on_the_client() {
+        use futures_util::FutureExt;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Frame<Bytes>, BoxError>>();
+        let stream =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
+            );
+        let idle = Duration::from_secs(30);
+        let (b, watch) = ClientBody::new(StreamBody::new(Box::pin(stream)), None, Some(idle));
+        let mut b = Box::pin(b);
+        assert!(b.frame().now_or_never().is_none(), "waiting on the client");
+        assert!(watch.incomplete());
+        tx.send(Ok(Frame::data(Bytes::from("a")))).unwrap();
+        assert!(b.frame().now_or_never().is_some());
+        assert!(
+            !watch.incomplete(),
+            "the upstream is not reading: not the client's"
+        );
+        // 40 s of upstream backpressure: the body is not polled.
+        tokio::time::advance(Duration::from_secs(40)).await;
+        assert!(
+            b.frame().now_or_never().is_none(),
+            "a new wait, not a stall"
+        );
+        assert_eq!(watch.failure(), None);
+        tokio::time::advance(Duration::from_secs(31)).await;
+        let stalled = b.frame().now_or_never().expect("ready").expect("a frame");
+        assert!(stalled.is_err());
+        assert_eq!(watch.failure(), Some(ClientBodyFailure::Stalled));
     }
 
     #[tokio::test]

@@ -50,6 +50,11 @@ impl Activity {
         self.epoch + Duration::from_millis(self.progress_ms.load(Ordering::Relaxed)) + timeout
     }
 
+    /// A request (or its response body) is in flight.
+    pub fn has_requests(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) > 0
+    }
+
     /// Requests are in flight and none moved a byte for `timeout`.
     pub fn is_stalled(&self, timeout: Duration) -> bool {
         self.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() >= self.stall_deadline(timeout)

@@ -39,6 +39,7 @@ const HEADERS: u8 = 0x1;
 const CONTINUATION: u8 = 0x9;
 const ACK: u8 = 0x1;
 const ENHANCE_YOUR_CALM: u32 = 0xb;
+const REFUSED_STREAM: u32 = 0x7;
 
 /// The limits of one listener's HTTP/2 connections.
 #[derive(Clone)]
@@ -51,6 +52,9 @@ pub struct H2Limits {
     /// `kaname_limits_hit_total{limit="h2_resets"}` and `{limit="h2_control_frames"}`.
     pub resets_hit: IntCounter,
     pub control_hit: IntCounter,
+    /// `{limit="h2_max_concurrent_streams"}`: streams h2 refused (seen as
+    /// the RST_STREAM REFUSED_STREAM it writes).
+    pub streams_hit: IntCounter,
 }
 
 /// Where the read side is in the client's byte stream.
@@ -70,14 +74,30 @@ struct FrameCursor {
     have: usize,
     /// Payload bytes of the current frame still to come.
     skip: usize,
+    /// The current frame's type, and the error code of a RST_STREAM as it
+    /// comes (`code_have` of its 4 bytes).
+    kind: u8,
+    code: [u8; 4],
+    code_have: usize,
 }
 
 impl FrameCursor {
-    /// Walks `bytes`, calling `on_frame(type, flags, stream)` per frame header.
-    fn feed(&mut self, mut bytes: &[u8], mut on_frame: impl FnMut(u8, u8, u32)) {
+    /// Walks `bytes`, calling `on_frame(type, flags, stream)` per frame
+    /// header; returns how many RST_STREAM REFUSED_STREAM frames ended in them.
+    fn feed(&mut self, mut bytes: &[u8], mut on_frame: impl FnMut(u8, u8, u32)) -> u32 {
+        let mut refused = 0;
         while !bytes.is_empty() {
             if self.skip > 0 {
                 let n = self.skip.min(bytes.len());
+                if self.kind == RST_STREAM && self.code_have < 4 {
+                    let take = n.min(4 - self.code_have);
+                    self.code[self.code_have..self.code_have + take]
+                        .copy_from_slice(&bytes[..take]);
+                    self.code_have += take;
+                    if self.code_have == 4 && u32::from_be_bytes(self.code) == REFUSED_STREAM {
+                        refused += 1;
+                    }
+                }
                 self.skip -= n;
                 bytes = &bytes[n..];
                 continue;
@@ -91,9 +111,12 @@ impl FrameCursor {
                 self.have = 0;
                 self.skip = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
                 let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+                self.kind = h[3];
+                self.code_have = 0;
                 on_frame(h[3], h[4], stream);
             }
         }
+        refused
     }
 
     fn at_boundary(&self) -> bool {
@@ -336,9 +359,14 @@ impl<T: Write + Unpin> Write for H2Guard<T> {
             (Poll::Ready(Ok(n)), Mode::Frames) => {
                 this.credit += (*n as u64) / 1024;
                 let mut moved = false;
-                this.written.feed(&buf[..*n], |kind, _, _| {
+                let refused = this.written.feed(&buf[..*n], |kind, _, _| {
                     moved |= matches!(kind, DATA | HEADERS | CONTINUATION);
                 });
+                if refused > 0 {
+                    if let Some(l) = &this.limits {
+                        l.streams_hit.inc_by(u64::from(refused));
+                    }
+                }
                 if moved {
                     this.progress();
                 }
@@ -381,6 +409,7 @@ mod tests {
                 window: Duration::from_secs(10),
                 resets_hit: IntCounter::new("r", "r").unwrap(),
                 control_hit: IntCounter::new("c", "c").unwrap(),
+                streams_hit: IntCounter::new("s", "s").unwrap(),
             }),
             None,
         )
@@ -422,6 +451,19 @@ mod tests {
         assert!(!g.inspect(&frame(PING, ACK, 0, &[0; 8])));
         assert!(g.inspect(&frame(PRIORITY, 0, 3, &[0; 5])));
         assert_eq!(g.limits.as_ref().unwrap().control_hit.get(), 1);
+    }
+
+    #[test]
+    fn refused_streams_are_counted_on_the_written_side() {
+        let mut out = frame(SETTINGS, 0, 0, &[]);
+        out.extend(frame(RST_STREAM, 0, 3, &REFUSED_STREAM.to_be_bytes()));
+        out.extend(frame(RST_STREAM, 0, 5, &8u32.to_be_bytes()));
+        out.extend(frame(RST_STREAM, 0, 7, &REFUSED_STREAM.to_be_bytes()));
+        for split in [1, 5, 13, 1000] {
+            let mut c = FrameCursor::default();
+            let refused: u32 = out.chunks(split).map(|ch| c.feed(ch, |_, _, _| {})).sum();
+            assert_eq!(refused, 2, "split {split}");
+        }
     }
 
     #[tokio::test]

@@ -100,6 +100,7 @@ impl ConnSettings {
                 window: H2_WINDOW,
                 resets_hit: hit("h2_resets"),
                 control_hit: hit("h2_control_frames"),
+                streams_hit: hit("h2_max_concurrent_streams"),
             }),
             key: Self::key_of(cfg),
         }
@@ -261,11 +262,18 @@ pub async fn accept_loop(
             tokio::pin!(conn);
             let stream_idle = settings.stream_idle_timeout;
             let result = loop {
-                // The next time something may be due: the stall of the
-                // requests in flight, or the idle end of the connection.
-                let deadline = activity
-                    .idle_deadline(idle_timeout)
-                    .min(activity.stall_deadline(stream_idle));
+                // The one timer that can act now: the stall of the requests
+                // in flight, or, with none, the idle end of the connection
+                // (a past deadline of the other kind would spin the loop).
+                // With none, wake by `stream_idle` at the latest to look at
+                // requests that came since.
+                let deadline = if activity.has_requests() {
+                    activity.stall_deadline(stream_idle)
+                } else {
+                    activity
+                        .idle_deadline(idle_timeout)
+                        .min(Instant::now() + stream_idle)
+                };
                 let event = tokio::select! {
                     r = conn.as_mut() => ConnEvent::Done(r),
                     _ = draining.wait_for(|d| *d) => ConnEvent::Close,
@@ -282,14 +290,8 @@ pub async fn accept_loop(
                         tracing::debug!(%peer, "stream_idle_timeout: connection reset");
                         break Ok(());
                     }
-                    ConnEvent::Tick if !activity.is_idle(idle_timeout) => {
-                        // Not due yet; the deadline moved on. A past one
-                        // (requests in flight, no stall) waits a beat.
-                        if activity.stall_deadline(stream_idle) <= Instant::now() {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                        continue;
-                    }
+                    // Not due: the deadline moved on, or a request came or went.
+                    ConnEvent::Tick if !activity.is_idle(idle_timeout) => continue,
                     ConnEvent::Tick | ConnEvent::Close => {
                         // Finish requests in flight, refuse new ones, then close.
                         conn.as_mut().graceful_shutdown();
@@ -351,10 +353,12 @@ async fn handle(
     let _in_flight = InFlightGuard(shared.in_flight.clone());
     let routes = shared.routes.load_full();
     let (mut parts, body) = req.into_parts();
-    let grpc = is_grpc(&parts.headers);
     // The request model first: nothing after this reads the raw target.
     let model = routes.model.apply(&mut parts);
     strip_hop_by_hop(&mut parts.headers, matches!(model, Ok(true)));
+    // After the strip: a content-type named in Connection never reaches
+    // the upstream, so it cannot make a request gRPC here either.
+    let grpc = is_grpc(&parts.headers);
     let request_id = ensure_request_id(&mut parts.headers);
     if let Some(t) = &tls {
         // The identity header is kaname's word, never the client's.

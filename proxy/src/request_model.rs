@@ -275,6 +275,8 @@ mod tests {
             ("/a%2fb", "a"),
             ("/a", "a b"),
             ("/a%00", "a"),
+            ("/a", "admin.example."),
+            ("/api/..;/admin", "a"),
         ] {
             let mut p = parts("GET", uri, &[("host", host)]);
             assert!(
