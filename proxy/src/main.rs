@@ -29,6 +29,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+// The allocator: jemalloc, its background threads on (proxy/Cargo.toml), so
+// that pages an attack freed go back to the system after dirty_decay_ms
+// (10 s) even while kaname idles; glibc and mimalloc kept them
+// (bench/README.md "Memory given back", docs/reliability.md).
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// kaname (要): a sidecar proxy configured by one YAML file.
 #[derive(Parser)]
 #[command(name = "kaname", version, about)]
