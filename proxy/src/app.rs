@@ -1,8 +1,10 @@
 //! The running sidecar: binds listeners and the admin port, swaps configs
 //! on reload and drains on shutdown.
 
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,9 +21,31 @@ use crate::listener::{accept_loop, ConnSettings, ListenerShared};
 use crate::tls::server::ServerTls;
 use crate::{EXIT_INVALID_CONFIG, EXIT_RUNTIME};
 
+/// The addresses a running sidecar is bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoundAddrs {
+    pub admin: SocketAddr,
+    pub listeners: BTreeMap<String, SocketAddr>,
+}
+
+impl BoundAddrs {
+    /// `{"admin": "…", "listeners": {"name": "…"}}` (the ready file).
+    pub fn to_json(&self) -> serde_json::Value {
+        let listeners: serde_json::Map<String, serde_json::Value> = self
+            .listeners
+            .iter()
+            .map(|(n, a)| (n.clone(), a.to_string().into()))
+            .collect();
+        serde_json::json!({ "admin": self.admin.to_string(), "listeners": listeners })
+    }
+}
+
 /// A bound listener and the switch that stops its accept loop.
 struct BoundListener {
+    /// `listen:` as configured (port 0 asks the kernel for one).
     addr: SocketAddr,
+    /// The address actually bound.
+    local: SocketAddr,
     shared: Arc<ListenerShared>,
     stop: watch::Sender<bool>,
 }
@@ -35,6 +59,11 @@ pub struct App {
     listeners: Mutex<HashMap<String, BoundListener>>,
     /// The admin port's accept loop, replaced when a reload moves it.
     admin: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+    /// The admin port's bound address.
+    admin_addr: std::sync::Mutex<SocketAddr>,
+    /// `--ready-file`: the bound addresses are written here when ready
+    /// and after each reload.
+    ready_file: Option<PathBuf>,
     drain: Drain,
 }
 
@@ -60,7 +89,7 @@ impl StartError {
 }
 
 /// `kaname run`.
-pub fn run_file(file: &str) -> ExitCode {
+pub fn run_file(file: &str, ready_file: Option<PathBuf>) -> ExitCode {
     let config = match kaname_config::load(file) {
         Ok(c) => c,
         Err(errors) => {
@@ -79,7 +108,7 @@ pub fn run_file(file: &str) -> ExitCode {
         }
     };
     rt.block_on(async move {
-        match App::start(file.to_owned(), config).await {
+        match App::start(file.to_owned(), config, ready_file).await {
             Ok(app) => app.run_until_signalled().await,
             Err(e) => {
                 tracing::error!("{e}");
@@ -113,7 +142,11 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 impl App {
     /// Builds the config's chains, binds the admin port and every listener.
-    pub async fn start(file: String, config: Config) -> Result<Arc<App>, StartError> {
+    pub async fn start(
+        file: String,
+        config: Config,
+        ready_file: Option<PathBuf>,
+    ) -> Result<Arc<App>, StartError> {
         let metrics = Arc::new(Metrics::new());
         let config = Arc::new(config);
         let tls = build_tls(&config, &metrics).map_err(|e| StartError::Config(e.join("\n")))?;
@@ -127,6 +160,7 @@ impl App {
                 addr: config.admin.listen,
                 source,
             })?;
+        let admin_addr = admin.local_addr().unwrap_or(config.admin.listen);
         metrics
             .config_last_reload_success_timestamp_seconds
             .set(unix_now());
@@ -138,6 +172,8 @@ impl App {
             draining: AtomicBool::new(false),
             listeners: Mutex::new(HashMap::new()),
             admin: std::sync::Mutex::new(None),
+            admin_addr: std::sync::Mutex::new(admin_addr),
+            ready_file,
             drain: Drain::new(),
         });
         {
@@ -148,8 +184,37 @@ impl App {
         }
         app.serve_admin(admin);
         app.ready.store(true, Ordering::SeqCst);
-        tracing::info!(admin = %config.admin.listen, "kaname ready");
+        let addrs = app.addresses().await;
+        tracing::info!(admin = %addrs.admin, listeners = %addrs.to_json(), "kaname ready");
+        app.write_ready_file(&addrs);
         Ok(app)
+    }
+
+    /// The addresses bound now: the admin port and each listener.
+    pub async fn addresses(&self) -> BoundAddrs {
+        let listeners = self.listeners.lock().await;
+        BoundAddrs {
+            admin: self
+                .admin_addr
+                .lock()
+                .map_or(self.runtime.load().config.admin.listen, |a| *a),
+            listeners: listeners
+                .iter()
+                .map(|(name, b)| (name.clone(), b.local))
+                .collect(),
+        }
+    }
+
+    /// `--ready-file`: written whole to a temporary name, then renamed, so a
+    /// reader never sees half a file.
+    fn write_ready_file(&self, addrs: &BoundAddrs) {
+        let Some(path) = &self.ready_file else { return };
+        let tmp = path.with_extension("tmp");
+        let written = std::fs::write(&tmp, addrs.to_json().to_string())
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            tracing::warn!(file = %path.display(), error = %e, "cannot write the ready file");
+        }
     }
 
     /// Serves the admin port on `listener`, in place of any earlier one
@@ -208,7 +273,7 @@ impl App {
             if let Some(b) = bound.remove(&name) {
                 let _ = b.stop.send(true);
                 b.shared.retire_connections();
-                tracing::info!(listener = %name, addr = %b.addr, "listener closed");
+                tracing::info!(listener = %name, addr = %b.local, "listener closed");
             }
         }
         for l in &rt.config.listeners {
@@ -251,17 +316,19 @@ impl App {
                 epoch: watch::channel(0).0,
             });
             let (stop, stop_rx) = watch::channel(false);
+            let local = tcp.local_addr().unwrap_or(l.listen);
             tokio::spawn(accept_loop(
                 tcp,
                 shared.clone(),
                 self.drain.clone(),
                 stop_rx,
             ));
-            tracing::info!(listener = %l.name, addr = %l.listen, "listening");
+            tracing::info!(listener = %l.name, addr = %local, "listening");
             bound.insert(
                 l.name.clone(),
                 BoundListener {
                     addr: l.listen,
+                    local,
                     shared,
                     stop,
                 },
@@ -335,14 +402,25 @@ impl App {
         }
         self.apply(&next, &mut bound, fresh, tls);
         if let Some(admin) = admin {
-            tracing::info!(admin = %new.admin.listen, "admin port moved");
+            let addr = admin.local_addr().unwrap_or(new.admin.listen);
+            tracing::info!(admin = %addr, "admin port moved");
+            if let Ok(mut a) = self.admin_addr.lock() {
+                *a = addr;
+            }
             self.serve_admin(admin);
         }
+        let admin_listen = new.admin.listen;
         next.prune_gauges(&self.metrics);
         self.runtime.store(Arc::new(next));
         self.metrics
             .config_last_reload_success_timestamp_seconds
             .set(unix_now());
+        let addrs = BoundAddrs {
+            admin: self.admin_addr.lock().map_or(admin_listen, |a| *a),
+            listeners: bound.iter().map(|(n, b)| (n.clone(), b.local)).collect(),
+        };
+        drop(bound);
+        self.write_ready_file(&addrs);
         Ok(format!("{}: config reloaded{notes}", self.file))
     }
 

@@ -58,7 +58,7 @@ pub fn run() -> ExitCode {
         };
         crate::logging::init(&config.log);
         let token = demo_token(&config);
-        let app = match App::start("<demo>".into(), config).await {
+        let app = match App::start("<demo>".into(), config, None).await {
             Ok(app) => app,
             Err(e) => {
                 eprintln!("kaname demo: {e}");

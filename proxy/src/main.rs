@@ -1,33 +1,7 @@
-//! The `kaname` command: run, check, explain, demo.
+//! The `kaname` binary: the command line of the `kaname` library.
 #![forbid(unsafe_code)]
 
-mod admin;
-mod app;
-mod chain;
-mod conn;
-mod demo;
-mod drain;
-mod explain;
-mod fd_budget;
-mod forward;
-mod grpc_deadline;
-mod h1_guard;
-mod h2_guard;
-mod headers;
-mod jwks;
-mod listener;
-mod logging;
-mod normalize;
-mod request_metrics;
-mod request_model;
-mod router;
-mod tls;
-mod upstream;
-mod watch;
-
 use std::process::ExitCode;
-
-use clap::{Parser, Subcommand};
 
 // The allocator: jemalloc, its background threads on (proxy/Cargo.toml), so
 // that pages an attack freed go back to the system after dirty_decay_ms
@@ -36,110 +10,6 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// kaname (要): a sidecar proxy configured by one YAML file.
-#[derive(Parser)]
-#[command(name = "kaname", version, about)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(clap::Args)]
-struct ConfigArg {
-    /// The config file; defaults to $KANAME_CONFIG, else kaname.yaml.
-    #[arg(short, long, env = "KANAME_CONFIG", default_value = "kaname.yaml")]
-    config: String,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the sidecar.
-    Run(ConfigArg),
-    /// Validate the config file and print every error.
-    Check(ConfigArg),
-    /// Print each listener's routes and their chain of layers.
-    Explain(ConfigArg),
-    /// Start an echo upstream and a sidecar with every filter on, on loopback.
-    Demo,
-}
-
-/// Exit codes of the contract.
-pub const EXIT_INVALID_CONFIG: u8 = 1;
-pub const EXIT_RUNTIME: u8 = 3;
-
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
-        }
-    };
-    match cli.command {
-        Command::Run(a) => {
-            raise_fd_limit();
-            app::run_file(&a.config)
-        }
-        Command::Check(a) => check(&a.config),
-        Command::Explain(a) => match kaname_config::load(&a.config) {
-            Ok(cfg) => {
-                print!("{}", explain::explain(&cfg));
-                ExitCode::SUCCESS
-            }
-            Err(errors) => report(&errors),
-        },
-        Command::Demo => demo::run(),
-    }
-}
-
-/// Each client and upstream connection is a file descriptor, and the usual
-/// soft limit (1024) would refuse connections long before memory runs out:
-/// raise it to the hard limit, as servers do.
-fn raise_fd_limit() {
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) => {
-            tracing::debug!(limit = n, "open file limit");
-            fd_budget::set_limit(n);
-        }
-        Err(e) => {
-            eprintln!("warning: could not raise the open file limit: {e}");
-            if let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
-                fd_budget::set_limit(soft);
-            }
-        }
-    }
-}
-
-fn report(errors: &kaname_config::ConfigErrors) -> ExitCode {
-    for e in &errors.0 {
-        eprintln!("{e}");
-    }
-    ExitCode::from(EXIT_INVALID_CONFIG)
-}
-
-fn check(file: &str) -> ExitCode {
-    match kaname_config::load(file) {
-        Ok(cfg) => {
-            // TLS files are read here, not by the config crate.
-            let tls_errors = tls::files::check_report(&cfg);
-            if !tls_errors.is_empty() {
-                for e in &tls_errors {
-                    eprintln!("{e}");
-                }
-                return ExitCode::from(EXIT_INVALID_CONFIG);
-            }
-            for w in kaname_config::warnings(&cfg) {
-                eprintln!("warning: {w}");
-            }
-            let routes: usize = cfg.listeners.iter().map(|l| l.routes.len()).sum();
-            println!(
-                "{file}: ok ({} listeners, {routes} routes, {} upstreams, {} filters)",
-                cfg.listeners.len(),
-                cfg.upstreams.len(),
-                cfg.filters.len()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(errors) => report(&errors),
-    }
+    kaname::cli::main()
 }

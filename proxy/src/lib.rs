@@ -1,0 +1,38 @@
+//! kaname (要), a sidecar proxy, as a library: the binary (`main.rs`) is
+//! its command line; a test can start a whole sidecar in-process
+//! ([`Sidecar`]) and get its bound addresses back.
+//!
+//! `docs/architecture.md` walks one request through the modules.
+#![forbid(unsafe_code)]
+
+mod admin;
+pub mod app;
+pub mod chain;
+pub mod cli;
+mod conn;
+pub mod demo;
+mod drain;
+pub mod explain;
+pub mod fd_budget;
+pub mod forward;
+mod grpc_deadline;
+mod h1_guard;
+mod h2_guard;
+mod headers;
+mod jwks;
+pub mod listener;
+pub mod logging;
+mod normalize;
+pub mod request_metrics;
+mod request_model;
+pub mod router;
+mod sidecar;
+pub mod tls;
+pub mod upstream;
+mod watch;
+
+pub use sidecar::{BoundAddrs, Sidecar};
+
+/// Exit codes of the contract.
+pub const EXIT_INVALID_CONFIG: u8 = 1;
+pub const EXIT_RUNTIME: u8 = 3;
