@@ -381,8 +381,9 @@ fn usage_error_exits_2() {
     assert_eq!(out.code, Some(2), "{}", out.stderr);
 }
 
-/// `kaname explain` prints each route's chain outside in, in route filter
-/// order, with secrets redacted; a broken file is refused as by `check`.
+/// `kaname explain` prints the listener's stack and each route's, outside
+/// in (the route's filters in their order), in config words with secrets
+/// redacted; a broken file is refused as by `check`.
 #[test]
 fn explain_prints_each_routes_chain_in_order_without_secrets() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -390,26 +391,57 @@ fn explain_prints_each_routes_chain_in_order_without_secrets() {
     let out = run_in(dir.path(), &["explain", "-c", "kaname.yaml"], true);
     assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
     let lines: Vec<&str> = out.stdout.lines().collect();
-    assert_eq!(lines[0], "listener main on 127.0.0.1:18001 (Auto)");
-    assert!(lines[1].starts_with("  route api "), "{}", out.stdout);
-    let steps: Vec<&str> = lines[2..]
-        .iter()
-        .map(|l| l.trim_start().split(' ').nth(1).unwrap_or(""))
-        .collect();
     assert_eq!(
-        steps,
+        lines[0],
+        "listener main on 127.0.0.1:18001 (protocol: auto)"
+    );
+    // Each line is `N. step what`; the route's stack starts after its line.
+    let step = |l: &&str| l.trim_start().split(' ').nth(1).unwrap_or("").to_string();
+    let listener_steps: Vec<String> = lines[1..4].iter().map(step).collect();
+    assert_eq!(
+        listener_steps,
+        ["request_model", "request_id", "router"],
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        lines[4], "  route api (match: {path_prefix: /api/})",
+        "{}",
+        out.stdout
+    );
+    let route_steps: Vec<String> = lines[5..13].iter().map(step).collect();
+    assert_eq!(
+        route_steps,
         [
-            "request", // 0. request model
-            "request", // 1. request id, metrics, access log
-            "route",
+            "observe",
+            "rescue",
+            "forwarded",
+            "deadline",
             "jwt",
             "rate_limit",
             "retry",
-            "upstream"
+            "forward"
         ],
         "{}",
         out.stdout
     );
+    // Config words, not Rust debug output.
+    assert!(
+        lines[8].ends_with("timeout: 2s, or grpc-timeout when sooner"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        lines[10].contains("per-user {key: jwt:sub, rate: 100/s"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        lines[12].contains("upstream app {endpoints: [\"127.0.0.1:3000\"], protocol: http1"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains("Some("), "{}", out.stdout);
     assert!(out.stdout.contains("\"<redacted>\""), "{}", out.stdout);
     assert!(!out.stdout.contains("not-a-real-secret"), "{}", out.stdout);
 

@@ -18,12 +18,14 @@ mod suggest;
 pub mod types;
 mod units;
 mod validate;
+mod words;
 
 pub use error::{ConfigError, ConfigErrors, Limit};
 pub use locate::locate;
 pub use node::{MAX_DEPTH, MAX_EXPANDED_BYTES, MAX_EXPANSION_FACTOR};
-pub use redact::redact_url;
+pub use redact::{duration as duration_words, priority_word, redact_url, size as size_words};
 pub use types::*;
+pub use words::{ConfigWords, Words};
 
 use error::Errors;
 
@@ -88,6 +90,7 @@ pub fn parse_with_env(
         return Err(errs.finish());
     }
     cfg.redacted_yaml = redact::redacted_yaml(&cfg, &root);
+    cfg.words = words::words(&cfg, &root);
     Ok(cfg)
 }
 

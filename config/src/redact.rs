@@ -21,7 +21,7 @@ use crate::types::{
     UpstreamProtocol,
 };
 
-const REDACTED: &str = "<redacted>";
+pub(crate) const REDACTED: &str = "<redacted>";
 
 /// gRPC status names by code, as `retry_on` / `failure_on` take them (the
 /// parser's table; a round-trip test holds the two equal).
@@ -57,7 +57,7 @@ pub fn redacted_yaml(cfg: &Config, root: &Node) -> String {
 }
 
 /// A YAML value before it is written.
-enum Y {
+pub(crate) enum Y {
     /// Written as is: numbers, booleans, durations, sizes, fixed words.
     Plain(String),
     /// Free text: plain when that reads back the same, else double-quoted.
@@ -69,7 +69,7 @@ enum Y {
 
 /// Where in the file a typed value was read from.
 #[derive(Clone, Copy)]
-enum Src<'n> {
+pub(crate) enum Src<'n> {
     /// This node.
     Exact(&'n Node),
     /// Somewhere inside this node (the exact place is not known): counts as
@@ -80,7 +80,7 @@ enum Src<'n> {
 }
 
 impl<'n> Src<'n> {
-    fn key(self, key: &str) -> Src<'n> {
+    pub(crate) fn key(self, key: &str) -> Src<'n> {
         match self {
             Src::Exact(n) => match &n.value {
                 Value::Map(_) => n.get(key).map_or(Src::Absent, Src::Exact),
@@ -106,7 +106,7 @@ impl<'n> Src<'n> {
 
     /// Item `i` of a list read into `len` typed values; when the file's list
     /// has another length (items merged or dropped), the whole list.
-    fn item(self, i: usize, len: usize) -> Src<'n> {
+    pub(crate) fn item(self, i: usize, len: usize) -> Src<'n> {
         match self {
             Src::Exact(n) => match &n.value {
                 Value::Seq(items) if items.len() == len => Src::Exact(&items[i]),
@@ -169,7 +169,7 @@ impl M {
     }
 }
 
-struct Render {
+pub(crate) struct Render {
     /// Every scalar text that had a `${VAR}` substituted in, lower case: a
     /// second guard, so that a string derived from one is hidden even where
     /// its place in the file was not found.
@@ -177,7 +177,7 @@ struct Render {
 }
 
 impl Render {
-    fn new(root: &Node) -> Self {
+    pub(crate) fn new(root: &Node) -> Self {
         let mut substituted = Vec::new();
         collect_substituted(root, &mut substituted);
         Render { substituted }
@@ -229,6 +229,7 @@ impl Render {
             upstreams,
             filters,
             redacted_yaml: _,
+            words: _,
         } = cfg;
         let a = src.key("admin");
         let crate::types::Admin {
@@ -311,7 +312,7 @@ impl Render {
             .done()
     }
 
-    fn listener(&self, l: &crate::types::Listener, src: Src) -> Y {
+    pub(crate) fn listener(&self, l: &crate::types::Listener, src: Src) -> Y {
         let crate::types::Listener {
             name: _,
             listen,
@@ -428,7 +429,7 @@ impl Render {
             .done()
     }
 
-    fn route(&self, r: &Route, src: Src) -> Y {
+    pub(crate) fn route(&self, r: &Route, src: Src) -> Y {
         let Route {
             name,
             matcher,
@@ -494,7 +495,7 @@ impl Render {
         out.done()
     }
 
-    fn upstream(&self, u: &Upstream, src: Src) -> Y {
+    pub(crate) fn upstream(&self, u: &Upstream, src: Src) -> Y {
         let Upstream {
             name: _,
             endpoints,
@@ -614,7 +615,7 @@ impl Render {
             .done()
     }
 
-    fn filter(&self, f: &Filter, src: Src) -> Y {
+    pub(crate) fn filter(&self, f: &Filter, src: Src) -> Y {
         let kind = f.kind.kind_name();
         let ks = src.key(kind);
         let settings = match &f.kind {
@@ -886,7 +887,7 @@ impl Render {
     }
 }
 
-fn priority_word(p: PriorityClass) -> &'static str {
+pub fn priority_word(p: PriorityClass) -> &'static str {
     match p {
         PriorityClass::High => "high",
         PriorityClass::Normal => "normal",
@@ -895,7 +896,7 @@ fn priority_word(p: PriorityClass) -> &'static str {
 }
 
 /// `2s`, `250ms`, `5m`, `1h`; `1.5005s` when not a whole millisecond.
-fn duration(d: Duration) -> String {
+pub fn duration(d: Duration) -> String {
     let ms = d.as_millis();
     if d.is_zero() {
         "0s".into()
@@ -913,7 +914,7 @@ fn duration(d: Duration) -> String {
 }
 
 /// `64KiB`, `10MiB`, `10KB`, `123`.
-fn size(bytes: u64) -> String {
+pub fn size(bytes: u64) -> String {
     const UNITS: [(u64, &str); 6] = [
         (1 << 30, "GiB"),
         (1 << 20, "MiB"),
@@ -1036,7 +1037,7 @@ fn write_value(value: &Y, indent: usize, out: &mut String) {
 
 /// Plain when that reads back as the same string; else double-quoted (JSON
 /// escapes are valid YAML).
-fn quoted(text: &str) -> String {
+pub(crate) fn quoted(text: &str) -> String {
     let safe_start = text
         .chars()
         .next()

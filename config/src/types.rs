@@ -23,6 +23,9 @@ pub struct Config {
     /// The running config rendered as YAML with secrets and every `${VAR}`
     /// value replaced by `<redacted>` (for the admin `/config` endpoint).
     pub redacted_yaml: String,
+    /// Each listener, route, upstream and filter in config words, redacted
+    /// the same way (for `kaname explain`).
+    pub words: crate::words::ConfigWords,
 }
 
 impl Config {

@@ -100,6 +100,17 @@ where
     }
 }
 
+/// The `Content-Length` a message declares, when it is one valid number.
+pub fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};

@@ -8,7 +8,7 @@
 
 use std::future::Future as _;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -40,14 +40,33 @@ const TOO_LARGE: u8 = 4;
 #[derive(Debug, Clone, Default)]
 pub struct ClientBodyWatch(Arc<WatchState>);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct WatchState {
     state: AtomicU8,
     /// The body was asked for more and the client has not sent it yet.
     waiting: AtomicBool,
+    /// `max_request_body` (`u64::MAX`: none). Set by the route's body-limit
+    /// step after the listener wrapped the body, so the body is boxed once.
+    limit: AtomicU64,
+}
+
+impl Default for WatchState {
+    fn default() -> Self {
+        WatchState {
+            state: AtomicU8::new(STREAMING),
+            waiting: AtomicBool::new(false),
+            limit: AtomicU64::new(u64::MAX),
+        }
+    }
 }
 
 impl ClientBodyWatch {
+    /// Bounds the body to `limit` bytes from now on (the route's
+    /// `max_request_body`); more is a `TooLarge` failure (413).
+    pub fn limit_to(&self, limit: u64) {
+        self.0.limit.store(limit, Ordering::Relaxed);
+    }
+
     /// The failure, once the body has failed.
     pub fn failure(&self) -> Option<ClientBodyFailure> {
         match self.0.state.load(Ordering::Acquire) {
@@ -107,7 +126,6 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: B,
         watch: ClientBodyWatch,
-        limit: Option<u64>,
         read: u64,
         idle: Option<Duration>,
         timer: Option<Pin<Box<Sleep>>>,
@@ -119,6 +137,9 @@ impl<B: HttpBody> ClientBody<B> {
     /// `limit`: `max_request_body`; `idle`: `request_body_timeout`.
     pub fn new(inner: B, limit: Option<u64>, idle: Option<Duration>) -> (Self, ClientBodyWatch) {
         let watch = ClientBodyWatch::default();
+        if let Some(limit) = limit {
+            watch.limit_to(limit);
+        }
         if inner.is_end_stream() {
             // Nothing to send: hyper will never poll it.
             watch.set(COMPLETE);
@@ -126,7 +147,6 @@ impl<B: HttpBody> ClientBody<B> {
         let body = ClientBody {
             inner,
             watch: watch.clone(),
-            limit,
             read: 0,
             idle,
             timer: None,
@@ -160,14 +180,11 @@ where
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     *this.read += data.len() as u64;
-                    if let Some(limit) = *this.limit {
-                        if *this.read > limit {
-                            *this.done = true;
-                            this.watch.set(TOO_LARGE);
-                            return Poll::Ready(Some(Err(Box::new(ClientBodyError::TooLarge(
-                                limit,
-                            )))));
-                        }
+                    let limit = this.watch.0.limit.load(Ordering::Relaxed);
+                    if *this.read > limit {
+                        *this.done = true;
+                        this.watch.set(TOO_LARGE);
+                        return Poll::Ready(Some(Err(Box::new(ClientBodyError::TooLarge(limit)))));
                     }
                 }
                 if this.inner.is_end_stream() {

@@ -3,18 +3,37 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
-/// Placed in every request's extensions by the listener before the chain runs.
+/// Placed in every request's extensions where it enters (its connection's
+/// facts), completed by the request model (`grpc`) and the router (`route`,
+/// `upstream`) before the route's layers run.
 #[derive(Debug, Clone)]
 pub struct RequestContext {
     /// The peer address of the client connection.
     pub client_addr: SocketAddr,
+    /// Its IP as a header value (for `x-forwarded-for`), made once per
+    /// connection.
+    pub client_ip: http::HeaderValue,
+    /// The connection is TLS.
+    pub tls: bool,
     pub listener: Arc<str>,
+    /// Empty until routed (and for a request no route takes).
     pub route: Arc<str>,
     pub upstream: Arc<str>,
-    /// `content-type` starts with `application/grpc`.
+    /// `content-type` starts with `application/grpc` (after the hop-by-hop
+    /// strip, so a `Connection`-named content-type does not count).
     pub grpc: bool,
+}
+
+impl RequestContext {
+    /// Whether `req` is a gRPC call: from its context, else (a filter
+    /// tested alone) from its `content-type`.
+    pub fn grpc_of<B>(req: &http::Request<B>) -> bool {
+        req.extensions()
+            .get::<RequestContext>()
+            .map_or_else(|| crate::is_grpc(req.headers()), |c| c.grpc)
+    }
 }
 
 /// A route's own `priority:` (high | normal | low), placed in the request's
@@ -50,7 +69,9 @@ impl UpstreamFailure {
 }
 
 /// The earliest instant a timeout (route, gRPC deadline, per-try) cuts the
-/// request: set by the listener, tightened by the retry filter for each try.
+/// request: set by the proxy's deadline layer, tightened by the retry
+/// filter for each try. On tokio's clock, as every timer in kaname is, so a
+/// paused-clock test moves them all together.
 /// A try whose future is dropped before it was cancelled by its client,
 /// which says nothing about the upstream; one dropped after it timed out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,9 +125,3 @@ impl EndpointSlot {
         self.0.lock().ok().and_then(|slot| *slot)
     }
 }
-
-/// Placed in the extensions of a response a filter made to refuse the
-/// request (401/403, 429, circuit open, shed): the filter's name, so the
-/// access log can say which filter answered instead of the upstream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RefusedBy(pub Arc<str>);

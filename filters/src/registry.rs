@@ -1,5 +1,7 @@
-//! From a filter's typed config to a layer. This match is the one place
-//! that knows every filter kind: adding a kind is a module plus an arm here.
+//! From a filter's typed config to its built state, which gives every route
+//! naming it a tower layer. The match in [`build`] is the one place in this
+//! crate that knows every filter kind: adding a kind is a module plus an arm
+//! here (docs/architecture.md has a worked example).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,7 +11,7 @@ use bytes::Bytes;
 use kaname_config::types::{Filter, FilterKind, JwksSource};
 
 use crate::metrics::Metrics;
-use crate::RouteService;
+use crate::RouteLayer;
 
 /// Where a filter is applied: the names metrics and per-upstream state use.
 #[derive(Debug, Clone)]
@@ -21,9 +23,10 @@ pub struct RouteInfo {
 
 /// A built filter. Its state (buckets, breaker, budget) lives inside and is
 /// shared by every route that names it.
-pub trait FilterLayer: Send + Sync {
-    /// Wraps a route's inner service.
-    fn wrap(&self, route: &RouteInfo, inner: RouteService) -> RouteService;
+pub trait BuiltFilter: Send + Sync {
+    /// The filter's tower layer for one route (its per-route metric series
+    /// and per-upstream state resolved once, here).
+    fn layer(&self, route: &RouteInfo) -> RouteLayer;
 }
 
 /// Fetches a JWKS document. Filters never open files or sockets; the proxy
@@ -48,28 +51,19 @@ pub enum BuildError {
 }
 
 /// Builds one filter from its config.
-pub fn build(filter: &Filter, ctx: &BuildContext<'_>) -> Result<Arc<dyn FilterLayer>, BuildError> {
-    let _ = ctx;
-    #[allow(clippy::match_single_binding)] // one arm per filter kind lands here
-    match &filter.kind {
-        FilterKind::Retry(cfg) => Ok(Arc::new(crate::retry::RetryLayer::new(
-            &filter.name,
-            cfg,
-            ctx.metrics,
-        )?)),
-        FilterKind::CircuitBreaker(cfg) => Ok(Arc::new(crate::circuit_breaker::BreakerLayer::new(
-            &filter.name,
-            cfg,
-            ctx.metrics,
-        ))),
-        FilterKind::Jwt(cfg) => Ok(Arc::new(crate::jwt::JwtLayer::new(&filter.name, cfg, ctx)?)),
-        FilterKind::RateLimit(cfg) => Ok(Arc::new(crate::rate_limit::RateLimitLayer::new(
-            &filter.name,
-            cfg,
-            ctx.metrics,
-        )?)),
-        FilterKind::ConcurrencyLimit(cfg) => Ok(Arc::new(
-            crate::concurrency_limit::ConcurrencyLayer::new(&filter.name, cfg, ctx.metrics)?,
-        )),
-    }
+pub fn build(filter: &Filter, ctx: &BuildContext<'_>) -> Result<Arc<dyn BuiltFilter>, BuildError> {
+    let name = &filter.name;
+    let m = ctx.metrics;
+    // Exhaustive, no `_` arm: a new kind does not compile until it is here.
+    Ok(match &filter.kind {
+        FilterKind::Jwt(cfg) => Arc::new(crate::jwt::Jwt::new(name, cfg, ctx)?),
+        FilterKind::RateLimit(cfg) => Arc::new(crate::rate_limit::RateLimit::new(name, cfg, m)?),
+        FilterKind::Retry(cfg) => Arc::new(crate::retry::Retry::new(name, cfg, m)?),
+        FilterKind::CircuitBreaker(cfg) => {
+            Arc::new(crate::circuit_breaker::CircuitBreaker::new(name, cfg, m))
+        }
+        FilterKind::ConcurrencyLimit(cfg) => Arc::new(
+            crate::concurrency_limit::ConcurrencyLimit::new(name, cfg, m)?,
+        ),
+    })
 }

@@ -1,4 +1,6 @@
-//! The boxed service every filter wraps and every route ends in.
+//! The boxed service every layer of a route wraps and every route ends in,
+//! the boxed layer a built filter gives a route, and the one helper that
+//! turns a filter's async body into a route future.
 //!
 //! tower's `BoxCloneSyncService` allocates on every clone and boxes every
 //! future again, and each layer clones its inner service per request (to
@@ -7,21 +9,22 @@
 //! reference count, and a service whose future is already boxed is not
 //! boxed twice. Every kaname service is always ready, so `poll_ready` is
 //! `Ready` and a call clones the shared service (cheap: its state is in
-//! `Arc`s) to get the `&mut` tower asks for.
+//! `Arc`s) to get the `&mut` tower asks for. Layers that wrap it still poll
+//! it (`ServiceExt::ready`), so a tower middleware with back-pressure
+//! stacked into a route keeps it.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use tower::Service;
+use tower::{Layer, Service};
 
-use crate::Body;
+use crate::{Body, ProxyError};
 
 /// The future of a route service.
-pub type RouteFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+pub type RouteFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
 
 trait Call: Send + Sync {
     fn call(&self, req: Request<Body>) -> RouteFuture;
@@ -34,7 +37,7 @@ struct Unboxed<S>(S);
 
 impl<S> Call for Boxed<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future = RouteFuture>
+    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError, Future = RouteFuture>
         + Clone
         + Send
         + Sync,
@@ -46,7 +49,7 @@ where
 
 impl<S> Call for Unboxed<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + Sync,
+    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError> + Clone + Send + Sync,
     S::Future: Send + 'static,
 {
     fn call(&self, req: Request<Body>) -> RouteFuture {
@@ -62,7 +65,7 @@ impl RouteService {
     /// Any always-ready service; its futures are boxed.
     pub fn new<S>(service: S) -> Self
     where
-        S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
             + Clone
             + Send
             + Sync
@@ -78,7 +81,7 @@ impl RouteService {
         S: Service<
                 Request<Body>,
                 Response = Response<Body>,
-                Error = Infallible,
+                Error = ProxyError,
                 Future = RouteFuture,
             > + Clone
             + Send
@@ -91,16 +94,108 @@ impl RouteService {
 
 impl Service<Request<Body>> for RouteService {
     type Response = Response<Body>;
-    type Error = Infallible;
+    type Error = ProxyError;
     type Future = RouteFuture;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<Body>) -> RouteFuture {
         self.0.call(req)
     }
+}
+
+/// A tower layer over route services, boxed: what a built filter gives each
+/// route it is on (`BuiltFilter::layer`), and what the proxy stacks.
+#[derive(Clone)]
+pub struct RouteLayer(Arc<dyn Layer<RouteService, Service = RouteService> + Send + Sync>);
+
+impl RouteLayer {
+    /// Any tower layer whose services take and give kaname's types: a
+    /// filter's own, or a tower / tower-http middleware. Its services'
+    /// futures are boxed.
+    pub fn new<L>(layer: L) -> Self
+    where
+        L: Layer<RouteService> + Send + Sync + 'static,
+        L::Service: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        <L::Service as Service<Request<Body>>>::Future: Send + 'static,
+    {
+        RouteLayer(Arc::new(Boxing(layer, RouteService::new)))
+    }
+
+    /// A layer whose services' futures are [`RouteFuture`]s already.
+    pub fn boxed<L>(layer: L) -> Self
+    where
+        L: Layer<RouteService> + Send + Sync + 'static,
+        L::Service: Service<
+                Request<Body>,
+                Response = Response<Body>,
+                Error = ProxyError,
+                Future = RouteFuture,
+            > + Clone
+            + Send
+            + Sync
+            + 'static,
+    {
+        RouteLayer(Arc::new(Boxing(layer, RouteService::from_boxed)))
+    }
+}
+
+impl Layer<RouteService> for RouteLayer {
+    type Service = RouteService;
+
+    fn layer(&self, inner: RouteService) -> RouteService {
+        self.0.layer(inner)
+    }
+}
+
+impl std::fmt::Debug for RouteLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RouteLayer")
+    }
+}
+
+/// A layer whose services are boxed into route services by `box_it`.
+struct Boxing<L, S>(L, fn(S) -> RouteService);
+
+impl<L, S> Layer<RouteService> for Boxing<L, S>
+where
+    L: Layer<RouteService, Service = S>,
+{
+    type Service = RouteService;
+
+    fn layer(&self, inner: RouteService) -> RouteService {
+        (self.1)(self.0.layer(inner))
+    }
+}
+
+/// The call of a service whose work is an async fn taking the service by
+/// value (`run`): the service that was polled ready moves into the future,
+/// a clone stays for the next call (tower's rule for cloned services).
+pub fn call_async<T, F, Fut>(service: &mut T, req: Request<Body>, run: F) -> RouteFuture
+where
+    T: Clone,
+    F: FnOnce(T, Request<Body>) -> Fut,
+    Fut: Future<Output = Result<Response<Body>, ProxyError>> + Send + 'static,
+{
+    let clone = service.clone();
+    let ready = std::mem::replace(service, clone);
+    Box::pin(run(ready, req))
+}
+
+/// Calls `inner` once it is ready: what a layer does with its inner route
+/// service (always ready today, but a stacked tower middleware may not be).
+pub async fn ready_call(
+    inner: &mut RouteService,
+    req: Request<Body>,
+) -> Result<Response<Body>, ProxyError> {
+    use tower::ServiceExt;
+    inner.ready().await?.call(req).await
 }
 
 impl std::fmt::Debug for RouteService {
@@ -120,7 +215,7 @@ mod tests {
         let seen = calls.clone();
         let svc = RouteService::new(tower::service_fn(move |_req: Request<Body>| {
             seen.fetch_add(1, Ordering::Relaxed);
-            async { Ok::<_, Infallible>(Response::new(crate::body::empty())) }
+            async { Ok::<_, ProxyError>(Response::new(crate::body::empty())) }
         }));
         let mut a = svc.clone();
         let mut b = svc;

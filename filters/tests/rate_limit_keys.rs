@@ -6,15 +6,14 @@
 //! answers 200, in a test binary of its own so that this process's RSS is
 //! this test's alone.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use kaname_config::types::{Rate, RateLimit, RateLimitKey};
 use kaname_filters::metrics::Metrics;
-use kaname_filters::rate_limit::RateLimitLayer;
-use kaname_filters::{body, Body, FilterLayer, RouteInfo, RouteService};
+use kaname_filters::rate_limit::RateLimit as RateLimitFilter;
+use kaname_filters::{body, Body, BuiltFilter, ProxyError, RouteInfo, RouteService};
 
 use tower::Service;
 
@@ -51,16 +50,16 @@ async fn rate_limit_200k_distinct_header_keys_stay_under_max_keys_and_bounded_rs
         burst: 1,
         max_keys: MAX_KEYS,
     };
-    let layer = RateLimitLayer::new("per-key", &config, &metrics).expect("layer");
+    let layer = RateLimitFilter::new("per-key", &config, &metrics).expect("layer");
     let upstream: RouteService = RouteService::new(tower::service_fn(|_: Request<Body>| {
-        std::future::ready(Ok::<_, Infallible>(Response::new(body::empty())))
+        std::future::ready(Ok::<_, ProxyError>(Response::new(body::empty())))
     }));
     let route = RouteInfo {
         listener: "main".into(),
         route: "api".into(),
         upstream: "echo".into(),
     };
-    let svc = layer.wrap(&route, upstream);
+    let svc = tower::Layer::layer(&layer.layer(&route), upstream);
     let buckets = layer.buckets().clone();
 
     let rss_before = status_kib("VmRSS");
@@ -82,7 +81,10 @@ async fn rate_limit_200k_distinct_header_keys_stay_under_max_keys_and_bounded_rs
                     req.headers_mut().insert(&api_key, key);
                     // Route services are always ready: `call` without
                     // `poll_ready`, as the listener does.
-                    let res = svc.call(req).await.unwrap_or_else(|n| match n {});
+                    let res = svc
+                        .call(req)
+                        .await
+                        .unwrap_or_else(|e| e.into_response(false));
                     match res.status() {
                         StatusCode::OK => allowed += 1,
                         StatusCode::TOO_MANY_REQUESTS => refused += 1,

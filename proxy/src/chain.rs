@@ -1,18 +1,24 @@
-//! From a validated config to the services requests flow through: one
-//! upstream pool per upstream, one layer per filter (state shared by the
-//! routes naming it) and, per route, its filters around `Forward`.
-//! On reload, upstreams, filters and metric handles whose config did not
-//! change are carried over, so their state survives.
+//! From a validated config to the stacks requests flow through: one
+//! upstream pool per upstream, one built filter per filter (its state
+//! shared by the routes naming it), and per listener one stack of layers —
+//! the listener's steps around a router, the router over each route's
+//! stack — assembled here, in the one order `pipeline::listener_steps` and
+//! `pipeline::route_steps` state. On reload, upstreams, filters and metric
+//! handles whose config did not change are carried over, so their state
+//! survives.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kaname_config::{Config, Filter, Listener, Upstream as UpstreamConfig};
+use kaname_filters::concurrency_limit::RoutePriorityLayer;
 use kaname_filters::metrics::Metrics;
-use kaname_filters::{FilterLayer, RouteInfo, RouteService};
+use kaname_filters::{BuiltFilter, RouteInfo, RouteLayer, RouteService};
+use tower::Layer;
 
 use crate::forward::{AttemptMetrics, Forward};
+use crate::pipeline::{self, Step};
 use crate::request_metrics::RouteMetrics;
 use crate::request_model::RequestModel;
 use crate::router::{Matcher, RouteIndex, RouteIndexBuilder};
@@ -23,35 +29,50 @@ pub struct Runtime {
     pub config: Arc<Config>,
     pub listeners: HashMap<String, Arc<ListenerRoutes>>,
     upstreams: HashMap<String, Arc<Upstream>>,
-    filters: HashMap<String, (Filter, Arc<dyn FilterLayer>)>,
+    filters: HashMap<String, (Filter, Arc<dyn BuiltFilter>)>,
     route_metrics: HashMap<[String; 3], Arc<RouteMetrics>>,
 }
 
-/// The routes of one listener.
+/// One listener's pipeline.
 pub struct ListenerRoutes {
     pub name: Arc<str>,
+    /// The listener's steps around its router: what every request of the
+    /// listener is sent to.
+    pub pipeline: RouteService,
+    /// `request_body_timeout`, for the body wrapper every request gets.
+    pub request_body_timeout: Duration,
+    /// The route and upstream of a request not routed yet.
+    pub unrouted: Arc<str>,
+}
+
+/// The routes of one listener, for its router.
+pub struct RouteTable {
     pub routes: Vec<RouteEntry>,
     /// The paths of `routes`, indexed (see `find`).
     index: RouteIndex,
-    /// Labels a request that matched no route (empty route and upstream).
-    pub no_route_metrics: Arc<RouteMetrics>,
-    pub access_log: bool,
-    /// `tracing.start_traces`.
-    pub start_traces: bool,
-    /// Path, authority and upgrade rules applied before routing.
-    pub model: RequestModel,
-    /// `request_body_timeout`.
-    pub request_body_timeout: Duration,
+    /// Where requests no route takes go: observed, rescued, answered.
+    pub no_route: RouteService,
 }
 
 pub struct RouteEntry {
     pub matcher: Matcher,
     pub name: Arc<str>,
     pub upstream: Arc<str>,
-    pub timeout: Option<Duration>,
-    pub max_request_body: Option<u64>,
-    pub service: RouteService,
-    pub metrics: Arc<RouteMetrics>,
+    /// The route's layers, outermost first, ending in its forwarder.
+    pub stack: RouteService,
+}
+
+/// What a stack is built for: its labels and metric handles.
+struct StackTarget<'a> {
+    info: RouteInfo,
+    metrics: Arc<RouteMetrics>,
+    listener: &'a Listener,
+}
+
+/// A step built: a layer, or the service a stack ends in.
+enum Built {
+    Layer(RouteLayer),
+    Terminal(RouteService),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,53 +159,29 @@ impl Runtime {
         metrics: &Arc<Metrics>,
         previous: Option<&Runtime>,
     ) -> Result<ListenerRoutes, BuildError> {
+        let cfg = self.config.clone();
+        let listener: Arc<str> = l.name.as_str().into();
+        let unrouted: Arc<str> = "".into();
+        // One forwarder per upstream, shared by its routes.
+        let mut forwards: HashMap<String, RouteService> = HashMap::new();
         let mut routes = Vec::with_capacity(l.routes.len());
         let mut index = RouteIndexBuilder::default();
-        let listener: Arc<str> = l.name.as_str().into();
-        // Per upstream, shared by its routes: its name and the `Forward`
-        // (its handles are per upstream), so a route costs no copy of them.
-        let mut forwards: HashMap<&str, (Arc<str>, RouteService)> = HashMap::new();
         for r in &l.routes {
-            let unknown = |what, name: &str| BuildError::Unknown {
+            let steps = pipeline::route_steps(&cfg, l, r).ok_or_else(|| BuildError::Unknown {
                 route: r.name.clone(),
-                what,
-                name: name.to_owned(),
+                what: "filter or upstream",
+                name: format!("{:?} {:?}", r.filters, r.upstream),
+            })?;
+            let target = StackTarget {
+                info: RouteInfo {
+                    listener: listener.clone(),
+                    route: r.name.as_str().into(),
+                    upstream: r.upstream.as_str().into(),
+                },
+                metrics: self.route_metrics(metrics, previous, [&l.name, &r.name, &r.upstream]),
+                listener: l,
             };
-            let (upstream_name, forward) = match forwards.get(r.upstream.as_str()) {
-                Some(f) => f.clone(),
-                None => {
-                    let upstream = self
-                        .upstreams
-                        .get(&r.upstream)
-                        .cloned()
-                        .ok_or_else(|| unknown("upstream", &r.upstream))?;
-                    let forward = Forward::new(upstream, AttemptMetrics::new(metrics, &r.upstream));
-                    let f = (
-                        Arc::<str>::from(r.upstream.as_str()),
-                        RouteService::from_boxed(forward),
-                    );
-                    forwards.insert(&r.upstream, f.clone());
-                    f
-                }
-            };
-            let info = RouteInfo {
-                listener: listener.clone(),
-                route: r.name.as_str().into(),
-                upstream: upstream_name,
-            };
-            let mut service = forward;
-            // Outermost first in the file, so wrap from the innermost out.
-            for name in r.filters.iter().rev() {
-                let (_, layer) = self
-                    .filters
-                    .get(name)
-                    .ok_or_else(|| unknown("filter", name))?;
-                service = layer.wrap(&info, service);
-            }
-            if let Some(p) = r.priority {
-                // A route's own priority class, for its concurrency limits.
-                service = kaname_filters::concurrency_limit::with_route_priority(service, p);
-            }
+            let stack = self.stack(&steps, &target, metrics, &mut forwards)?;
             let matcher = Matcher::compile(&r.matcher).map_err(|source| BuildError::Match {
                 route: r.name.clone(),
                 source,
@@ -194,32 +191,165 @@ impl Runtime {
                 r.case_sensitive,
                 matcher.is_unconditional(),
             );
-            let route_metrics =
-                self.route_metrics(metrics, previous, [&l.name, &r.name, &r.upstream]);
             routes.push(RouteEntry {
                 matcher,
-                name: info.route,
-                upstream: info.upstream,
-                timeout: r.timeout,
-                max_request_body: r.max_request_body.or(l.max_request_body),
-                service,
-                metrics: route_metrics,
+                name: target.info.route,
+                upstream: target.info.upstream,
+                stack,
             });
         }
         let index = index.build().map_err(|e| BuildError::Match {
             route: l.routes[e.route].name.clone(),
             source: e.source,
         })?;
-        Ok(ListenerRoutes {
-            name: listener,
+        let no_route_target = StackTarget {
+            info: RouteInfo {
+                listener: listener.clone(),
+                route: unrouted.clone(),
+                upstream: unrouted.clone(),
+            },
+            metrics: self.route_metrics(metrics, previous, [&l.name, "", ""]),
+            listener: l,
+        };
+        let no_route = self.stack(
+            &pipeline::no_route_steps(),
+            &no_route_target,
+            metrics,
+            &mut forwards,
+        )?;
+        let table = Arc::new(RouteTable {
             routes,
             index,
-            no_route_metrics: self.route_metrics(metrics, previous, [&l.name, "", ""]),
-            access_log: self.config.log.access_log,
-            start_traces: self.config.tracing.start_traces,
-            model: RequestModel::of(l),
+            no_route,
+        });
+        let router = RouteService::from_boxed(pipeline::Router(table));
+        let pipeline = pipeline::listener_steps(l)
+            .iter()
+            .rev()
+            .filter_map(|step| match step {
+                Step::RequestModel(l) => Some(RouteLayer::boxed(pipeline::RequestModelLayer(
+                    Arc::new(RequestModel::of(l)),
+                ))),
+                Step::RequestId => Some(RouteLayer::boxed(pipeline::RequestIdLayer)),
+                Step::PeerIdentity(_) => Some(RouteLayer::boxed(pipeline::PeerIdentityLayer)),
+                // The terminal, made above.
+                _ => None,
+            })
+            .fold(router, |inner, layer| layer.layer(inner));
+        Ok(ListenerRoutes {
+            name: listener,
+            pipeline,
             request_body_timeout: l.request_body_timeout,
+            unrouted,
         })
+    }
+
+    /// A route's (or the no-route) stack from its steps: the terminal
+    /// first, then each layer around it, innermost out.
+    fn stack(
+        &self,
+        steps: &[Step<'_>],
+        target: &StackTarget<'_>,
+        metrics: &Arc<Metrics>,
+        forwards: &mut HashMap<String, RouteService>,
+    ) -> Result<RouteService, BuildError> {
+        let mut service: Option<RouteService> = None;
+        for step in steps.iter().rev() {
+            match self.build_step(step, target, metrics, forwards)? {
+                Built::Terminal(t) => service = Some(t),
+                Built::Layer(layer) => {
+                    if let Some(inner) = service.take() {
+                        service = Some(layer.layer(inner));
+                    }
+                }
+            }
+        }
+        service.ok_or_else(|| BuildError::Unknown {
+            route: target.info.route.to_string(),
+            what: "terminal step",
+            name: "forward".into(),
+        })
+    }
+
+    fn build_step(
+        &self,
+        step: &Step<'_>,
+        t: &StackTarget<'_>,
+        metrics: &Arc<Metrics>,
+        forwards: &mut HashMap<String, RouteService>,
+    ) -> Result<Built, BuildError> {
+        let info = &t.info;
+        Ok(Built::Layer(match step {
+            Step::Observe => RouteLayer::boxed(pipeline::ObserveLayer {
+                metrics: t.metrics.clone(),
+                in_flight: metrics
+                    .requests_in_flight
+                    .with_label_values(&[&*info.listener]),
+                access_log: self.config.log.access_log,
+                route: info.route.clone(),
+                upstream: info.upstream.clone(),
+            }),
+            Step::Rescue => RouteLayer::new(pipeline::RescueLayer),
+            Step::IdentityCheck(_) => RouteLayer::boxed(pipeline::IdentityCheckLayer {
+                listener: info.listener.clone(),
+            }),
+            Step::Forwarded { start_traces } => RouteLayer::boxed(pipeline::ForwardedLayer {
+                start_traces: *start_traces,
+            }),
+            Step::BodyLimit(limit) => RouteLayer::boxed(pipeline::BodyLimitLayer { limit: *limit }),
+            Step::Deadline(timeout) => RouteLayer::boxed(pipeline::DeadlineLayer {
+                timeout: *timeout,
+                upstream: info.upstream.clone(),
+            }),
+            Step::Priority(p) => RouteLayer::boxed(RoutePriorityLayer(*p)),
+            Step::Filter(f) => {
+                let (_, built) = self
+                    .filters
+                    .get(&f.name)
+                    .ok_or_else(|| BuildError::Unknown {
+                        route: info.route.to_string(),
+                        what: "filter",
+                        name: f.name.clone(),
+                    })?;
+                built.layer(info)
+            }
+            Step::Forward(u) => {
+                let forward = match forwards.get(&u.name) {
+                    Some(f) => f.clone(),
+                    None => {
+                        let upstream = self.upstreams.get(&u.name).cloned().ok_or_else(|| {
+                            BuildError::Unknown {
+                                route: info.route.to_string(),
+                                what: "upstream",
+                                name: u.name.clone(),
+                            }
+                        })?;
+                        let f = RouteService::from_boxed(Forward::new(
+                            upstream,
+                            AttemptMetrics::new(metrics, &u.name),
+                        ));
+                        forwards.insert(u.name.clone(), f.clone());
+                        f
+                    }
+                };
+                return Ok(Built::Terminal(forward));
+            }
+            Step::Unrouted => {
+                return Ok(Built::Terminal(RouteService::from_boxed(
+                    pipeline::Unrouted {
+                        listener: t.listener.name.as_str().into(),
+                    },
+                )))
+            }
+            // The listener's steps are built in `build_listener`.
+            Step::RequestModel(_) | Step::RequestId | Step::PeerIdentity(_) | Step::Router(_) => {
+                return Err(BuildError::Unknown {
+                    route: info.route.to_string(),
+                    what: "step in a route stack",
+                    name: "listener step".into(),
+                })
+            }
+        }))
     }
 }
 
@@ -267,7 +397,7 @@ impl Runtime {
     }
 }
 
-impl ListenerRoutes {
+impl RouteTable {
     /// The first route in config order that matches: the index yields
     /// the routes whose path matches, the matcher checks the rest.
     pub fn find(&self, req: &http::request::Parts) -> Option<&RouteEntry> {

@@ -1,78 +1,51 @@
-//! `kaname explain`: each route's chain of layers, outside in.
+//! `kaname explain`: each listener's stack and each route's, outermost
+//! first — read from the same step lists the running proxy is built from
+//! (`pipeline::listener_steps`, `pipeline::route_steps`), in config words.
 
 use std::fmt::Write;
 
-use kaname_config::{Config, FilterKind, JwksSource};
+use kaname_config::Config;
+
+use crate::pipeline::{self, Step};
 
 pub fn explain(cfg: &Config) -> String {
     let mut out = String::new();
     for l in &cfg.listeners {
+        let protocol = cfg
+            .words
+            .listeners
+            .get(&l.name)
+            .and_then(|w| w.get("protocol"))
+            .unwrap_or("auto");
         let _ = writeln!(
             out,
-            "listener {} on {} ({:?})",
-            l.name, l.listen, l.protocol
+            "listener {} on {} (protocol: {protocol})",
+            l.name, l.listen
         );
-        for r in &l.routes {
-            let _ = writeln!(out, "  route {} {:?}", r.name, r.matcher);
-            let _ = writeln!(
-                out,
-                "    0. request model: path normalized (merge_slashes {}, escaped_slashes {:?}), one authority, upgrades {:?}, request_body_timeout {:?}",
-                l.merge_slashes, l.escaped_slashes, l.upgrades, l.request_body_timeout
-            );
-            let _ = writeln!(out, "    1. request id, metrics, access log");
-            let mut n = 2;
-            if let Some(t) = r.timeout {
-                let _ = writeln!(out, "    {n}. route timeout {t:?}");
-                n += 1;
-            }
-            for name in &r.filters {
-                if let Some(f) = cfg.filter(name) {
-                    let _ = writeln!(
-                        out,
-                        "    {n}. {} \"{}\": {}",
-                        f.kind.kind_name(),
-                        f.name,
-                        settings(&f.kind)
-                    );
-                    n += 1;
+        steps(&mut out, cfg, "  ", &pipeline::listener_steps(l));
+        let route_words = cfg.words.routes.get(&l.name);
+        for (i, r) in l.routes.iter().enumerate() {
+            let matcher = route_words
+                .and_then(|w| w.get(i))
+                .and_then(|w| w.get("match"))
+                .unwrap_or("{}");
+            let _ = writeln!(out, "  route {} (match: {matcher})", r.name);
+            match pipeline::route_steps(cfg, l, r) {
+                Some(s) => steps(&mut out, cfg, "    ", &s),
+                None => {
+                    let _ = writeln!(out, "    (names a filter or upstream the config lacks)");
                 }
             }
-            if let Some(u) = cfg.upstream(&r.upstream) {
-                let eps: Vec<String> = u
-                    .endpoints
-                    .iter()
-                    .map(|e| format!("{}:{}", e.host, e.port))
-                    .collect();
-                let _ = writeln!(
-                    out,
-                    "    {n}. upstream \"{}\" {:?} {:?} [{}] connect_timeout {:?}",
-                    u.name,
-                    u.protocol,
-                    u.load_balancing,
-                    eps.join(", "),
-                    u.connect_timeout
-                );
-            }
         }
+        let _ = writeln!(out, "  no route");
+        steps(&mut out, cfg, "    ", &pipeline::no_route_steps());
     }
     out
 }
 
-fn settings(kind: &FilterKind) -> String {
-    // Debug of the typed settings shows every effective value, defaults
-    // included; secrets must not leak.
-    match kind {
-        FilterKind::Jwt(j) => {
-            let mut j = j.clone();
-            if j.secret.is_some() {
-                j.secret = Some("<redacted>".into());
-            }
-            // The user-info and query of a JWKS URL, as /config hides them.
-            if let Some(JwksSource::Url { url, .. }) = &mut j.jwks {
-                *url = kaname_config::redact_url(url);
-            }
-            format!("{j:?}")
-        }
-        other => format!("{other:?}"),
+fn steps(out: &mut String, cfg: &Config, indent: &str, steps: &[Step<'_>]) {
+    for (n, step) in steps.iter().enumerate() {
+        let (name, what) = step.describe(cfg);
+        let _ = writeln!(out, "{indent}{}. {name} {what}", n + 1);
     }
 }

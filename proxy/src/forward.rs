@@ -1,9 +1,6 @@
 //! The innermost service of every route: one try to one endpoint of the
 //! route's upstream, through its connection pool.
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -16,7 +13,9 @@ use kaname_filters::body::{BodyEnd, OnEnd};
 use kaname_filters::client_body::{ClientBodyFailure, ClientBodyWatch};
 use kaname_filters::context::{AvoidEndpoint, Deadline, EndpointSlot, TriedEndpoint};
 use kaname_filters::retry::classify::{grpc_status, GRPC_UNAVAILABLE};
-use kaname_filters::{Body, BoxError, ErrorKind, RequestContext, UpstreamFailure};
+use kaname_filters::{
+    Body, BoxError, ErrorKind, ProxyError, RequestContext, RouteFuture, UpstreamFailure,
+};
 use prometheus::{Histogram, IntCounter};
 use tokio::time::Instant;
 
@@ -83,16 +82,16 @@ impl Forward {
 
 impl tower::Service<Request<Body>> for Forward {
     type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+    type Error = ProxyError;
+    type Future = RouteFuture;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+    fn call(&mut self, req: Request<Body>) -> RouteFuture {
         let this = self.0.clone();
-        Box::pin(async move { Ok(this.forward(req).await) })
+        Box::pin(async move { this.forward(req).await })
     }
 }
 
@@ -172,7 +171,7 @@ fn judge_by_trailers(
 }
 
 impl ForwardTo {
-    async fn forward(&self, mut req: Request<Body>) -> Response<Body> {
+    async fn forward(&self, mut req: Request<Body>) -> Result<Response<Body>, ProxyError> {
         let up = &self.upstream;
         let grpc = req
             .extensions()
@@ -181,12 +180,11 @@ impl ForwardTo {
             .unwrap_or(false);
         let avoid = req.extensions().get::<AvoidEndpoint>().map(|a| a.0);
         let Some(endpoint) = up.pick(avoid) else {
-            return failure(
+            return Err(ProxyError::upstream(
                 ErrorKind::UpstreamUnavailable,
                 UpstreamFailure::Connect,
-                &format!("upstream \"{}\" has no endpoint", up.name),
-                grpc,
-            );
+                format!("upstream \"{}\" has no endpoint", up.name),
+            ));
         };
 
         if let Some(slot) = req.extensions().get::<EndpointSlot>() {
@@ -228,7 +226,10 @@ impl ForwardTo {
         match uri {
             Ok(uri) => *req.uri_mut() = uri,
             Err(e) => {
-                return ErrorKind::BadRequest.response(&format!("bad request target: {e}"), grpc)
+                return Err(ProxyError::new(
+                    ErrorKind::BadRequest,
+                    format!("bad request target: {e}"),
+                ))
             }
         }
         let upgrade = match up.config.protocol {
@@ -260,13 +261,13 @@ impl ForwardTo {
                     Some(p) => Some(p),
                     None => {
                         self.metrics.connections_full.inc();
-                        return ErrorKind::Overloaded.response(
-                            &format!(
+                        return Err(ProxyError::new(
+                            ErrorKind::Overloaded,
+                            format!(
                                 "upstream \"{}\" endpoint {} has {} requests in flight (pool.max_connections_per_endpoint)",
                                 up.name, endpoint.addr, up.config.pool.max_connections_per_endpoint
                             ),
-                            grpc,
-                        );
+                        ));
                     }
                 }
             }
@@ -306,7 +307,7 @@ impl ForwardTo {
                 if failure == ClientBodyFailure::Stalled {
                     self.metrics.body_stalled.inc();
                 }
-                return client_failure(failure, grpc);
+                return Err(client_failure(failure));
             }
         }
         match result {
@@ -315,17 +316,15 @@ impl ForwardTo {
                 // client's connection must never become a tunnel it did not
                 // ask for (request-model.md).
                 record.finish(Some(&self.metrics.http_error), true);
-                let mut res = failure(
+                Err(ProxyError::upstream(
                     ErrorKind::UpstreamUnavailable,
                     UpstreamFailure::Reset,
-                    &format!(
+                    format!(
                         "upstream \"{}\" endpoint {} switched protocols unasked (101)",
                         up.name, endpoint.addr
                     ),
-                    grpc,
-                );
-                res.extensions_mut().insert(tried);
-                res
+                )
+                .at_endpoint(endpoint.addr))
             }
             Ok(mut res) => {
                 let status = res.status();
@@ -370,7 +369,7 @@ impl ForwardTo {
                     Some(slot) => OnEnd::wrap(body, move |_| drop(slot)),
                     None => body,
                 };
-                Response::from_parts(parts, body)
+                Ok(Response::from_parts(parts, body))
             }
             Err(e) => {
                 let (kind, why) = classify(&e);
@@ -386,9 +385,7 @@ impl ForwardTo {
                     error_chain(&e)
                 );
                 tracing::debug!(%message, "try failed");
-                let mut res = failure(kind, why, &message, grpc);
-                res.extensions_mut().insert(tried);
-                res
+                Err(ProxyError::upstream(kind, why, message).at_endpoint(endpoint.addr))
             }
         }
     }
@@ -455,20 +452,22 @@ fn closed_before_answer(e: &TryError) -> bool {
 }
 
 /// The client's answer when its own body failed the try (request-model.md).
-fn client_failure(failure: ClientBodyFailure, grpc: bool) -> Response<Body> {
-    match failure {
-        ClientBodyFailure::Ended => {
-            ErrorKind::BadRequest.response("the request body ended before it was complete", grpc)
-        }
-        ClientBodyFailure::Stalled => ErrorKind::RequestTimeout.response(
+fn client_failure(failure: ClientBodyFailure) -> ProxyError {
+    let (kind, message) = match failure {
+        ClientBodyFailure::Ended => (
+            ErrorKind::BadRequest,
+            "the request body ended before it was complete",
+        ),
+        ClientBodyFailure::Stalled => (
+            ErrorKind::RequestTimeout,
             "the request body stopped arriving (request_body_timeout)",
-            grpc,
         ),
-        ClientBodyFailure::TooLarge => ErrorKind::PayloadTooLarge.response(
+        ClientBodyFailure::TooLarge => (
+            ErrorKind::PayloadTooLarge,
             "request body is larger than the route's max_request_body",
-            grpc,
         ),
-    }
+    };
+    ProxyError::new(kind, message)
 }
 
 /// Connect failure or reset (a failure of the client's body is told by its
@@ -524,12 +523,6 @@ where
         }
     }
     Ok(())
-}
-
-fn failure(kind: ErrorKind, why: UpstreamFailure, message: &str, grpc: bool) -> Response<Body> {
-    let mut res = kind.response(message, grpc);
-    res.extensions_mut().insert(why);
-    res
 }
 
 /// An upgraded connection that moves no byte either way this long is

@@ -7,18 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use http::{header, HeaderValue, Request, Response};
+use http::{HeaderValue, Request};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use kaname_config::{Listener as ListenerConfig, ListenerProtocol};
-use kaname_filters::body::{BodyEnd, OnEnd};
 use kaname_filters::client_body::ClientBody;
-use kaname_filters::context::Deadline;
 use kaname_filters::metrics::Metrics;
-use kaname_filters::retry::classify::grpc_status;
-use kaname_filters::{is_grpc, Body, ErrorKind, RequestContext};
+use kaname_filters::{RequestContext, RouteFuture};
 use prometheus::IntGauge;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -29,11 +26,7 @@ use crate::conn::{Activity, ActivityIo, GuardedBody};
 use crate::drain::Drain;
 use crate::h1_guard::H1Guard;
 use crate::h2_guard::{H2Guard, H2Limits};
-use crate::headers::{
-    add_forwarded, client_value, ensure_request_id, ensure_traceparent, strip_hop_by_hop,
-    X_REQUEST_ID,
-};
-use crate::request_metrics::RouteMetrics;
+use crate::headers::client_value;
 use crate::tls::io::ServerIo;
 use crate::tls::server::{ConnTls, ServerTls};
 
@@ -242,17 +235,12 @@ pub async fn accept_loop(
             let client_ip = client_value(peer.ip());
             let service = hyper::service::service_fn(move |req| {
                 let guard = activity2.request();
-                let fut = handle(
-                    shared.clone(),
-                    peer,
-                    client_ip.clone(),
-                    conn_tls.clone(),
-                    req,
-                );
+                let fut = enter(&shared, peer, &client_ip, conn_tls.as_ref(), req);
                 async move {
+                    // The rescue layer answers every error; this is a backstop.
+                    let res = fut.await.unwrap_or_else(|e| e.into_response(false));
                     // The request is in flight until its response body ends.
-                    let res = fut.await;
-                    res.map(|r| r.map(|body| GuardedBody::new(body, guard)))
+                    Ok::<_, Infallible>(res.map(|body| GuardedBody::new(body, guard)))
                 }
             });
             let io = ActivityIo::new(TokioIo::new(io), activity.clone());
@@ -315,247 +303,33 @@ enum ConnEvent<T> {
     Tick,
 }
 
-struct InFlightGuard(IntGauge);
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
-/// The `grpc-timeout` header as a duration (`1S`, `250m`, `100u`, ...).
-fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    let v = headers.get("grpc-timeout")?.to_str().ok()?;
-    if v.len() < 2 || v.len() > 9 {
-        return None;
-    }
-    let (n, unit) = v.split_at(v.len() - 1);
-    let n: u64 = n.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
-async fn handle(
-    shared: Arc<ListenerShared>,
+/// Where a request enters kaname: its body wrapped (`request_body_timeout`;
+/// the route's body-limit step bounds it later), its connection's facts in
+/// its extensions, then the listener's pipeline (chain.rs) from the config
+/// running now.
+fn enter(
+    shared: &ListenerShared,
     peer: SocketAddr,
-    client_ip: HeaderValue,
-    tls: Option<Arc<ConnTls>>,
+    client_ip: &HeaderValue,
+    tls: Option<&Arc<ConnTls>>,
     req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
-    let started = Instant::now();
-    shared.in_flight.inc();
-    let _in_flight = InFlightGuard(shared.in_flight.clone());
-    let routes = shared.routes.load_full();
+) -> RouteFuture {
+    let routes = shared.routes.load();
     let (mut parts, body) = req.into_parts();
-    // The request model first: nothing after this reads the raw target.
-    let model = routes.model.apply(&mut parts);
-    strip_hop_by_hop(&mut parts.headers, matches!(model, Ok(true)));
-    // After the strip: a content-type named in Connection never reaches
-    // the upstream, so it cannot make a request gRPC here either.
-    let grpc = is_grpc(&parts.headers);
-    let request_id = ensure_request_id(&mut parts.headers);
-    if let Some(t) = &tls {
-        // The identity header is kaname's word, never the client's.
-        parts.headers.remove(&t.header);
-        if let Some(id) = &t.identity {
-            parts.headers.insert(t.header.clone(), id.clone());
-        }
+    let (body, watch) = ClientBody::new(body, None, Some(routes.request_body_timeout));
+    parts.extensions.insert(watch);
+    parts.extensions.insert(RequestContext {
+        client_addr: peer,
+        client_ip: client_ip.clone(),
+        tls: tls.is_some(),
+        listener: routes.name.clone(),
+        route: routes.unrouted.clone(),
+        upstream: routes.unrouted.clone(),
+        grpc: false,
+    });
+    if let Some(t) = tls {
+        parts.extensions.insert(t.clone());
     }
-    let method = parts.method.clone();
-    let path = routes.access_log.then(|| parts.uri.path().to_owned());
-
-    let found = match &model {
-        Ok(_) => routes.find(&parts),
-        Err(_) => None,
-    };
-    let (mut res, metrics, route_name, upstream_name) = match (model, found) {
-        (Err(refusal), _) => (refusal.response(grpc), &routes.no_route_metrics, "", ""),
-        // A client whose identity is not allowed learns nothing of the
-        // routes: 403 on any path, as on a routed one below.
-        (Ok(_), None) if tls.as_ref().is_some_and(|t| !t.allowed) => (
-            ErrorKind::Forbidden.response(
-                &format!(
-                    "client identity is not allowed on listener \"{}\"",
-                    routes.name
-                ),
-                grpc,
-            ),
-            &routes.no_route_metrics,
-            "",
-            "",
-        ),
-        (Ok(_), None) => {
-            let msg = format!("no route for {} {}", parts.method, parts.uri.path());
-            (
-                ErrorKind::NoRoute.response(&msg, grpc),
-                &routes.no_route_metrics,
-                "",
-                "",
-            )
-        }
-        (Ok(_), Some(route)) => {
-            add_forwarded(&mut parts.headers, &client_ip, tls.is_some());
-            if routes.start_traces {
-                ensure_traceparent(&mut parts.headers);
-            }
-            parts.extensions.insert(RequestContext {
-                client_addr: peer,
-                listener: routes.name.clone(),
-                route: route.name.clone(),
-                upstream: route.upstream.clone(),
-                grpc,
-            });
-            let res = match route.max_request_body {
-                // The handshake accepts any certificate of `client_ca`;
-                // `allowed_identities` is enforced per request (403).
-                _ if tls.as_ref().is_some_and(|t| !t.allowed) => ErrorKind::Forbidden.response(
-                    &format!(
-                        "client identity {:?} is not allowed on listener \"{}\"",
-                        tls.as_ref()
-                            .and_then(|t| t.identity.as_ref())
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or(""),
-                        routes.name
-                    ),
-                    grpc,
-                ),
-                Some(limit) if declared_length(&parts.headers).is_some_and(|n| n > limit) => {
-                    ErrorKind::PayloadTooLarge.response(
-                        &format!("request body is larger than the limit of {limit} bytes"),
-                        grpc,
-                    )
-                }
-                limit => {
-                    let (body, watch) =
-                        ClientBody::new(body, limit, Some(routes.request_body_timeout));
-                    let body: Body = body.boxed();
-                    parts.extensions.insert(watch.clone());
-                    // The smaller of the route timeout and the gRPC deadline wins.
-                    let grpc_deadline = grpc.then(|| grpc_timeout(&parts.headers)).flatten();
-                    let deadline = route.timeout.into_iter().chain(grpc_deadline).min();
-                    if let Some(d) = deadline {
-                        parts.extensions.insert(Deadline(started.into_std() + d));
-                    }
-                    let req = Request::from_parts(parts, body);
-                    // Route services are always ready: filters that wait
-                    // (queues) wait inside `call`, so no poll_ready here.
-                    let call = tower::Service::call(&mut route.service.clone(), req);
-                    match deadline {
-                        None => call.await.unwrap_or_else(|never| match never {}),
-                        Some(d) => match tokio::time::timeout(d, call).await {
-                            Ok(Ok(r)) if grpc_deadline.is_some() => {
-                                crate::grpc_deadline::bound(r, started + d, &route.upstream)
-                            }
-                            Ok(r) => r.unwrap_or_else(|never| match never {}),
-                            // Cut while the client was still sending its
-                            // body: the client's doing, not the upstream's.
-                            Err(_) if watch.incomplete() => ErrorKind::RequestTimeout.response(
-                                &format!("request body still arriving after {d:?}"),
-                                grpc,
-                            ),
-                            Err(_) => {
-                                let mut r = ErrorKind::UpstreamTimeout.response(
-                                    &format!(
-                                        "no response from upstream \"{}\" within {d:?}",
-                                        route.upstream
-                                    ),
-                                    grpc,
-                                );
-                                r.extensions_mut()
-                                    .insert(kaname_filters::UpstreamFailure::Timeout);
-                                r
-                            }
-                        },
-                    }
-                }
-            };
-            (res, &route.metrics, &*route.name, &*route.upstream)
-        }
-    };
-    res.headers_mut()
-        .insert(X_REQUEST_ID.clone(), request_id.clone());
-    let status = res.status();
-    let elapsed = started.elapsed();
-    metrics.observe(&method, status, elapsed);
-    if grpc {
-        res = observe_grpc(res, metrics);
-    }
-    if let Some(path) = path {
-        let bytes = res
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let refused_by = res
-            .extensions()
-            .get::<kaname_filters::context::RefusedBy>()
-            .map_or("", |r| &*r.0);
-        tracing::info!(
-            target: "kaname::access",
-            method = %method,
-            path = %path,
-            route = route_name,
-            upstream = upstream_name,
-            filter = refused_by,
-            status = status.as_u16(),
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            bytes,
-            request_id = request_id.to_str().unwrap_or(""),
-            client = %peer,
-        );
-    }
-    Ok(res)
-}
-
-fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
-}
-
-/// Counts a gRPC call by its final status: from the head of a trailers-only
-/// answer, else from the trailers at the end of the body.
-fn observe_grpc(res: Response<Body>, metrics: &Arc<RouteMetrics>) -> Response<Body> {
-    if let Some(code) = grpc_status(res.headers()) {
-        metrics.observe_grpc(code);
-        return res;
-    }
-    if !res.status().is_success() {
-        // Not a gRPC answer at all (an HTTP error from the upstream).
-        metrics.observe_grpc(grpc_code_for_http(res.status()));
-        return res;
-    }
-    // Counted by the trailers' status; a body that ends without one (the
-    // upstream broke off) is UNKNOWN, one the client dropped CANCELLED.
-    let metrics = metrics.clone();
-    res.map(|b| {
-        OnEnd::wrap(b, move |end| {
-            metrics.observe_grpc(match end {
-                BodyEnd::Trailers(t) => grpc_status(t).unwrap_or(2),
-                BodyEnd::Eof | BodyEnd::Error => 2,
-                BodyEnd::Dropped => 1,
-            })
-        })
-    })
-}
-
-/// The gRPC spec's mapping of HTTP statuses seen by a gRPC client.
-fn grpc_code_for_http(status: http::StatusCode) -> u32 {
-    match status.as_u16() {
-        400 => 13,
-        401 => 16,
-        403 => 7,
-        404 => 12,
-        429 | 502..=504 => 14,
-        _ => 2,
-    }
+    let req = Request::from_parts(parts, body.boxed());
+    tower::Service::call(&mut routes.pipeline.clone(), req)
 }

@@ -8,7 +8,7 @@ use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Uri};
 use http::{Method, Version};
 use kaname_config::{EscapedSlashes as ConfigSlashes, Listener};
-use kaname_filters::ErrorKind;
+use kaname_filters::{ErrorKind, ProxyError};
 
 use crate::normalize::{normalize_path, request_authority, EscapedSlashes, PathOptions};
 
@@ -21,7 +21,7 @@ pub struct RequestModel {
 }
 
 /// Why a request is answered by kaname before any route sees it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Refusal {
     /// 400 with this message.
     BadRequest(String),
@@ -32,27 +32,23 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub fn response(&self, grpc: bool) -> http::Response<kaname_filters::Body> {
+    /// kaname's answer: an error for the rescue layer, or the `OPTIONS *`
+    /// answer, which is no error.
+    pub fn answer(self) -> Result<http::Response<kaname_filters::Body>, ProxyError> {
+        let allow = HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS");
         match self {
-            Refusal::BadRequest(msg) => ErrorKind::BadRequest.response(msg, grpc),
-            Refusal::Connect => {
-                let mut res = ErrorKind::MethodNotAllowed
-                    .response("CONNECT is not served: kaname is not a forward proxy", grpc);
-                res.headers_mut().insert(
-                    header::ALLOW,
-                    HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"),
-                );
-                res
-            }
+            Refusal::BadRequest(msg) => Err(ProxyError::new(ErrorKind::BadRequest, msg)),
+            Refusal::Connect => Err(ProxyError::new(
+                ErrorKind::MethodNotAllowed,
+                "CONNECT is not served: kaname is not a forward proxy",
+            )
+            .with_header(header::ALLOW, allow)),
             Refusal::OptionsAsterisk => {
                 let mut res = http::Response::new(kaname_filters::body::empty());
-                res.headers_mut().insert(
-                    header::ALLOW,
-                    HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"),
-                );
+                res.headers_mut().insert(header::ALLOW, allow);
                 res.headers_mut()
                     .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-                res
+                Ok(res)
             }
         }
     }

@@ -78,6 +78,7 @@ pub fn config(file: &str, root: &Node, errs: &mut Errors) -> (Config, Marks) {
         upstreams: Vec::new(),
         filters: Vec::new(),
         redacted_yaml: String::new(),
+        words: Default::default(),
     };
     if root.is_null() {
         errs.at(

@@ -20,10 +20,6 @@
 
 mod state;
 
-use std::collections::HashMap;
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -31,25 +27,29 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use kaname_config::types::{CircuitBreaker as BreakerConfig, Condition};
 use prometheus::{IntCounter, IntGauge};
 use tokio::time::Instant;
-use tower::Service;
+use tower::{Layer, Service};
 
 pub use state::{Admit, CircuitState, Phase};
 
 use crate::body::{BodyEnd, OnEnd};
 use crate::client_body::ClientBodyWatch;
-use crate::context::{Deadline, RefusedBy, RequestContext, UpstreamFailure};
+use crate::context::{Deadline, RequestContext, UpstreamFailure};
 use crate::metrics::Metrics;
-use crate::registry::{FilterLayer, RouteInfo};
+use crate::per_upstream::PerUpstream;
+use crate::registry::{BuiltFilter, RouteInfo};
 use crate::retry::classify::{self, Observed};
-use crate::{is_grpc, Body, ErrorKind, RouteService};
+use crate::time::whole_seconds;
+use crate::{
+    call_async, ready_call, Body, ErrorKind, ProxyError, RouteFuture, RouteLayer, RouteService,
+};
 
 /// A built circuit_breaker filter: one breaker per upstream.
-pub struct BreakerLayer {
+pub struct CircuitBreaker {
     name: String,
     config: BreakerConfig,
     failure_on: Arc<[Condition]>,
     metrics: Arc<Metrics>,
-    breakers: Mutex<HashMap<Arc<str>, Arc<Breaker>>>,
+    breakers: PerUpstream<Breaker>,
 }
 
 /// One upstream's breaker and its metric handles.
@@ -62,52 +62,64 @@ pub struct Breaker {
     rejected: IntCounter,
 }
 
+/// The filter on one route (its upstream's breaker), as a tower layer.
 #[derive(Clone)]
-pub struct BreakerService {
-    inner: RouteService,
-    /// The filter's name, for `RefusedBy` on its refusals.
+pub struct BreakerLayer {
+    /// The filter's name, for its refusals.
     name: Arc<str>,
     breaker: Arc<Breaker>,
     failure_on: Arc<[Condition]>,
 }
 
-// === impl BreakerLayer ===
+#[derive(Clone)]
+pub struct BreakerService {
+    inner: RouteService,
+    layer: BreakerLayer,
+}
 
-impl BreakerLayer {
+// === impl CircuitBreaker ===
+
+impl CircuitBreaker {
     pub fn new(name: &str, config: &BreakerConfig, metrics: &Arc<Metrics>) -> Self {
-        BreakerLayer {
+        CircuitBreaker {
             name: name.to_owned(),
             config: config.clone(),
             failure_on: config.failure_on.clone().into(),
             metrics: metrics.clone(),
-            breakers: Mutex::new(HashMap::new()),
+            breakers: PerUpstream::default(),
         }
     }
 
     fn breaker(&self, upstream: &Arc<str>) -> Arc<Breaker> {
-        let new = || {
-            Arc::new(Breaker::new(
-                &self.name,
-                upstream,
-                &self.config,
-                &self.metrics,
-            ))
-        };
-        match self.breakers.lock() {
-            Ok(mut map) => map.entry(upstream.clone()).or_insert_with(new).clone(),
-            Err(_) => new(),
+        self.breakers.get(upstream, || {
+            Breaker::new(&self.name, upstream, &self.config, &self.metrics)
+        })
+    }
+
+    /// The filter's layer for `route`: the breaker of its upstream.
+    pub fn route_layer(&self, route: &RouteInfo) -> BreakerLayer {
+        BreakerLayer {
+            name: self.name.as_str().into(),
+            breaker: self.breaker(&route.upstream),
+            failure_on: self.failure_on.clone(),
         }
     }
 }
 
-impl FilterLayer for BreakerLayer {
-    fn wrap(&self, route: &RouteInfo, inner: RouteService) -> RouteService {
-        RouteService::from_boxed(BreakerService {
+impl BuiltFilter for CircuitBreaker {
+    fn layer(&self, route: &RouteInfo) -> RouteLayer {
+        RouteLayer::boxed(self.route_layer(route))
+    }
+}
+
+impl Layer<RouteService> for BreakerLayer {
+    type Service = BreakerService;
+
+    fn layer(&self, inner: RouteService) -> BreakerService {
+        BreakerService {
             inner,
-            name: self.name.as_str().into(),
-            breaker: self.breaker(&route.upstream),
-            failure_on: self.failure_on.clone(),
-        })
+            layer: self.clone(),
+        }
     }
 }
 
@@ -230,58 +242,51 @@ impl Drop for Permit {
 
 impl Service<Request<Body>> for BreakerService {
     type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+    type Error = ProxyError;
+    type Future = RouteFuture;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let mut this = self.clone();
-        Box::pin(async move { Ok(this.run(req).await) })
+    fn call(&mut self, req: Request<Body>) -> RouteFuture {
+        call_async(self, req, Self::run)
     }
 }
 
 impl BreakerService {
-    async fn run(&mut self, req: Request<Body>) -> Response<Body> {
-        let grpc = req
-            .extensions()
-            .get::<RequestContext>()
-            .map_or_else(|| is_grpc(req.headers()), |c| c.grpc);
-        let mut permit = match self.breaker.acquire() {
+    async fn run(mut self, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+        let l = &self.layer;
+        let grpc = RequestContext::grpc_of(&req);
+        let mut permit = match l.breaker.acquire() {
             Ok(p) => p,
             Err(wait) => {
-                self.breaker.rejected.inc();
-                let mut res = ErrorKind::CircuitOpen.response(
-                    &format!("circuit to upstream \"{}\" is open", self.breaker.upstream),
-                    grpc,
+                l.breaker.rejected.inc();
+                let message = format!("circuit to upstream \"{}\" is open", l.breaker.upstream);
+                return Err(
+                    ProxyError::refused(ErrorKind::CircuitOpen, &l.name, message)
+                        .with_header(header::RETRY_AFTER, HeaderValue::from(whole_seconds(wait))),
                 );
-                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                res.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-                res.extensions_mut().insert(RefusedBy(self.name.clone()));
-                return res;
             }
         };
-        if self.failure_on.contains(&Condition::Timeout) {
+        if l.failure_on.contains(&Condition::Timeout) {
             permit.timeout_at = Some(req.extensions().get::<Deadline>().copied());
             permit.body = ClientBodyWatch::of(req.extensions()).cloned();
         }
-        let res = self
-            .inner
-            .call(req)
-            .await
-            .unwrap_or_else(|never| match never {});
+        let failure_on = l.failure_on.clone();
+        let result = ready_call(&mut self.inner, req).await;
         permit.timeout_at = None;
-        let observed = Observed::of(&res);
-        let in_trailers = grpc
-            && observed.grpc.is_none()
-            && observed.failure.is_none()
-            && res.status() == StatusCode::OK;
+        let observed = Observed::of_result(&result, grpc);
+        let res = match result {
+            Ok(res) => res,
+            Err(e) => {
+                permit.record(classify::is_failure(&failure_on, &observed));
+                return Err(e);
+            }
+        };
+        let in_trailers = grpc && observed.grpc.is_none() && res.status() == StatusCode::OK;
         if in_trailers {
-            let failure_on = self.failure_on.clone();
-            return res.map(|body| {
+            return Ok(res.map(|body| {
                 OnEnd::wrap(body, move |end| {
                     let (grpc, failure) = match end {
                         BodyEnd::Trailers(t) => (classify::grpc_status(t), None),
@@ -298,10 +303,10 @@ impl BreakerService {
                     };
                     permit.record(classify::is_failure(&failure_on, &o));
                 })
-            });
+            }));
         }
-        permit.record(classify::is_failure(&self.failure_on, &observed));
-        res
+        permit.record(classify::is_failure(&failure_on, &observed));
+        Ok(res)
     }
 }
 

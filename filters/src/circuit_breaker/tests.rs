@@ -10,9 +10,13 @@ use tower::ServiceExt;
 use super::*;
 use crate::body;
 use crate::BoxError;
+#[allow(unused_imports)]
+use crate::BuiltFilter;
 use bytes::Bytes;
 use http_body::Frame;
 use http_body_util::BodyExt;
+#[allow(unused_imports)]
+use tower::Layer as _;
 
 fn config() -> BreakerConfig {
     BreakerConfig {
@@ -43,13 +47,16 @@ fn upstream(status: Arc<AtomicU16>, hits: Arc<AtomicUsize>) -> RouteService {
         hits.fetch_add(1, Ordering::SeqCst);
         let mut res = Response::new(body::empty());
         *res.status_mut() = StatusCode::from_u16(status.load(Ordering::SeqCst)).unwrap();
-        async move { Ok::<_, Infallible>(res) }
+        async move { Ok::<_, ProxyError>(res) }
     }))
 }
 
 async fn send(svc: &RouteService) -> Response<Body> {
     let req = Request::get("/").body(body::empty()).unwrap();
-    svc.clone().oneshot(req).await.unwrap()
+    svc.clone()
+        .oneshot(req)
+        .await
+        .unwrap_or_else(crate::error::rescue)
 }
 
 fn gauge(m: &Metrics, state: &str) -> i64 {
@@ -61,10 +68,12 @@ fn gauge(m: &Metrics, state: &str) -> i64 {
 #[tokio::test(start_paused = true)]
 async fn opens_refuses_probes_and_closes() {
     let m = Arc::new(Metrics::new());
-    let layer = BreakerLayer::new("breaker", &config(), &m);
+    let layer = CircuitBreaker::new("breaker", &config(), &m);
     let status = Arc::new(AtomicU16::new(500));
     let hits = Arc::new(AtomicUsize::new(0));
-    let svc = layer.wrap(&route(), upstream(status.clone(), hits.clone()));
+    let svc = layer
+        .layer(&route())
+        .layer(upstream(status.clone(), hits.clone()));
     assert_eq!(gauge(&m, "closed"), 1);
     assert_eq!(gauge(&m, "open"), 0);
     for _ in 0..3 {
@@ -86,7 +95,9 @@ async fn opens_refuses_probes_and_closes() {
     assert_eq!(rejected.get(), 1);
 
     // A second route naming the filter shares the breaker of the upstream.
-    let other = layer.wrap(&route(), upstream(status.clone(), hits.clone()));
+    let other = layer
+        .layer(&route())
+        .layer(upstream(status.clone(), hits.clone()));
     assert_eq!(send(&other).await.status(), 503);
 
     // A failed probe opens it for 20s.
@@ -109,7 +120,7 @@ async fn grpc_unavailable_in_trailers_is_a_failure() {
     let m = Arc::new(Metrics::new());
     let mut cfg = config();
     cfg.consecutive_failures = Some(1);
-    let layer = BreakerLayer::new("breaker", &cfg, &m);
+    let layer = CircuitBreaker::new("breaker", &cfg, &m);
     let inner = RouteService::new(tower::service_fn(|_req: Request<Body>| async {
         let mut t = http::HeaderMap::new();
         t.insert("grpc-status", "14".parse().unwrap());
@@ -118,21 +129,29 @@ async fn grpc_unavailable_in_trailers_is_a_failure() {
             Ok(Frame::trailers(t)),
         ];
         let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed();
-        Ok::<_, Infallible>(Response::new(body))
+        Ok::<_, ProxyError>(Response::new(body))
     }));
-    let svc = layer.wrap(&route(), inner);
+    let svc = layer.layer(&route()).layer(inner);
     let req = || {
         Request::post("/pkg.Svc/Call")
             .header("content-type", "application/grpc")
             .body(body::empty())
             .unwrap()
     };
-    let res = svc.clone().oneshot(req()).await.unwrap();
+    let res = svc
+        .clone()
+        .oneshot(req())
+        .await
+        .unwrap_or_else(|e| e.into_response(true));
     // Judged once the trailers pass by.
     assert_eq!(gauge(&m, "closed"), 1);
     res.into_body().collect().await.unwrap();
     assert_eq!(gauge(&m, "open"), 1);
-    let res = svc.clone().oneshot(req()).await.unwrap();
+    let res = svc
+        .clone()
+        .oneshot(req())
+        .await
+        .unwrap_or_else(|e| e.into_response(true));
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(res.headers()["grpc-status"], "14");
     assert_eq!(res.headers()["kaname-error"], "circuit_open");

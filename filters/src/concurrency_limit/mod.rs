@@ -15,8 +15,8 @@
 //! ```
 //!
 //! A request's class: the route's own `priority` when it has one (carried
-//! in [`RoutePriority`], put there by [`with_route_priority`] around the
-//! route's chain); else the filter's source — a string claim of the token a
+//! in [`RoutePriority`], put there by [`RoutePriorityLayer`] around the
+//! route's filters); else the filter's source — a string claim of the token a
 //! `jwt` filter earlier on the route verified ([`VerifiedClaims`]), or a
 //! header, which any client can set and so is only for trusted clients;
 //! else normal. A missing, non-string or unknown value is normal. Priority
@@ -36,28 +36,32 @@
 
 mod queue;
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, Request, Response};
-use http_body::{Body as HttpBody, Frame, SizeHint};
-use http_body_util::BodyExt;
 use kaname_config::types::{ConcurrencyLimit as ConcurrencyConfig, PriorityClass, PrioritySource};
-use tower::Service;
+use tower::{Layer, Service};
 
 pub use queue::{Gauges, Limiter, Permit, Priority, Shed};
 
+use crate::body::OnEnd;
 use crate::claims::VerifiedClaims;
-use crate::context::{RefusedBy, RequestContext, RoutePriority};
+use crate::context::RoutePriority;
 use crate::metrics::Metrics;
-use crate::registry::{BuildError, FilterLayer, RouteInfo};
-use crate::{is_grpc, Body, BoxError, ErrorKind, RouteFuture, RouteService};
+use crate::registry::{BuildError, BuiltFilter, RouteInfo};
+use crate::{
+    call_async, ready_call, Body, ErrorKind, ProxyError, RouteFuture, RouteLayer, RouteService,
+};
 
-/// A built concurrency_limit filter.
+/// A built concurrency_limit filter: one limiter, shared by every route
+/// naming it.
+pub struct ConcurrencyLimit {
+    layer: ConcurrencyLayer,
+}
+
+/// The filter on a route, as a tower layer (the same on every route).
+#[derive(Clone)]
 pub struct ConcurrencyLayer {
     name: Arc<str>,
     source: Source,
@@ -67,9 +71,7 @@ pub struct ConcurrencyLayer {
 #[derive(Clone)]
 pub struct ConcurrencyService {
     inner: RouteService,
-    name: Arc<str>,
-    source: Source,
-    limiter: Arc<Limiter>,
+    layer: ConcurrencyLayer,
 }
 
 /// Where a request's class comes from on a route without its own priority.
@@ -94,9 +96,9 @@ impl Source {
     }
 }
 
-// === impl ConcurrencyLayer ===
+// === impl ConcurrencyLimit ===
 
-impl ConcurrencyLayer {
+impl ConcurrencyLimit {
     pub fn new(
         name: &str,
         config: &ConcurrencyConfig,
@@ -125,26 +127,39 @@ impl ConcurrencyLayer {
             config.queue_timeout,
             gauges,
         );
-        Ok(ConcurrencyLayer {
-            name: name.into(),
-            source,
-            limiter: Arc::new(limiter),
+        Ok(ConcurrencyLimit {
+            layer: ConcurrencyLayer {
+                name: name.into(),
+                source,
+                limiter: Arc::new(limiter),
+            },
         })
     }
 
     pub fn limiter(&self) -> &Arc<Limiter> {
-        &self.limiter
+        &self.layer.limiter
+    }
+
+    /// The filter's layer (the same for every route).
+    pub fn route_layer(&self, _route: &RouteInfo) -> ConcurrencyLayer {
+        self.layer.clone()
     }
 }
 
-impl FilterLayer for ConcurrencyLayer {
-    fn wrap(&self, _route: &RouteInfo, inner: RouteService) -> RouteService {
-        RouteService::from_boxed(ConcurrencyService {
+impl BuiltFilter for ConcurrencyLimit {
+    fn layer(&self, route: &RouteInfo) -> RouteLayer {
+        RouteLayer::boxed(self.route_layer(route))
+    }
+}
+
+impl Layer<RouteService> for ConcurrencyLayer {
+    type Service = ConcurrencyService;
+
+    fn layer(&self, inner: RouteService) -> ConcurrencyService {
+        ConcurrencyService {
             inner,
-            name: self.name.clone(),
-            source: self.source.clone(),
-            limiter: self.limiter.clone(),
-        })
+            layer: self.clone(),
+        }
     }
 }
 
@@ -152,120 +167,79 @@ impl FilterLayer for ConcurrencyLayer {
 
 impl Service<Request<Body>> for ConcurrencyService {
     type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+    type Error = ProxyError;
+    type Future = RouteFuture;
 
-    /// Always ready: the wait happens inside the response future, where
-    /// `queue_timeout` bounds it (the listener never calls `poll_ready`).
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
+    /// The wait for a slot happens inside the response future, where
+    /// `queue_timeout` bounds it; readiness is the inner service's.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let mut this = self.clone();
-        Box::pin(async move { Ok(this.run(req).await) })
+    fn call(&mut self, req: Request<Body>) -> RouteFuture {
+        call_async(self, req, Self::run)
     }
 }
 
 impl ConcurrencyService {
-    async fn run(&mut self, req: Request<Body>) -> Response<Body> {
-        let priority = self.source.priority_of(&req);
-        let permit = match self.limiter.acquire(priority).await {
+    async fn run(mut self, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+        let l = &self.layer;
+        let priority = l.source.priority_of(&req);
+        let permit = match l.limiter.acquire(priority).await {
             Ok(p) => p,
             Err(why) => {
-                let grpc = req
-                    .extensions()
-                    .get::<RequestContext>()
-                    .map_or_else(|| is_grpc(req.headers()), |c| c.grpc);
                 let message = format!(
                     "shed by concurrency_limit \"{}\" ({} priority): {why}",
-                    self.name,
+                    l.name,
                     priority.as_str()
                 );
-                let mut res = ErrorKind::Overloaded.response(&message, grpc);
-                res.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                res.extensions_mut().insert(RefusedBy(self.name.clone()));
-                return res;
+                return Err(ProxyError::refused(ErrorKind::Overloaded, &l.name, message)
+                    .with_header(header::RETRY_AFTER, HeaderValue::from_static("1")));
             }
         };
-        let res = self
-            .inner
-            .call(req)
-            .await
-            .unwrap_or_else(|never| match never {});
-        res.map(|body| {
-            PermitBody {
-                inner: body,
-                permit: Some(permit),
-            }
-            .boxed()
-        })
+        let res = ready_call(&mut self.inner, req).await?;
+        // The slot is the request's until its response body ends, fails or
+        // is dropped.
+        Ok(res.map(|body| OnEnd::wrap(body, move |_| drop(permit))))
     }
 }
 
-/// Wraps a route's whole chain (outside its first filter) so that every
-/// request of the route carries the route's own `priority` to the
-/// concurrency_limit filters on it ([`RoutePriority`]). For the proxy to
-/// call when it builds a route whose config sets `priority`; it costs one
-/// extension insert per request, and no extra boxed future.
-pub fn with_route_priority(inner: RouteService, priority: PriorityClass) -> RouteService {
-    RouteService::from_boxed(WithRoutePriority {
-        inner,
-        priority: RoutePriority(priority),
-    })
+/// Every request of a route carries the route's own `priority` to the
+/// concurrency_limit filters on it ([`RoutePriority`]): the proxy stacks
+/// this outside the filters of a route whose config sets `priority`. One
+/// extension insert per request, no boxed future of its own.
+#[derive(Clone)]
+pub struct RoutePriorityLayer(pub PriorityClass);
+
+impl Layer<RouteService> for RoutePriorityLayer {
+    type Service = WithRoutePriority;
+
+    fn layer(&self, inner: RouteService) -> WithRoutePriority {
+        WithRoutePriority {
+            inner,
+            priority: RoutePriority(self.0),
+        }
+    }
 }
 
 #[derive(Clone)]
-struct WithRoutePriority {
+pub struct WithRoutePriority {
     inner: RouteService,
     priority: RoutePriority,
 }
 
 impl Service<Request<Body>> for WithRoutePriority {
     type Response = Response<Body>;
-    type Error = Infallible;
+    type Error = ProxyError;
     type Future = RouteFuture;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: Request<Body>) -> RouteFuture {
         req.extensions_mut().insert(self.priority);
         self.inner.call(req)
-    }
-}
-
-/// A response body holding its request's slot until it ends, fails or is
-/// dropped.
-struct PermitBody {
-    inner: Body,
-    permit: Option<Permit>,
-}
-
-impl HttpBody for PermitBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            this.permit = None;
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

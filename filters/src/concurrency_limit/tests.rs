@@ -10,8 +10,17 @@ use kaname_config::types::ConcurrencyLimit as ConcurrencyConfig;
 use tokio::sync::{mpsc, Semaphore};
 use tower::ServiceExt;
 
+use bytes::Bytes;
+use http_body::Frame;
+
 use super::*;
 use crate::body;
+use crate::BoxError;
+#[allow(unused_imports)]
+use crate::BuiltFilter;
+use http_body_util::BodyExt;
+#[allow(unused_imports)]
+use tower::Layer as _;
 
 fn config(max_in_flight: usize, max_queue: usize) -> ConcurrencyConfig {
     ConcurrencyConfig {
@@ -49,7 +58,7 @@ fn gated_upstream(c: Counting, gate: Arc<Semaphore>) -> RouteService {
                 p.forget();
             }
             c.now.fetch_sub(1, Ordering::SeqCst);
-            Ok::<_, Infallible>(Response::new(body::empty()))
+            Ok::<_, ProxyError>(Response::new(body::empty()))
         }
     }))
 }
@@ -68,10 +77,12 @@ fn request(priority: Option<&str>, grpc: bool) -> Request<Body> {
 #[tokio::test(start_paused = true)]
 async fn never_more_than_max_in_flight_and_overflow_sheds() {
     let m = Arc::new(Metrics::new());
-    let layer = ConcurrencyLayer::new("protect", &config(2, 3), &m).expect("layer");
+    let layer = ConcurrencyLimit::new("protect", &config(2, 3), &m).expect("layer");
     let counting = Counting::default();
     let gate = Arc::new(Semaphore::new(0));
-    let svc = layer.wrap(&route(), gated_upstream(counting.clone(), gate.clone()));
+    let svc = layer
+        .layer(&route())
+        .layer(gated_upstream(counting.clone(), gate.clone()));
 
     let mut tasks = Vec::new();
     for _ in 0..5 {
@@ -86,7 +97,7 @@ async fn never_more_than_max_in_flight_and_overflow_sheds() {
         .clone()
         .oneshot(request(None, false))
         .await
-        .expect("infallible");
+        .unwrap_or_else(|e| e.into_response(false));
     assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(shed.headers()["kaname-error"], "overloaded");
     assert_eq!(shed.headers()["retry-after"], "1");
@@ -104,7 +115,7 @@ async fn never_more_than_max_in_flight_and_overflow_sheds() {
 
     gate.add_permits(5);
     for t in tasks {
-        let res = t.await.expect("join").expect("infallible");
+        let res = t.await.expect("join").unwrap_or_else(crate::error::rescue);
         assert_eq!(res.status(), StatusCode::OK);
         drop(res); // the body holds the slot
     }
@@ -121,9 +132,11 @@ async fn never_more_than_max_in_flight_and_overflow_sheds() {
 #[tokio::test(start_paused = true)]
 async fn queue_timeout_sheds_and_grpc_gets_resource_exhausted() {
     let m = Arc::new(Metrics::new());
-    let layer = ConcurrencyLayer::new("protect", &config(1, 10), &m).expect("layer");
+    let layer = ConcurrencyLimit::new("protect", &config(1, 10), &m).expect("layer");
     let gate = Arc::new(Semaphore::new(0));
-    let svc = layer.wrap(&route(), gated_upstream(Counting::default(), gate.clone()));
+    let svc = layer
+        .layer(&route())
+        .layer(gated_upstream(Counting::default(), gate.clone()));
     let first = tokio::spawn(svc.clone().oneshot(request(None, false)));
     while layer.limiter().in_flight() < 1 {
         tokio::task::yield_now().await;
@@ -133,7 +146,7 @@ async fn queue_timeout_sheds_and_grpc_gets_resource_exhausted() {
         .clone()
         .oneshot(request(Some("high"), true))
         .await
-        .expect("infallible");
+        .unwrap_or_else(|e| e.into_response(true));
     assert_eq!(start.elapsed(), Duration::from_millis(100));
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(res.headers()["grpc-status"], "8");
@@ -143,13 +156,18 @@ async fn queue_timeout_sheds_and_grpc_gets_resource_exhausted() {
         1
     );
     gate.add_permits(1);
-    drop(first.await.expect("join").expect("infallible"));
+    drop(
+        first
+            .await
+            .expect("join")
+            .unwrap_or_else(crate::error::rescue),
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_slot_is_held_until_the_body_ends() {
     let m = Arc::new(Metrics::new());
-    let layer = ConcurrencyLayer::new("protect", &config(1, 0), &m).expect("layer");
+    let layer = ConcurrencyLimit::new("protect", &config(1, 0), &m).expect("layer");
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
     let rx = Arc::new(std::sync::Mutex::new(Some(rx)));
     let upstream = RouteService::new(tower::service_fn(move |_req: Request<Body>| {
@@ -164,22 +182,22 @@ async fn the_slot_is_held_until_the_body_ends() {
                 }
                 None => body::empty(),
             };
-            Ok::<_, Infallible>(Response::new(body))
+            Ok::<_, ProxyError>(Response::new(body))
         }
     }));
-    let svc = layer.wrap(&route(), upstream);
+    let svc = layer.layer(&route()).layer(upstream);
     let res = svc
         .clone()
         .oneshot(request(None, false))
         .await
-        .expect("infallible");
+        .unwrap_or_else(|e| e.into_response(false));
     assert_eq!(res.status(), StatusCode::OK);
     // Head received, body still streaming: the slot is taken.
     let shed = svc
         .clone()
         .oneshot(request(None, false))
         .await
-        .expect("infallible");
+        .unwrap_or_else(|e| e.into_response(false));
     assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
 
     let mut body = res.into_body();
@@ -203,7 +221,7 @@ async fn the_slot_is_held_until_the_body_ends() {
         .clone()
         .oneshot(request(None, false))
         .await
-        .expect("infallible");
+        .unwrap_or_else(|e| e.into_response(false));
     assert_eq!(again.status(), StatusCode::OK);
 }
 
@@ -214,9 +232,11 @@ async fn without_a_priority_header_everyone_is_normal() {
         priority: None,
         ..config(1, 0)
     };
-    let layer = ConcurrencyLayer::new("plain", &cfg, &m).expect("layer");
+    let layer = ConcurrencyLimit::new("plain", &cfg, &m).expect("layer");
     let gate = Arc::new(Semaphore::new(0));
-    let svc = layer.wrap(&route(), gated_upstream(Counting::default(), gate.clone()));
+    let svc = layer
+        .layer(&route())
+        .layer(gated_upstream(Counting::default(), gate.clone()));
     let first = tokio::spawn(svc.clone().oneshot(request(None, false)));
     while layer.limiter().in_flight() < 1 {
         tokio::task::yield_now().await;
@@ -225,14 +245,19 @@ async fn without_a_priority_header_everyone_is_normal() {
         .clone()
         .oneshot(request(Some("high"), false))
         .await
-        .expect("infallible");
+        .unwrap_or_else(|e| e.into_response(false));
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         m.shed_total.with_label_values(&["plain", "normal"]).get(),
         1
     );
     gate.add_permits(1);
-    drop(first.await.expect("join").expect("infallible"));
+    drop(
+        first
+            .await
+            .expect("join")
+            .unwrap_or_else(crate::error::rescue),
+    );
 }
 
 fn claim_config(max_in_flight: usize, max_queue: usize) -> ConcurrencyConfig {
@@ -261,9 +286,11 @@ async fn text(res: Response<Body>) -> String {
 #[tokio::test(start_paused = true)]
 async fn with_a_claim_source_the_class_is_the_claim_and_the_header_is_ignored() {
     let m = Arc::new(Metrics::new());
-    let layer = ConcurrencyLayer::new("protect", &claim_config(1, 1), &m).expect("layer");
+    let layer = ConcurrencyLimit::new("protect", &claim_config(1, 1), &m).expect("layer");
     let gate = Arc::new(Semaphore::new(0));
-    let svc = layer.wrap(&route(), gated_upstream(Counting::default(), gate.clone()));
+    let svc = layer
+        .layer(&route())
+        .layer(gated_upstream(Counting::default(), gate.clone()));
     let first = tokio::spawn(svc.clone().oneshot(request(None, false)));
     while layer.limiter().in_flight() < 1 {
         tokio::task::yield_now().await;
@@ -281,7 +308,7 @@ async fn with_a_claim_source_the_class_is_the_claim_and_the_header_is_ignored() 
         .clone()
         .oneshot(request(Some("high"), false))
         .await
-        .expect("infallible");
+        .unwrap_or_else(|e| e.into_response(false));
     assert_eq!(header_only.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(text(header_only)
         .await
@@ -292,15 +319,26 @@ async fn with_a_claim_source_the_class_is_the_claim_and_the_header_is_ignored() 
         serde_json::json!({"tier": "high"}),
     );
     let real = tokio::spawn(svc.clone().oneshot(real));
-    let liar = liar.await.expect("join").expect("infallible");
+    let liar = liar
+        .await
+        .expect("join")
+        .unwrap_or_else(crate::error::rescue);
     assert_eq!(liar.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(
         text(liar).await.contains("(normal priority): displaced"),
         "the liar was normal"
     );
     gate.add_permits(2);
-    drop(first.await.expect("join").expect("infallible"));
-    let real = real.await.expect("join").expect("infallible");
+    drop(
+        first
+            .await
+            .expect("join")
+            .unwrap_or_else(crate::error::rescue),
+    );
+    let real = real
+        .await
+        .expect("join")
+        .unwrap_or_else(crate::error::rescue);
     assert_eq!(real.status(), StatusCode::OK);
     drop(real);
     assert_eq!(
@@ -318,9 +356,11 @@ async fn with_a_claim_source_the_class_is_the_claim_and_the_header_is_ignored() 
 #[tokio::test(start_paused = true)]
 async fn a_missing_or_non_string_claim_is_normal() {
     let m = Arc::new(Metrics::new());
-    let layer = ConcurrencyLayer::new("protect", &claim_config(1, 1), &m).expect("layer");
+    let layer = ConcurrencyLimit::new("protect", &claim_config(1, 1), &m).expect("layer");
     let gate = Arc::new(Semaphore::new(0));
-    let svc = layer.wrap(&route(), gated_upstream(Counting::default(), gate.clone()));
+    let svc = layer
+        .layer(&route())
+        .layer(gated_upstream(Counting::default(), gate.clone()));
     let first = tokio::spawn(svc.clone().oneshot(request(None, false)));
     while layer.limiter().in_flight() < 1 {
         tokio::task::yield_now().await;
@@ -341,7 +381,7 @@ async fn a_missing_or_non_string_claim_is_normal() {
             .clone()
             .oneshot(with_claims(request(Some("high"), false), claims.clone()))
             .await
-            .expect("infallible");
+            .unwrap_or_else(crate::error::rescue);
         assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE, "{claims}");
         assert!(text(res).await.contains("(normal priority)"), "{claims}");
     }
@@ -350,8 +390,16 @@ async fn a_missing_or_non_string_claim_is_normal() {
         6
     );
     gate.add_permits(2);
-    drop(first.await.expect("join").expect("infallible"));
-    let w = waiter.await.expect("join").expect("infallible");
+    drop(
+        first
+            .await
+            .expect("join")
+            .unwrap_or_else(crate::error::rescue),
+    );
+    let w = waiter
+        .await
+        .expect("join")
+        .unwrap_or_else(crate::error::rescue);
     assert_eq!(
         w.status(),
         StatusCode::OK,
@@ -369,9 +417,11 @@ async fn a_route_priority_replaces_the_filters_source() {
         req
     };
     let m = Arc::new(Metrics::new());
-    let layer = ConcurrencyLayer::new("protect", &claim_config(1, 1), &m).expect("layer");
+    let layer = ConcurrencyLimit::new("protect", &claim_config(1, 1), &m).expect("layer");
     let gate = Arc::new(Semaphore::new(0));
-    let svc = layer.wrap(&route(), gated_upstream(Counting::default(), gate.clone()));
+    let svc = layer
+        .layer(&route())
+        .layer(gated_upstream(Counting::default(), gate.clone()));
     let first = tokio::spawn(svc.clone().oneshot(request(None, false)));
     while layer.limiter().in_flight() < 1 {
         tokio::task::yield_now().await;
@@ -386,7 +436,7 @@ async fn a_route_priority_replaces_the_filters_source() {
         .clone()
         .oneshot(on_route(high_token, PriorityClass::Low))
         .await
-        .expect("infallible");
+        .unwrap_or_else(crate::error::rescue);
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(text(res).await.contains("(low priority)"));
     // A request without a token on a high route is high: it displaces normal.
@@ -394,11 +444,22 @@ async fn a_route_priority_replaces_the_filters_source() {
         svc.clone()
             .oneshot(on_route(request(None, false), PriorityClass::High)),
     );
-    let displaced = normal.await.expect("join").expect("infallible");
+    let displaced = normal
+        .await
+        .expect("join")
+        .unwrap_or_else(crate::error::rescue);
     assert_eq!(displaced.status(), StatusCode::SERVICE_UNAVAILABLE);
     gate.add_permits(2);
-    drop(first.await.expect("join").expect("infallible"));
-    let h = high.await.expect("join").expect("infallible");
+    drop(
+        first
+            .await
+            .expect("join")
+            .unwrap_or_else(crate::error::rescue),
+    );
+    let h = high
+        .await
+        .expect("join")
+        .unwrap_or_else(crate::error::rescue);
     assert_eq!(h.status(), StatusCode::OK);
     drop(h);
     assert_eq!(m.shed_total.with_label_values(&["protect", "low"]).get(), 1);
@@ -414,19 +475,29 @@ async fn a_route_priority_replaces_the_filters_source() {
 async fn with_route_priority_carries_the_routes_class_to_the_filter() {
     use kaname_config::types::PriorityClass;
     let m = Arc::new(Metrics::new());
-    let layer = ConcurrencyLayer::new("protect", &claim_config(1, 0), &m).expect("layer");
+    let layer = ConcurrencyLimit::new("protect", &claim_config(1, 0), &m).expect("layer");
     let gate = Arc::new(Semaphore::new(0));
-    let chain = layer.wrap(&route(), gated_upstream(Counting::default(), gate.clone()));
-    let low_route = with_route_priority(chain.clone(), PriorityClass::Low);
+    let chain = layer
+        .layer(&route())
+        .layer(gated_upstream(Counting::default(), gate.clone()));
+    let low_route = RouteService::new(RoutePriorityLayer(PriorityClass::Low).layer(chain.clone()));
     let first = tokio::spawn(chain.oneshot(request(None, false)));
     while layer.limiter().in_flight() < 1 {
         tokio::task::yield_now().await;
     }
     let high_token = with_claims(request(None, false), serde_json::json!({"tier": "high"}));
-    let res = low_route.oneshot(high_token).await.expect("infallible");
+    let res = low_route
+        .oneshot(high_token)
+        .await
+        .unwrap_or_else(crate::error::rescue);
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(text(res).await.contains("(low priority)"));
     assert_eq!(m.shed_total.with_label_values(&["protect", "low"]).get(), 1);
     gate.add_permits(1);
-    drop(first.await.expect("join").expect("infallible"));
+    drop(
+        first
+            .await
+            .expect("join")
+            .unwrap_or_else(crate::error::rescue),
+    );
 }

@@ -37,9 +37,6 @@ pub mod token;
 pub mod token_cache;
 pub mod verify;
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -49,12 +46,13 @@ use jsonwebtoken::Algorithm;
 use kaname_config::types::{Jwt as JwtConfig, TokenSource};
 use prometheus::IntCounter;
 use serde_json::{Map, Value};
-use tower::Service;
+use tower::{Layer, Service};
 
 use crate::claims::VerifiedClaims;
-use crate::context::RefusedBy;
-use crate::registry::{BuildContext, BuildError, FilterLayer, RouteInfo};
-use crate::{is_grpc, Body, ErrorKind, RouteService};
+use crate::registry::{BuildContext, BuildError, BuiltFilter, RouteInfo};
+use crate::{
+    call_async, ready_call, Body, ErrorKind, ProxyError, RouteFuture, RouteLayer, RouteService,
+};
 use claims_headers::ForwardClaims;
 use jwks_cache::{JwksCache, Refresher, TaskGuard};
 use keys::{KeySet, Lookup};
@@ -67,6 +65,12 @@ const TOKEN_CACHE_CAPACITY: usize = 10_000;
 
 /// A built jwt filter: its keys, refresh task and caches, shared by every
 /// route that names it.
+pub struct Jwt {
+    layer: JwtLayer,
+}
+
+/// The filter on a route, as a tower layer (the same on every route).
+#[derive(Clone)]
 pub struct JwtLayer {
     shared: Arc<Shared>,
 }
@@ -97,9 +101,9 @@ struct Results {
     by_failure: Vec<(Failure, IntCounter)>,
 }
 
-// === impl JwtLayer ===
+// === impl Jwt ===
 
-impl JwtLayer {
+impl Jwt {
     pub fn new(name: &str, cfg: &JwtConfig, ctx: &BuildContext<'_>) -> Result<Self, BuildError> {
         let invalid = |message: String| BuildError::Invalid {
             filter: name.to_string(),
@@ -157,29 +161,44 @@ impl JwtLayer {
             cfg.leeway.as_secs(),
             &cfg.required_claims,
         );
-        Ok(JwtLayer {
-            shared: Arc::new(Shared {
-                name: name.into(),
-                source: cfg.from.clone(),
-                forward_token: cfg.forward_token,
-                forward,
-                verifier,
-                keys,
-                // `cache: false` (capacity 0) is for measuring what the cache saves.
-                tokens: TokenCache::new(if cfg.cache { TOKEN_CACHE_CAPACITY } else { 0 }),
-                results,
-                _task: task,
-            }),
+        Ok(Jwt {
+            layer: JwtLayer {
+                shared: Arc::new(Shared {
+                    name: name.into(),
+                    source: cfg.from.clone(),
+                    forward_token: cfg.forward_token,
+                    forward,
+                    verifier,
+                    keys,
+                    // `cache: false` (capacity 0) is for measuring what the cache saves.
+                    tokens: TokenCache::new(if cfg.cache { TOKEN_CACHE_CAPACITY } else { 0 }),
+                    results,
+                    _task: task,
+                }),
+            },
         })
+    }
+
+    /// The filter's layer (the same for every route).
+    pub fn route_layer(&self, _route: &RouteInfo) -> JwtLayer {
+        self.layer.clone()
     }
 }
 
-impl FilterLayer for JwtLayer {
-    fn wrap(&self, _route: &RouteInfo, inner: RouteService) -> RouteService {
-        RouteService::from_boxed(JwtService {
+impl BuiltFilter for Jwt {
+    fn layer(&self, route: &RouteInfo) -> RouteLayer {
+        RouteLayer::boxed(self.route_layer(route))
+    }
+}
+
+impl Layer<RouteService> for JwtLayer {
+    type Service = JwtService;
+
+    fn layer(&self, inner: RouteService) -> JwtService {
+        JwtService {
             shared: self.shared.clone(),
             inner,
-        })
+        }
     }
 }
 
@@ -187,31 +206,32 @@ impl FilterLayer for JwtLayer {
 
 impl Service<Request<Body>> for JwtService {
     type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+    type Error = ProxyError;
+    type Future = RouteFuture;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // Route services are always ready (the listener never polls).
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let shared = self.shared.clone();
-        let mut inner = self.inner.clone();
-        Box::pin(async move {
-            let grpc = is_grpc(req.headers());
-            match shared.authenticate(&req).await {
-                Ok(claims) => {
-                    shared.results.ok.inc();
-                    let req = shared.prepare(req, claims);
-                    inner.call(req).await
-                }
-                Err(rejection) => {
-                    shared.count(rejection.failure);
-                    Ok(refusal(&rejection, grpc, &shared.name))
-                }
+    fn call(&mut self, req: Request<Body>) -> RouteFuture {
+        call_async(self, req, Self::run)
+    }
+}
+
+impl JwtService {
+    async fn run(mut self, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+        let shared = &self.shared;
+        match shared.authenticate(&req).await {
+            Ok(claims) => {
+                shared.results.ok.inc();
+                let req = shared.prepare(req, claims);
+                ready_call(&mut self.inner, req).await
             }
-        })
+            Err(rejection) => {
+                shared.count(rejection.failure);
+                Err(refusal(&rejection, &shared.name))
+            }
+        }
     }
 }
 
@@ -298,7 +318,7 @@ impl Shared {
 }
 
 /// kaname's answer for a refusal, with RFC 6750's `WWW-Authenticate`.
-fn refusal(r: &Rejection, grpc: bool, filter: &Arc<str>) -> Response<Body> {
+fn refusal(r: &Rejection, filter: &Arc<str>) -> ProxyError {
     let (kind, challenge) = match r.failure {
         // §3.1: no error code when the request had no token at all.
         Failure::Missing => (ErrorKind::Unauthenticated, "Bearer".to_string()),
@@ -325,12 +345,11 @@ fn refusal(r: &Rejection, grpc: bool, filter: &Arc<str>) -> Response<Body> {
             ),
         ),
     };
-    let mut res = kind.response(&r.description, grpc);
+    let mut e = ProxyError::refused(kind, filter, r.description.clone());
     if let Ok(v) = HeaderValue::from_str(&challenge) {
-        res.headers_mut().insert(WWW_AUTHENTICATE, v);
+        e.headers.insert(WWW_AUTHENTICATE, v);
     }
-    res.extensions_mut().insert(RefusedBy(filter.clone()));
-    res
+    e
 }
 
 #[cfg(test)]

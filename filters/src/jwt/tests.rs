@@ -11,10 +11,17 @@ use serde_json::json;
 
 use tower::ServiceExt;
 
+use std::future::Future;
+use std::pin::Pin;
+
 use super::*;
 use crate::body;
 use crate::metrics::Metrics;
 use crate::registry::JwksFetcher;
+#[allow(unused_imports)]
+use crate::BuiltFilter;
+#[allow(unused_imports)]
+use tower::Layer as _;
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
@@ -57,7 +64,7 @@ fn service(cfg: &JwtConfig, metrics: &Arc<Metrics>) -> (RouteService, Seen) {
         metrics,
         jwks_fetcher: &fetcher,
     };
-    let layer = JwtLayer::new("auth", cfg, &ctx).unwrap();
+    let layer = Jwt::new("auth", cfg, &ctx).unwrap();
     let seen: Seen = Arc::default();
     let record = seen.clone();
     let upstream = RouteService::new(tower::service_fn(move |req: Request<Body>| {
@@ -66,14 +73,14 @@ fn service(cfg: &JwtConfig, metrics: &Arc<Metrics>) -> (RouteService, Seen) {
             req.uri().to_string(),
             req.extensions().get::<VerifiedClaims>().cloned(),
         ));
-        async { Ok::<_, Infallible>(Response::new(body::empty())) }
+        async { Ok::<_, ProxyError>(Response::new(body::empty())) }
     }));
     let route = RouteInfo {
         listener: "l".into(),
         route: "r".into(),
         upstream: "u".into(),
     };
-    (layer.wrap(&route, upstream), seen)
+    (layer.layer(&route).layer(upstream), seen)
 }
 
 fn token(claims: Value) -> String {
@@ -95,10 +102,13 @@ async fn send(svc: &RouteService, headers: &[(&str, &str)]) -> Response<Body> {
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
+    let grpc = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("content-type") && v.starts_with("application/grpc"));
     svc.clone()
         .oneshot(b.body(body::empty()).unwrap())
         .await
-        .unwrap()
+        .unwrap_or_else(|e| e.into_response(grpc))
 }
 
 fn result(m: &Metrics, r: &str) -> u64 {
@@ -200,7 +210,11 @@ async fn forward_token_false_strips_query_token() {
     let req = Request::get(format!("/x?a=1&access_token={}", token(good_claims())))
         .body(body::empty())
         .unwrap();
-    let res = svc.clone().oneshot(req).await.unwrap();
+    let res = svc
+        .clone()
+        .oneshot(req)
+        .await
+        .unwrap_or_else(crate::error::rescue);
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(seen.lock().unwrap()[0].1, "/x?a=1");
 }
@@ -272,16 +286,15 @@ async fn refusal_names_the_filter_for_the_access_log() {
     let res = send(&svc, &[]).await;
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(
-        res.extensions().get::<crate::context::RefusedBy>(),
-        Some(&crate::context::RefusedBy("auth".into()))
+        res.extensions()
+            .get::<crate::Rescued>()
+            .and_then(|r| r.refused_by.as_deref()),
+        Some("auth")
     );
     assert!(seen.lock().unwrap().is_empty());
     let bearer = format!("Bearer {}", token(good_claims()));
     let res = send(&svc, &[("authorization", &bearer)]).await;
-    assert!(res
-        .extensions()
-        .get::<crate::context::RefusedBy>()
-        .is_none());
+    assert!(res.extensions().get::<crate::Rescued>().is_none());
 }
 
 #[tokio::test]
@@ -298,8 +311,10 @@ async fn two_bearer_tokens_are_an_invalid_request() {
             r#"Bearer error="invalid_request", error_description="more than one token in the request""#
         );
         assert_eq!(
-            res.extensions().get::<crate::context::RefusedBy>(),
-            Some(&crate::context::RefusedBy("auth".into()))
+            res.extensions()
+                .get::<crate::Rescued>()
+                .and_then(|r| r.refused_by.as_deref()),
+            Some("auth")
         );
     }
     assert!(
@@ -339,7 +354,11 @@ async fn header_token_with_a_query_token_is_an_invalid_request() {
         .header("authorization", format!("Bearer {good}"))
         .body(body::empty())
         .unwrap();
-    let res = svc.clone().oneshot(req).await.unwrap();
+    let res = svc
+        .clone()
+        .oneshot(req)
+        .await
+        .unwrap_or_else(crate::error::rescue);
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     assert!(res.headers()["www-authenticate"]
         .to_str()
@@ -380,7 +399,11 @@ async fn two_query_tokens_or_cookies_are_an_invalid_request() {
         format!("/x?access_token={good}&access%5Ftoken=other"),
     ] {
         let req = Request::get(uri.as_str()).body(body::empty()).unwrap();
-        let res = svc.clone().oneshot(req).await.unwrap();
+        let res = svc
+            .clone()
+            .oneshot(req)
+            .await
+            .unwrap_or_else(crate::error::rescue);
         assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{uri}");
     }
     assert_eq!(result(&m, "invalid_request"), 2);

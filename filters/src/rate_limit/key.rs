@@ -84,6 +84,8 @@ mod tests {
         let h = std::hash::RandomState::new();
         let mut r = req().body(()).expect("request");
         r.extensions_mut().insert(RequestContext {
+            client_ip: http::HeaderValue::from_static("10.0.0.7"),
+            tls: false,
             client_addr: "10.1.2.3:5555".parse().expect("addr"),
             listener: "l".into(),
             route: "r".into(),

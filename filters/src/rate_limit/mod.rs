@@ -25,7 +25,6 @@
 mod buckets;
 mod key;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -35,27 +34,27 @@ use std::time::Duration;
 use governor::clock::Clock;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response};
 use kaname_config::types::RateLimit as RateLimitConfig;
-use tower::Service;
+use tower::{Layer, Service};
 
 pub use buckets::{Buckets, Decision, Key};
 pub use key::KeySource;
 
-use crate::context::RequestContext;
 use crate::metrics::{LazyCounter, Metrics};
-use crate::registry::{BuildError, FilterLayer, RouteInfo};
-use crate::{is_grpc, Body, ErrorKind, RouteService};
+use crate::registry::{BuildError, BuiltFilter, RouteInfo};
+use crate::time::whole_seconds;
+use crate::{Body, ErrorKind, ProxyError, RouteLayer, RouteService};
 
-/// A built rate_limit filter: its key and its buckets.
-pub struct RateLimitLayer<C: Clock = governor::clock::MonotonicClock> {
+/// A built rate_limit filter: its key and its buckets, shared by every
+/// route naming it.
+pub struct RateLimit<C: Clock = governor::clock::MonotonicClock> {
     name: Arc<str>,
     key: Arc<KeySource>,
     buckets: Arc<Buckets<C>>,
     metrics: Arc<Metrics>,
 }
 
-/// The filter on one route.
-pub struct RateLimitService<C: Clock = governor::clock::MonotonicClock> {
-    inner: RouteService,
+/// The filter on one route, as a tower layer.
+pub struct RateLimitLayer<C: Clock = governor::clock::MonotonicClock> {
     name: Arc<str>,
     key: Arc<KeySource>,
     buckets: Arc<Buckets<C>>,
@@ -64,9 +63,15 @@ pub struct RateLimitService<C: Clock = governor::clock::MonotonicClock> {
     limited: LazyCounter,
 }
 
-// === impl RateLimitLayer ===
+/// The filter on one route, around its inner service.
+pub struct RateLimitService<C: Clock = governor::clock::MonotonicClock> {
+    inner: RouteService,
+    layer: RateLimitLayer<C>,
+}
 
-impl RateLimitLayer {
+// === impl RateLimit ===
+
+impl RateLimit {
     pub fn new(
         name: &str,
         config: &RateLimitConfig,
@@ -77,7 +82,7 @@ impl RateLimitLayer {
     }
 }
 
-impl<C: Clock> RateLimitLayer<C> {
+impl<C: Clock> RateLimit<C> {
     /// As `new`, with buckets on another clock (tests).
     pub fn with_buckets<E: std::fmt::Display>(
         name: &str,
@@ -95,7 +100,7 @@ impl<C: Clock> RateLimitLayer<C> {
                 .limits_hit_total
                 .with_label_values(&["rate_limit_keys"]),
         );
-        Ok(RateLimitLayer {
+        Ok(RateLimit {
             name: name.into(),
             key: Arc::new(KeySource::new(&config.key).map_err(invalid)?),
             buckets: Arc::new(buckets),
@@ -107,15 +112,10 @@ impl<C: Clock> RateLimitLayer<C> {
     pub fn buckets(&self) -> &Arc<Buckets<C>> {
         &self.buckets
     }
-}
 
-impl<C> FilterLayer for RateLimitLayer<C>
-where
-    C: Clock + Send + Sync + 'static,
-{
-    fn wrap(&self, route: &RouteInfo, inner: RouteService) -> RouteService {
-        RouteService::new(RateLimitService {
-            inner,
+    /// The filter's layer for `route`.
+    pub fn route_layer(&self, route: &RouteInfo) -> RateLimitLayer<C> {
+        RateLimitLayer {
             name: self.name.clone(),
             key: self.key.clone(),
             limit: HeaderValue::from(self.buckets.limit()),
@@ -124,16 +124,24 @@ where
                 &self.metrics.rate_limited_total,
                 &[&*self.name, &*route.route],
             ),
-        })
+        }
     }
 }
 
-// === impl RateLimitService ===
+impl<C> BuiltFilter for RateLimit<C>
+where
+    C: Clock + Send + Sync + 'static,
+{
+    fn layer(&self, route: &RouteInfo) -> RouteLayer {
+        RouteLayer::new(self.route_layer(route))
+    }
+}
 
-impl<C: Clock> Clone for RateLimitService<C> {
+// === impl RateLimitLayer ===
+
+impl<C: Clock> Clone for RateLimitLayer<C> {
     fn clone(&self) -> Self {
-        RateLimitService {
-            inner: self.inner.clone(),
+        RateLimitLayer {
             name: self.name.clone(),
             key: self.key.clone(),
             buckets: self.buckets.clone(),
@@ -143,19 +151,42 @@ impl<C: Clock> Clone for RateLimitService<C> {
     }
 }
 
+impl<C: Clock> Layer<RouteService> for RateLimitLayer<C> {
+    type Service = RateLimitService<C>;
+
+    fn layer(&self, inner: RouteService) -> RateLimitService<C> {
+        RateLimitService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+// === impl RateLimitService ===
+
+impl<C: Clock> Clone for RateLimitService<C> {
+    fn clone(&self) -> Self {
+        RateLimitService {
+            inner: self.inner.clone(),
+            layer: self.layer.clone(),
+        }
+    }
+}
+
 impl<C: Clock> Service<Request<Body>> for RateLimitService<C> {
     type Response = Response<Body>;
-    type Error = Infallible;
+    type Error = ProxyError;
     type Future = ResponseFuture;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<Body>) -> ResponseFuture {
-        let key = self.key.key_of(&req, self.buckets.hasher());
-        let limit = self.limit.clone();
-        match self.buckets.check(&key) {
+        let l = &self.layer;
+        let key = l.key.key_of(&req, l.buckets.hasher());
+        let limit = l.limit.clone();
+        match l.buckets.check(&key) {
             Decision::Allow { remaining, reset } => ResponseFuture::Allowed {
                 inner: self.inner.call(req),
                 headers: RateHeaders {
@@ -165,37 +196,24 @@ impl<C: Clock> Service<Request<Body>> for RateLimitService<C> {
                 },
             },
             Decision::Deny { wait, reset } => {
-                self.limited.inc();
-                let grpc = req
-                    .extensions()
-                    .get::<RequestContext>()
-                    .map_or_else(|| is_grpc(req.headers()), |c| c.grpc);
+                l.limited.inc();
                 let message = format!(
                     "rate limit of filter \"{}\" exceeded; retry in {}s",
-                    self.name,
+                    l.name,
                     whole_seconds(wait)
                 );
-                let mut res = ErrorKind::RateLimited.response(&message, grpc);
-                res.extensions_mut()
-                    .insert(crate::context::RefusedBy(self.name.clone()));
-                let h = res.headers_mut();
-                h.insert(header::RETRY_AFTER, seconds_value(whole_seconds(wait)));
+                let mut refusal = ProxyError::refused(ErrorKind::RateLimited, &l.name, message)
+                    .with_header(header::RETRY_AFTER, seconds_value(whole_seconds(wait)));
                 RateHeaders {
                     limit,
                     remaining: 0,
                     reset,
                 }
-                .write(h);
-                ResponseFuture::Refused(Some(res))
+                .write(&mut refusal.headers);
+                ResponseFuture::Refused(Some(refusal))
             }
         }
     }
-}
-
-/// Whole seconds, rounded up, at least 1: a client told `0` would retry at
-/// once and be refused again.
-fn whole_seconds(d: Duration) -> u64 {
-    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }
 
 static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
@@ -253,22 +271,22 @@ pub enum ResponseFuture {
         inner: <RouteService as Service<Request<Body>>>::Future,
         headers: RateHeaders,
     },
-    Refused(Option<Response<Body>>),
+    Refused(Option<ProxyError>),
 }
 
 impl Future for ResponseFuture {
-    type Output = Result<Response<Body>, Infallible>;
+    type Output = Result<Response<Body>, ProxyError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // Both variants are Unpin: the inner future is a `Pin<Box<_>>`.
         match self.get_mut() {
             ResponseFuture::Allowed { inner, headers } => {
-                let Ok(mut res) = std::task::ready!(inner.as_mut().poll(cx));
+                let mut res = std::task::ready!(inner.as_mut().poll(cx))?;
                 headers.write(res.headers_mut());
                 Poll::Ready(Ok(res))
             }
-            ResponseFuture::Refused(res) => match res.take() {
-                Some(res) => Poll::Ready(Ok(res)),
+            ResponseFuture::Refused(refusal) => match refusal.take() {
+                Some(e) => Poll::Ready(Err(e)),
                 None => Poll::Pending, // polled after completion: never again ready
             },
         }

@@ -10,6 +10,10 @@ use tower::ServiceExt;
 
 use super::*;
 use crate::body;
+#[allow(unused_imports)]
+use crate::BuiltFilter;
+#[allow(unused_imports)]
+use tower::Layer as _;
 
 fn config(key: RateLimitKey, count: u32, burst: u32) -> RateLimitConfig {
     RateLimitConfig {
@@ -34,17 +38,17 @@ fn route(name: &str) -> RouteInfo {
 fn upstream(hits: Arc<AtomicUsize>) -> RouteService {
     RouteService::new(tower::service_fn(move |_req: Request<Body>| {
         hits.fetch_add(1, Ordering::SeqCst);
-        async move { Ok::<_, Infallible>(Response::new(body::empty())) }
+        async move { Ok::<_, ProxyError>(Response::new(body::empty())) }
     }))
 }
 
 fn layer(
     cfg: &RateLimitConfig,
     m: &Arc<Metrics>,
-) -> (RateLimitLayer<FakeRelativeClock>, FakeRelativeClock) {
+) -> (RateLimit<FakeRelativeClock>, FakeRelativeClock) {
     let clock = FakeRelativeClock::default();
     let buckets = Buckets::with_clock(cfg.rate, cfg.burst, cfg.max_keys, clock.clone());
-    let layer = RateLimitLayer::with_buckets("limit", cfg, m, buckets).expect("layer");
+    let layer = RateLimit::with_buckets("limit", cfg, m, buckets).expect("layer");
     (layer, clock)
 }
 
@@ -60,7 +64,7 @@ async fn send(svc: &RouteService, key: Option<&str>, grpc: bool) -> Response<Bod
     svc.clone()
         .oneshot(req)
         .await
-        .unwrap_or_else(|n| match n {})
+        .unwrap_or_else(|e| e.into_response(grpc))
 }
 
 fn header(res: &Response<Body>, name: &str) -> String {
@@ -77,7 +81,7 @@ async fn burst_passes_then_429_with_headers_then_refills() {
     let cfg = config(RateLimitKey::Global, 2, 3);
     let (layer, clock) = layer(&cfg, &m);
     let hits = Arc::new(AtomicUsize::new(0));
-    let svc = layer.wrap(&route("r"), upstream(hits.clone()));
+    let svc = layer.layer(&route("r")).layer(upstream(hits.clone()));
 
     for i in 0..3 {
         let res = send(&svc, None, false).await;
@@ -126,7 +130,7 @@ async fn slow_rate_retry_after_counts_whole_seconds() {
         ..config(RateLimitKey::Global, 1, 1)
     };
     let (layer, clock) = layer(&cfg, &m);
-    let svc = layer.wrap(&route("r"), upstream(Arc::default()));
+    let svc = layer.layer(&route("r")).layer(upstream(Arc::default()));
     assert_eq!(send(&svc, None, false).await.status(), StatusCode::OK);
     clock.advance(Duration::from_millis(20_500));
     let res = send(&svc, None, false).await;
@@ -139,7 +143,7 @@ async fn header_keys_are_isolated_and_missing_keys_share_one_bucket() {
     let m = Arc::new(Metrics::new());
     let cfg = config(RateLimitKey::Header("x-key".into()), 1, 2);
     let (layer, _clock) = layer(&cfg, &m);
-    let svc = layer.wrap(&route("r"), upstream(Arc::default()));
+    let svc = layer.layer(&route("r")).layer(upstream(Arc::default()));
     for _ in 0..2 {
         assert_eq!(send(&svc, Some("a"), false).await.status(), StatusCode::OK);
     }
@@ -164,8 +168,8 @@ async fn routes_share_the_filters_buckets_but_count_refusals_apart() {
     let m = Arc::new(Metrics::new());
     let cfg = config(RateLimitKey::Global, 1, 1);
     let (layer, _clock) = layer(&cfg, &m);
-    let one = layer.wrap(&route("one"), upstream(Arc::default()));
-    let two = layer.wrap(&route("two"), upstream(Arc::default()));
+    let one = layer.layer(&route("one")).layer(upstream(Arc::default()));
+    let two = layer.layer(&route("two")).layer(upstream(Arc::default()));
     assert_eq!(send(&one, None, false).await.status(), StatusCode::OK);
     assert_eq!(
         send(&two, None, false).await.status(),
@@ -180,7 +184,7 @@ async fn grpc_refusal_is_resource_exhausted() {
     let m = Arc::new(Metrics::new());
     let cfg = config(RateLimitKey::Global, 1, 1);
     let (layer, _clock) = layer(&cfg, &m);
-    let svc = layer.wrap(&route("r"), upstream(Arc::default()));
+    let svc = layer.layer(&route("r")).layer(upstream(Arc::default()));
     assert_eq!(send(&svc, None, true).await.status(), StatusCode::OK);
     let res = send(&svc, None, true).await;
     assert_eq!(res.status(), StatusCode::OK);
@@ -196,10 +200,9 @@ async fn a_tighter_inner_limit_is_reported() {
     let inner_cfg = config(RateLimitKey::Global, 1, 2);
     let (outer, _c1) = layer(&outer_cfg, &m);
     let (inner, _c2) = layer(&inner_cfg, &m);
-    let svc = outer.wrap(
-        &route("r"),
-        inner.wrap(&route("r"), upstream(Arc::default())),
-    );
+    let svc = outer
+        .layer(&route("r"))
+        .layer(inner.layer(&route("r")).layer(upstream(Arc::default())));
     let res = send(&svc, None, false).await;
     assert_eq!(header(&res, "ratelimit-limit"), "2");
     assert_eq!(header(&res, "ratelimit-remaining"), "1");
@@ -213,7 +216,7 @@ async fn a_flood_of_new_keys_evicts_counts_and_never_refuses_a_new_key() {
         ..config(RateLimitKey::Header("x-key".into()), 1, 1)
     };
     let (layer, _clock) = layer(&cfg, &m);
-    let svc = layer.wrap(&route("r"), upstream(Arc::default()));
+    let svc = layer.layer(&route("r")).layer(upstream(Arc::default()));
     for i in 0..50 {
         let res = send(&svc, Some(&format!("key-{i}")), false).await;
         assert_eq!(res.status(), StatusCode::OK, "new key {i}");

@@ -11,6 +11,7 @@ use kaname_config::types::Condition;
 
 use crate::body::{Body, BoxError};
 use crate::context::UpstreamFailure;
+use crate::ProxyError;
 
 /// gRPC `UNAVAILABLE`: breakers and outlier detection count it like a 503.
 pub const GRPC_UNAVAILABLE: u32 = 14;
@@ -37,11 +38,29 @@ pub struct Observed {
 }
 
 impl Observed {
+    /// An answer from the upstream.
     pub fn of<B>(res: &Response<B>) -> Self {
         Observed {
-            failure: res.extensions().get::<UpstreamFailure>().copied(),
+            failure: None,
             status: res.status(),
             grpc: grpc_status(res.headers()),
+        }
+    }
+
+    /// What kaname's answer for `e` will look like to the client: its
+    /// status, or for gRPC its 200 and `grpc-status`.
+    pub fn of_error(e: &ProxyError, grpc: bool) -> Self {
+        Observed {
+            failure: e.failure,
+            status: e.status(grpc),
+            grpc: grpc.then(|| e.kind.grpc_status()),
+        }
+    }
+
+    pub fn of_result<B>(result: &Result<Response<B>, ProxyError>, grpc: bool) -> Self {
+        match result {
+            Ok(res) => Self::of(res),
+            Err(e) => Self::of_error(e, grpc),
         }
     }
 }
@@ -137,16 +156,18 @@ pub async fn peek_grpc_trailers(res: Response<Body>, cap: usize) -> (Response<Bo
 mod tests {
     use super::*;
 
-    fn res(status: u16, grpc: Option<&str>, failure: Option<UpstreamFailure>) -> Response<()> {
+    fn res(status: u16, grpc: Option<&str>) -> Response<()> {
         let mut r = Response::new(());
         *r.status_mut() = StatusCode::from_u16(status).unwrap();
         if let Some(g) = grpc {
             r.headers_mut().insert("grpc-status", g.parse().unwrap());
         }
-        if let Some(f) = failure {
-            r.extensions_mut().insert(f);
-        }
         r
+    }
+
+    fn failed(failure: UpstreamFailure) -> Observed {
+        let e = ProxyError::upstream(crate::ErrorKind::UpstreamUnavailable, failure, "x");
+        Observed::of_error(&e, false)
     }
 
     #[test]
@@ -156,21 +177,15 @@ mod tests {
             Condition::Status(503),
             Condition::Grpc(8),
         ];
-        assert!(matches(&on, &Observed::of(&res(503, None, None))));
-        assert!(!matches(&on, &Observed::of(&res(500, None, None))));
-        assert!(matches(
-            &on,
-            &Observed::of(&res(502, None, Some(UpstreamFailure::Connect)))
-        ));
-        assert!(!matches(
-            &on,
-            &Observed::of(&res(502, None, Some(UpstreamFailure::Reset)))
-        ));
-        assert!(matches(&on, &Observed::of(&res(200, Some("8"), None))));
-        assert!(!matches(&on, &Observed::of(&res(200, Some("14"), None))));
+        assert!(matches(&on, &Observed::of(&res(503, None))));
+        assert!(!matches(&on, &Observed::of(&res(500, None))));
+        assert!(matches(&on, &failed(UpstreamFailure::Connect)));
+        assert!(!matches(&on, &failed(UpstreamFailure::Reset)));
+        assert!(matches(&on, &Observed::of(&res(200, Some("8")))));
+        assert!(!matches(&on, &Observed::of(&res(200, Some("14")))));
         assert!(matches(
             &[Condition::Status5xx],
-            &Observed::of(&res(504, None, None))
+            &Observed::of(&res(504, None))
         ));
     }
 
@@ -219,13 +234,13 @@ mod tests {
 
     #[test]
     fn grpc_unavailable_is_a_breaker_failure_like_503() {
-        let o = Observed::of(&res(200, Some("14"), None));
+        let o = Observed::of(&res(200, Some("14")));
         assert!(is_failure(&[Condition::Status5xx], &o));
         assert!(is_failure(&[Condition::Status(503)], &o));
         assert!(!is_failure(&[Condition::Timeout], &o));
         assert!(!is_failure(
             &[Condition::Status5xx],
-            &Observed::of(&res(200, Some("0"), None))
+            &Observed::of(&res(200, Some("0")))
         ));
     }
 }

@@ -31,17 +31,13 @@ mod budget;
 pub mod classify;
 mod replay;
 
-use std::collections::HashMap;
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{header, Method, Request, Response, StatusCode};
 use kaname_config::types::{Condition, Retry as RetryConfig, RetryMethods};
-use tower::Service;
+use tower::{Layer, Service};
 
 pub use backoff::{Backoff, InvalidBackoff};
 pub use budget::RetryBudget;
@@ -52,8 +48,11 @@ use crate::context::{
     AvoidEndpoint, Deadline, EndpointSlot, RequestContext, TriedEndpoint, UpstreamFailure,
 };
 use crate::metrics::{LazyCounter, Metrics};
-use crate::registry::{BuildError, FilterLayer, RouteInfo};
-use crate::{is_grpc, Body, ErrorKind, RouteService};
+use crate::per_upstream::PerUpstream;
+use crate::registry::{BuildError, BuiltFilter, RouteInfo};
+use crate::{
+    call_async, ready_call, Body, ErrorKind, ProxyError, RouteFuture, RouteLayer, RouteService,
+};
 use classify::Observed;
 
 /// The settings of one retry filter, checked.
@@ -75,25 +74,31 @@ struct Policy {
 }
 
 /// A built retry filter; budgets per upstream live here.
-pub struct RetryLayer {
+pub struct Retry {
     policy: Arc<Policy>,
     metrics: Arc<Metrics>,
-    budgets: Mutex<HashMap<Arc<str>, Arc<RetryBudget>>>,
+    budgets: PerUpstream<RetryBudget>,
 }
 
-/// The retry service of one route.
+/// The filter on one route (its upstream's budget), as a tower layer.
 #[derive(Clone)]
-pub struct RetryService {
-    inner: RouteService,
+pub struct RetryLayer {
     policy: Arc<Policy>,
     budget: Arc<RetryBudget>,
     retries: LazyCounter,
     exhausted: LazyCounter,
 }
 
-// === impl RetryLayer ===
+/// The retry service of one route.
+#[derive(Clone)]
+pub struct RetryService {
+    inner: RouteService,
+    layer: RetryLayer,
+}
 
-impl RetryLayer {
+// === impl Retry ===
+
+impl Retry {
     pub fn new(name: &str, cfg: &RetryConfig, metrics: &Arc<Metrics>) -> Result<Self, BuildError> {
         Self::with_pool(name, cfg, metrics, BufferPool::global())
     }
@@ -135,7 +140,7 @@ impl RetryLayer {
                 .limits_hit_total
                 .with_label_values(&["replay_buffer"]),
         });
-        Ok(RetryLayer {
+        Ok(Retry {
             policy: Arc::new(Policy {
                 attempts: cfg.attempts.max(1),
                 retry_on: cfg.retry_on.clone(),
@@ -149,34 +154,39 @@ impl RetryLayer {
                 min_per_second: cfg.budget_min_per_second,
             }),
             metrics: metrics.clone(),
-            budgets: Mutex::new(HashMap::new()),
+            budgets: PerUpstream::default(),
         })
     }
 
-    fn budget(&self, upstream: &Arc<str>) -> Arc<RetryBudget> {
-        let new = || {
-            Arc::new(RetryBudget::new(
-                self.policy.ratio,
-                self.policy.min_per_second,
-            ))
-        };
-        match self.budgets.lock() {
-            Ok(mut map) => map.entry(upstream.clone()).or_insert_with(new).clone(),
-            Err(_) => new(),
+    /// The filter's layer for `route`: the budget of its upstream.
+    pub fn route_layer(&self, route: &RouteInfo) -> RetryLayer {
+        let labels = [&*route.route, &*route.upstream];
+        let p = &self.policy;
+        RetryLayer {
+            policy: p.clone(),
+            budget: self.budgets.get(&route.upstream, || {
+                RetryBudget::new(p.ratio, p.min_per_second)
+            }),
+            retries: LazyCounter::new(&self.metrics.retries_total, &labels),
+            exhausted: LazyCounter::new(&self.metrics.retry_budget_exhausted_total, &labels),
         }
     }
 }
 
-impl FilterLayer for RetryLayer {
-    fn wrap(&self, route: &RouteInfo, inner: RouteService) -> RouteService {
-        let labels = [&*route.route, &*route.upstream];
-        RouteService::from_boxed(RetryService {
+impl BuiltFilter for Retry {
+    fn layer(&self, route: &RouteInfo) -> RouteLayer {
+        RouteLayer::boxed(self.route_layer(route))
+    }
+}
+
+impl Layer<RouteService> for RetryLayer {
+    type Service = RetryService;
+
+    fn layer(&self, inner: RouteService) -> RetryService {
+        RetryService {
             inner,
-            policy: self.policy.clone(),
-            budget: self.budget(&route.upstream),
-            retries: LazyCounter::new(&self.metrics.retries_total, &labels),
-            exhausted: LazyCounter::new(&self.metrics.retry_budget_exhausted_total, &labels),
-        })
+            layer: self.clone(),
+        }
     }
 }
 
@@ -184,38 +194,33 @@ impl FilterLayer for RetryLayer {
 
 impl Service<Request<Body>> for RetryService {
     type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+    type Error = ProxyError;
+    type Future = RouteFuture;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { Ok(this.run(req).await) })
+    fn call(&mut self, req: Request<Body>) -> RouteFuture {
+        call_async(self, req, Self::run)
     }
 }
 
+type TryResult = Result<Response<Body>, ProxyError>;
+
 impl RetryService {
-    async fn run(mut self, req: Request<Body>) -> Response<Body> {
-        let p = self.policy.clone();
-        self.budget.deposit();
-        let grpc = req
-            .extensions()
-            .get::<RequestContext>()
-            .map_or_else(|| is_grpc(req.headers()), |c| c.grpc);
+    async fn run(mut self, req: Request<Body>) -> TryResult {
+        let p = self.layer.policy.clone();
+        self.layer.budget.deposit();
+        let grpc = RequestContext::grpc_of(&req);
         // Every gRPC call is a POST: `methods` does not apply to them.
         let may_retry = p.attempts > 1 && (grpc || p.methods.contains(req.method()));
         if !may_retry {
-            return self.try_once(req, grpc).await;
+            return self.try_once(req).await;
         }
         let (parts, body) = req.into_parts();
-        let too_large = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-            .is_some_and(|n| n > p.max_body as u64);
+        let too_large =
+            crate::body::declared_length(&parts.headers).is_some_and(|n| n > p.max_body as u64);
         // Dropped when this loop is done with the request: the copy is no
         // longer kept from then on (its bytes go back to the pool).
         let replay = Replay::new(body, p.replay.clone(), too_large);
@@ -229,47 +234,53 @@ impl RetryService {
             if let Some(addr) = avoid {
                 req.extensions_mut().insert(AvoidEndpoint(addr));
             }
-            let res = self.try_once(req, grpc).await;
+            let result = self.try_once(req).await;
             if tries >= p.attempts || !replay.replayable() {
-                return res;
+                return result;
             }
-            let (res, observed) = match Observed::of(&res) {
-                o if grpc
-                    && p.grpc_codes
-                    && o.grpc.is_none()
-                    && o.failure.is_none()
-                    && res.status() == StatusCode::OK =>
-                {
-                    classify::peek_grpc_trailers(res, p.max_body).await
+            let (result, observed) = match result {
+                Ok(res) => match Observed::of(&res) {
+                    o if grpc
+                        && p.grpc_codes
+                        && o.grpc.is_none()
+                        && res.status() == StatusCode::OK =>
+                    {
+                        let (res, o) = classify::peek_grpc_trailers(res, p.max_body).await;
+                        (Ok(res), o)
+                    }
+                    o => (Ok(res), o),
+                },
+                Err(e) => {
+                    let o = Observed::of_error(&e, grpc);
+                    (Err(e), o)
                 }
-                o => (res, o),
             };
             if !classify::matches(&p.retry_on, &observed) {
-                return res;
+                return result;
             }
-            let wait = match retry_after(&res) {
+            let wait = match retry_after(&result, grpc) {
                 // The upstream asks for longer than we would wait: its
                 // answer stands rather than a retry it asked us not to send.
-                Some(d) if d > p.backoff.max() => return res,
+                Some(d) if d > p.backoff.max() => return result,
                 Some(d) => d,
                 None => p.backoff.jittered(tries),
             };
-            if !self.budget.withdraw() {
-                self.exhausted.inc();
-                return res;
+            if !self.layer.budget.withdraw() {
+                self.layer.exhausted.inc();
+                return result;
             }
             let Some(next) = replay.next() else {
-                return res;
+                return result;
             };
-            avoid = res
-                .extensions()
-                .get::<TriedEndpoint>()
-                .map(|t| t.0)
-                .or_else(|| slot.get());
-            drop(res);
+            avoid = match &result {
+                Ok(res) => res.extensions().get::<TriedEndpoint>().map(|t| t.0),
+                Err(e) => e.endpoint,
+            }
+            .or_else(|| slot.get());
+            drop(result);
             tracing::debug!(try_ = tries + 1, ?wait, ?observed, "retrying");
             tokio::time::sleep(wait).await;
-            self.retries.inc();
+            self.layer.retries.inc();
             body = next;
             tries += 1;
         }
@@ -277,45 +288,42 @@ impl RetryService {
 
     /// One try, cut by `per_try_timeout`: a cut try is a `timeout` failure
     /// and, when it is the last, the client's 504 upstream_timeout.
-    async fn try_once(&mut self, mut req: Request<Body>, grpc: bool) -> Response<Body> {
-        let Some(limit) = self.policy.per_try_timeout else {
-            return self
-                .inner
-                .call(req)
-                .await
-                .unwrap_or_else(|never| match never {});
+    async fn try_once(&mut self, mut req: Request<Body>) -> TryResult {
+        let Some(limit) = self.layer.policy.per_try_timeout else {
+            return ready_call(&mut self.inner, req).await;
         };
         Deadline::tighten(req.extensions_mut(), limit);
         let body = ClientBodyWatch::of(req.extensions()).cloned();
-        let call = self.inner.call(req);
+        let call = ready_call(&mut self.inner, req);
         match tokio::time::timeout(limit, call).await {
-            Ok(res) => res.unwrap_or_else(|never| match never {}),
+            Ok(result) => result,
             // Cut while the client was still sending: the client's doing.
             Err(_) if body.as_ref().is_some_and(ClientBodyWatch::incomplete) => {
-                ErrorKind::RequestTimeout.response(
-                    &format!("request body still arriving after per_try_timeout {limit:?}"),
-                    grpc,
-                )
+                Err(ProxyError::new(
+                    ErrorKind::RequestTimeout,
+                    format!("request body still arriving after per_try_timeout {limit:?}"),
+                ))
             }
-            Err(_) => {
-                let mut res = ErrorKind::UpstreamTimeout.response(
-                    &format!("no response within per_try_timeout {limit:?}"),
-                    grpc,
-                );
-                res.extensions_mut().insert(UpstreamFailure::Timeout);
-                res
-            }
+            Err(_) => Err(ProxyError::upstream(
+                ErrorKind::UpstreamTimeout,
+                UpstreamFailure::Timeout,
+                format!("no response within per_try_timeout {limit:?}"),
+            )),
         }
     }
 }
 
-/// `Retry-After` of a 503, in delay-seconds (an HTTP date is ignored).
-fn retry_after(res: &Response<Body>) -> Option<Duration> {
-    if res.status() != StatusCode::SERVICE_UNAVAILABLE {
+/// `Retry-After` of a 503 (the upstream's, or kaname's own when an inner
+/// filter shed the try), in delay-seconds (an HTTP date is ignored).
+fn retry_after(result: &TryResult, grpc: bool) -> Option<Duration> {
+    let (status, headers) = match result {
+        Ok(res) => (res.status(), res.headers()),
+        Err(e) => (e.status(grpc), &e.headers),
+    };
+    if status != StatusCode::SERVICE_UNAVAILABLE {
         return None;
     }
-    let secs: u64 = res
-        .headers()
+    let secs: u64 = headers
         .get(header::RETRY_AFTER)?
         .to_str()
         .ok()?

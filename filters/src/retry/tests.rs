@@ -13,6 +13,10 @@ use tower::{Service, ServiceExt};
 
 use super::*;
 use crate::body;
+#[allow(unused_imports)]
+use crate::BuiltFilter;
+#[allow(unused_imports)]
+use tower::Layer as _;
 
 /// What the scripted upstream does on one try.
 enum Act {
@@ -58,13 +62,17 @@ fn scripted(acts: Vec<Act>) -> (RouteService, Arc<Mutex<Seen>>) {
                         .insert(header::RETRY_AFTER, secs.to_string().parse().unwrap());
                 }
                 Act::Fail(f) => {
-                    res = ErrorKind::UpstreamUnavailable.response("try failed", false);
-                    res.extensions_mut().insert(f);
+                    return Err(ProxyError::upstream(
+                        ErrorKind::UpstreamUnavailable,
+                        f,
+                        "try failed",
+                    )
+                    .at_endpoint(addr));
                 }
                 Act::Hang => std::future::pending::<()>().await,
             }
             res.extensions_mut().insert(TriedEndpoint(addr));
-            Ok::<_, Infallible>(res)
+            Ok::<_, ProxyError>(res)
         }
     });
     (RouteService::new(svc), seen)
@@ -104,7 +112,12 @@ async fn send(svc: &mut RouteService, method: Method, body: &'static [u8]) -> Re
         .uri("/x")
         .body(body::full(Bytes::from_static(body)))
         .unwrap();
-    svc.ready().await.unwrap().call(req).await.unwrap()
+    svc.ready()
+        .await
+        .unwrap()
+        .call(req)
+        .await
+        .unwrap_or_else(crate::error::rescue)
 }
 
 fn counter(m: &Metrics, family: &prometheus::IntCounterVec) -> u64 {
@@ -115,13 +128,13 @@ fn counter(m: &Metrics, family: &prometheus::IntCounterVec) -> u64 {
 #[tokio::test(start_paused = true)]
 async fn retries_until_success_on_other_endpoints() {
     let m = Arc::new(Metrics::new());
-    let layer = RetryLayer::new("retries", &config(), &m).unwrap();
+    let layer = Retry::new("retries", &config(), &m).unwrap();
     let (inner, seen) = scripted(vec![
         Act::Status(503),
         Act::Fail(UpstreamFailure::Reset),
         Act::Status(200),
     ]);
-    let mut svc = layer.wrap(&route(), inner);
+    let mut svc = layer.layer(&route()).layer(inner);
     let res = send(&mut svc, Method::PUT, b"payload").await;
     assert_eq!(res.status(), StatusCode::OK);
     let seen = seen.lock().unwrap();
@@ -135,9 +148,9 @@ async fn retries_until_success_on_other_endpoints() {
 #[tokio::test(start_paused = true)]
 async fn post_and_unlisted_answers_are_not_retried() {
     let m = Arc::new(Metrics::new());
-    let layer = RetryLayer::new("retries", &config(), &m).unwrap();
+    let layer = Retry::new("retries", &config(), &m).unwrap();
     let (inner, seen) = scripted(vec![Act::Status(503), Act::Status(500)]);
-    let mut svc = layer.wrap(&route(), inner);
+    let mut svc = layer.layer(&route()).layer(inner);
     let res = send(&mut svc, Method::POST, b"").await;
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     let res = send(&mut svc, Method::GET, b"").await;
@@ -146,9 +159,9 @@ async fn post_and_unlisted_answers_are_not_retried() {
 
     let mut cfg = config();
     cfg.methods = RetryMethods::List(vec!["POST".into()]);
-    let layer = RetryLayer::new("retries", &cfg, &m).unwrap();
+    let layer = Retry::new("retries", &cfg, &m).unwrap();
     let (inner, seen) = scripted(vec![Act::Status(503)]);
-    let mut svc = layer.wrap(&route(), inner);
+    let mut svc = layer.layer(&route()).layer(inner);
     assert_eq!(send(&mut svc, Method::POST, b"b").await.status(), 200);
     assert_eq!(seen.lock().unwrap().bodies.len(), 2);
 }
@@ -156,16 +169,18 @@ async fn post_and_unlisted_answers_are_not_retried() {
 #[tokio::test(start_paused = true)]
 async fn per_try_timeout_cuts_each_try_and_the_last_is_504() {
     let m = Arc::new(Metrics::new());
-    let layer = RetryLayer::new("retries", &config(), &m).unwrap();
+    let layer = Retry::new("retries", &config(), &m).unwrap();
     let (inner, _) = scripted(vec![Act::Hang, Act::Hang, Act::Hang]);
-    let mut svc = layer.wrap(&route(), inner);
+    let mut svc = layer.layer(&route()).layer(inner);
     let started = tokio::time::Instant::now();
     let res = send(&mut svc, Method::GET, b"").await;
     assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(res.headers()["kaname-error"], "upstream_timeout");
     assert_eq!(
-        res.extensions().get::<UpstreamFailure>(),
-        Some(&UpstreamFailure::Timeout)
+        res.extensions()
+            .get::<crate::Rescued>()
+            .and_then(|r| r.failure),
+        Some(UpstreamFailure::Timeout)
     );
     // Three tries of 500ms plus at most 25ms + 50ms of backoff.
     let took = started.elapsed();
@@ -177,9 +192,9 @@ async fn retry_after_is_waited_up_to_max() {
     let m = Arc::new(Metrics::new());
     let mut cfg = config();
     cfg.backoff_max = Duration::from_secs(2);
-    let layer = RetryLayer::new("retries", &cfg, &m).unwrap();
+    let layer = Retry::new("retries", &cfg, &m).unwrap();
     let (inner, seen) = scripted(vec![Act::RetryAfter(2), Act::RetryAfter(3)]);
-    let mut svc = layer.wrap(&route(), inner);
+    let mut svc = layer.layer(&route()).layer(inner);
     let started = tokio::time::Instant::now();
     let res = send(&mut svc, Method::GET, b"").await;
     // Waited the 2s asked for; then 3s is more than max: that 503 stands.
@@ -194,9 +209,9 @@ async fn budget_stops_retries_and_counts_it() {
     let mut cfg = config();
     cfg.budget_ratio = 0.0;
     cfg.budget_min_per_second = 2;
-    let layer = RetryLayer::new("retries", &cfg, &m).unwrap();
+    let layer = Retry::new("retries", &cfg, &m).unwrap();
     let (inner, seen) = scripted((0..20).map(|_| Act::Status(503)).collect());
-    let mut svc = layer.wrap(&route(), inner);
+    let mut svc = layer.layer(&route()).layer(inner);
     for _ in 0..4 {
         assert_eq!(send(&mut svc, Method::GET, b"").await.status(), 503);
     }
@@ -208,9 +223,9 @@ async fn budget_stops_retries_and_counts_it() {
 #[tokio::test(start_paused = true)]
 async fn large_bodies_are_sent_once() {
     let m = Arc::new(Metrics::new());
-    let layer = RetryLayer::new("retries", &config(), &m).unwrap();
+    let layer = Retry::new("retries", &config(), &m).unwrap();
     let (inner, seen) = scripted(vec![Act::Status(503), Act::Status(503)]);
-    let mut svc = layer.wrap(&route(), inner);
+    let mut svc = layer.layer(&route()).layer(inner);
     let big = &[b'x'; 100];
     let res = send(&mut svc, Method::PUT, big).await;
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -222,7 +237,7 @@ fn invalid_backoff_is_a_build_error() {
     let m = Arc::new(Metrics::new());
     let mut cfg = config();
     cfg.backoff_base = Duration::ZERO;
-    assert!(RetryLayer::new("retries", &cfg, &m).is_err());
+    assert!(Retry::new("retries", &cfg, &m).is_err());
 }
 
 #[tokio::test(start_paused = true)]
@@ -231,9 +246,9 @@ async fn a_body_past_the_shared_pool_is_sent_once_and_counted() {
     let pool = Arc::new(BufferPool::default());
     let mut cfg = config();
     cfg.max_buffered_bytes = 100;
-    let layer = RetryLayer::with_pool("retries", &cfg, &m, pool.clone()).unwrap();
+    let layer = Retry::with_pool("retries", &cfg, &m, pool.clone()).unwrap();
     let (inner, seen) = scripted(vec![Act::Status(503), Act::Status(503), Act::Status(200)]);
-    let mut svc = layer.wrap(&route(), inner);
+    let mut svc = layer.layer(&route()).layer(inner);
     // Another request of the process holds 60 bytes for its own replay.
     let other = Replay::new(
         body::full(Bytes::from_static(&[0; 60])),

@@ -1,0 +1,218 @@
+//! The request pipeline: every step a request meets, as tower layers in
+//! one ordered stack per listener and one per route.
+//!
+//! [`listener_steps`] and [`route_steps`] are the one statement of that
+//! order: `chain.rs` builds the stacks from them and `kaname explain`
+//! prints them, so the two cannot drift apart. docs/architecture.md walks
+//! one request through them.
+//!
+//! Every step takes and gives kaname's types (`Request<Body>`, a
+//! `Response<Body>` or a [`kaname_filters::ProxyError`]); errors travel as
+//! errors until the route's [`rescue`] layer makes them answers.
+
+mod body_limit;
+mod deadline;
+mod forwarded;
+mod identity;
+mod ingress;
+mod observe;
+mod rescue;
+
+use std::time::Duration;
+
+use kaname_config::types::PriorityClass;
+use kaname_config::{
+    duration_words, priority_word, size_words, Config, Filter, Listener, Route, Upstream,
+};
+use kaname_filters::{ProxyError, RouteFuture};
+
+pub use body_limit::BodyLimitLayer;
+pub use deadline::DeadlineLayer;
+pub use forwarded::ForwardedLayer;
+pub use identity::IdentityCheckLayer;
+pub use ingress::{
+    NotRouted, PeerIdentityLayer, RequestIdLayer, RequestModelLayer, Router, Unrouted,
+};
+pub use observe::ObserveLayer;
+pub use rescue::RescueLayer;
+
+/// One step of a request's path, outermost first.
+pub enum Step<'a> {
+    // --- the listener's, before a route is chosen ---
+    /// Normalized path and authority, allowed upgrades, hop-by-hop strip.
+    RequestModel(&'a Listener),
+    /// `x-request-id` kept or set.
+    RequestId,
+    /// The identity header set from the client certificate (TLS only).
+    PeerIdentity(&'a str),
+    /// The first matching route's stack, or the no-route stack.
+    Router(usize),
+    // --- a route's ---
+    /// Metrics, gRPC status counts, access log, `x-request-id` on the answer.
+    Observe,
+    /// Errors become answers.
+    Rescue,
+    /// `allowed_identities`, per request (403).
+    IdentityCheck(&'a [String]),
+    /// `x-forwarded-for`, `x-forwarded-proto`, `traceparent`.
+    Forwarded { start_traces: bool },
+    /// `max_request_body` (413).
+    BodyLimit(u64),
+    /// The route's `timeout` and the gRPC `grpc-timeout`.
+    Deadline(Option<Duration>),
+    /// The route's `priority`, for its concurrency limits.
+    Priority(PriorityClass),
+    /// A filter, in the route's order.
+    Filter(&'a Filter),
+    /// The terminal: one try to the upstream.
+    Forward(&'a Upstream),
+    /// The no-route stack's terminal.
+    Unrouted,
+}
+
+/// The listener's steps, outermost first.
+pub fn listener_steps(l: &Listener) -> Vec<Step<'_>> {
+    let mut steps = vec![Step::RequestModel(l), Step::RequestId];
+    if let Some(tls) = &l.tls {
+        steps.push(Step::PeerIdentity(&tls.identity_header));
+    }
+    steps.push(Step::Router(l.routes.len()));
+    steps
+}
+
+/// A route's steps, outermost first; `None` for a filter or upstream the
+/// config does not have (validation refuses that, so it is never seen).
+pub fn route_steps<'a>(cfg: &'a Config, l: &'a Listener, r: &'a Route) -> Option<Vec<Step<'a>>> {
+    let mut steps = vec![Step::Observe, Step::Rescue];
+    if let Some(tls) = l.tls.as_ref().filter(|t| !t.allowed_identities.is_empty()) {
+        steps.push(Step::IdentityCheck(&tls.allowed_identities));
+    }
+    steps.push(Step::Forwarded {
+        start_traces: cfg.tracing.start_traces,
+    });
+    if let Some(limit) = r.max_request_body.or(l.max_request_body) {
+        steps.push(Step::BodyLimit(limit));
+    }
+    steps.push(Step::Deadline(r.timeout));
+    if let Some(p) = r.priority {
+        steps.push(Step::Priority(p));
+    }
+    for name in &r.filters {
+        steps.push(Step::Filter(cfg.filter(name)?));
+    }
+    steps.push(Step::Forward(cfg.upstream(&r.upstream)?));
+    Some(steps)
+}
+
+/// The steps of a listener's no-route stack.
+pub fn no_route_steps<'a>() -> Vec<Step<'a>> {
+    vec![Step::Observe, Step::Rescue, Step::Unrouted]
+}
+
+impl Step<'_> {
+    /// The step's name (one word) and what it does here, in config words.
+    pub fn describe(&self, cfg: &Config) -> (&'static str, String) {
+        let w = &cfg.words;
+        match self {
+            Step::RequestModel(l) => (
+                "request_model",
+                w.listeners.get(&l.name).map_or_else(String::new, |lw| {
+                    lw.pick(&[
+                        "merge_slashes",
+                        "escaped_slashes",
+                        "upgrades",
+                        "request_body_timeout",
+                    ])
+                }),
+            ),
+            Step::RequestId => ("request_id", "x-request-id kept or set".into()),
+            Step::PeerIdentity(h) => (
+                "peer_identity",
+                format!("{h} set from the client certificate, never the client"),
+            ),
+            Step::Router(n) => (
+                "router",
+                format!("the first of {n} route{} that matches", plural(*n)),
+            ),
+            Step::Observe => (
+                "observe",
+                format!(
+                    "requests and durations counted, x-request-id answered{}",
+                    if cfg.log.access_log {
+                        ", access log"
+                    } else {
+                        ""
+                    }
+                ),
+            ),
+            Step::Rescue => ("rescue", "errors become kaname's answers".into()),
+            Step::IdentityCheck(ids) => (
+                "identity_check",
+                format!("allowed_identities: [{}]", ids.join(", ")),
+            ),
+            Step::Forwarded { start_traces } => (
+                "forwarded",
+                format!(
+                    "x-forwarded-for, x-forwarded-proto{}",
+                    if *start_traces {
+                        ", traceparent (start_traces)"
+                    } else {
+                        ""
+                    }
+                ),
+            ),
+            Step::BodyLimit(n) => (
+                "body_limit",
+                format!("max_request_body: {}", size_words(*n)),
+            ),
+            Step::Deadline(t) => (
+                "deadline",
+                match t {
+                    Some(t) => format!(
+                        "timeout: {}, or grpc-timeout when sooner",
+                        duration_words(*t)
+                    ),
+                    None => "grpc-timeout of gRPC calls".into(),
+                },
+            ),
+            Step::Priority(p) => ("priority", format!("priority: {}", priority_word(*p))),
+            Step::Filter(f) => (
+                f.kind.kind_name(),
+                format!(
+                    "{} {}",
+                    f.name,
+                    w.filters
+                        .get(&f.name)
+                        .map_or_else(String::new, |fw| fw.all())
+                ),
+            ),
+            Step::Forward(u) => (
+                "forward",
+                format!(
+                    "upstream {} {}",
+                    u.name,
+                    w.upstreams
+                        .get(&u.name)
+                        .map_or_else(String::new, |uw| uw.all())
+                ),
+            ),
+            Step::Unrouted => (
+                "unrouted",
+                "404 no_route, or the request model's refusal".into(),
+            ),
+        }
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+/// A step's refusal, as the future a pass-through step returns.
+pub(crate) fn refuse(e: ProxyError) -> RouteFuture {
+    Box::pin(std::future::ready(Err(e)))
+}
