@@ -109,18 +109,14 @@ impl ErrorKind {
     }
 }
 
+/// What gRPC's `grpc-message` escapes: everything but printable ASCII
+/// (0x20–0x7E), and `%` itself (PROTOCOL-HTTP2.md).
+const GRPC_MESSAGE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+
 /// gRPC's percent-encoding of `grpc-message`: printable ASCII except `%`
 /// passes, everything else is `%XX` of its UTF-8 bytes.
 pub fn grpc_percent_encode(msg: &str) -> String {
-    let mut out = String::with_capacity(msg.len());
-    for b in msg.bytes() {
-        if (0x20..=0x7e).contains(&b) && b != b'%' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(msg, GRPC_MESSAGE).to_string()
 }
 
 /// True when the request's `content-type` makes it a gRPC call.
@@ -152,6 +148,13 @@ mod tests {
         assert_eq!(res.status(), StatusCode::OK);
         assert_eq!(res.headers()["grpc-status"], "3");
         assert_eq!(res.headers()["kaname-error"], "invalid_request");
+    }
+
+    #[test]
+    fn grpc_messages_escape_percent_controls_and_non_ascii() {
+        assert_eq!(grpc_percent_encode("a b~"), "a b~");
+        assert_eq!(grpc_percent_encode("100%\n"), "100%25%0A");
+        assert_eq!(grpc_percent_encode("ü"), "%C3%BC");
     }
 
     #[test]

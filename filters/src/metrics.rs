@@ -1,10 +1,10 @@
-//! Every metric family of the contract (`metrics.md`), registered once per
-//! process. Reloads keep this struct, so handles stay valid (trap 12).
-//! Hot paths resolve `with_label_values` once, when a chain is built.
+//! The metric families of the filters (`metrics.md`), and the registry
+//! every family of the process is in (the proxy's own families are in
+//! `proxy/src/metrics.rs`, registered here too). Registered once per
+//! process; reloads keep this struct, so handles stay valid (trap 12). Hot
+//! paths resolve `with_label_values` once, when a stack is built.
 
-use prometheus::{
-    Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 /// A counter series made on its first increment, so a route that never
 /// counts has no series (limits.md: with 100,000 routes, per-route series
@@ -50,12 +50,6 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 
 pub struct Metrics {
     pub registry: Registry,
-    pub requests_total: IntCounterVec,
-    pub grpc_requests_total: IntCounterVec,
-    pub request_duration_seconds: HistogramVec,
-    pub requests_in_flight: IntGaugeVec,
-    pub upstream_attempts_total: IntCounterVec,
-    pub upstream_attempt_duration_seconds: HistogramVec,
     pub retries_total: IntCounterVec,
     pub retry_budget_exhausted_total: IntCounterVec,
     pub circuit_breaker_state: IntGaugeVec,
@@ -67,34 +61,25 @@ pub struct Metrics {
     pub shed_total: IntCounterVec,
     pub jwt_validations_total: IntCounterVec,
     pub jwks_refreshes_total: IntCounterVec,
-    pub upstream_endpoint_healthy: IntGaugeVec,
-    pub upstream_ejections_total: IntCounterVec,
-    pub upstream_panic_mode: IntGaugeVec,
-    pub connections_open: IntGaugeVec,
-    pub tls_handshake_failures_total: IntCounterVec,
-    pub tls_cert_expiry_timestamp_seconds: GaugeVec,
-    pub config_reloads_total: IntCounterVec,
-    pub config_last_reload_success_timestamp_seconds: Gauge,
-    pub build_info: IntGaugeVec,
     /// `kaname_limits_hit_total{limit}`: a protective limit (limits.md) refused something.
     pub limits_hit_total: IntCounterVec,
 }
 
-fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+pub fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
     r.register(Box::new(c.clone()))
         .expect("metric registered once");
     c
 }
 
-fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+pub fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
     r.register(Box::new(g.clone()))
         .expect("metric registered once");
     g
 }
 
-fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+pub fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
     let h = HistogramVec::new(opts, labels).expect("valid metric definition");
     r.register(Box::new(h.clone()))
@@ -117,44 +102,7 @@ impl Metrics {
             // Fails only where /proc is missing; metrics work without it.
             let _ = r.register(Box::new(pc));
         }
-        let lru = &["listener", "route", "upstream"];
-        let m = Metrics {
-            requests_total: counter(
-                &r,
-                "kaname_requests_total",
-                "Requests answered, by status code.",
-                &["listener", "route", "upstream", "method", "code"],
-            ),
-            grpc_requests_total: counter(
-                &r,
-                "kaname_grpc_requests_total",
-                "gRPC calls finished, by final grpc-status.",
-                &["listener", "route", "upstream", "grpc_status"],
-            ),
-            request_duration_seconds: histogram(
-                &r,
-                "kaname_request_duration_seconds",
-                "Time from request head received to response head sent.",
-                lru,
-            ),
-            requests_in_flight: gauge(
-                &r,
-                "kaname_requests_in_flight",
-                "Requests being served now.",
-                &["listener"],
-            ),
-            upstream_attempts_total: counter(
-                &r,
-                "kaname_upstream_attempts_total",
-                "Tries sent to an upstream, by outcome.",
-                &["upstream", "outcome"],
-            ),
-            upstream_attempt_duration_seconds: histogram(
-                &r,
-                "kaname_upstream_attempt_duration_seconds",
-                "Time of one try to an upstream.",
-                &["upstream"],
-            ),
+        Metrics {
             retries_total: counter(
                 &r,
                 "kaname_retries_total",
@@ -221,71 +169,6 @@ impl Metrics {
                 "JWKS fetches, by result.",
                 &["filter", "result"],
             ),
-            upstream_endpoint_healthy: gauge(
-                &r,
-                "kaname_upstream_endpoint_healthy",
-                "1 when the endpoint takes traffic.",
-                &["upstream", "endpoint"],
-            ),
-            upstream_ejections_total: counter(
-                &r,
-                "kaname_upstream_ejections_total",
-                "Outlier ejections.",
-                &["upstream"],
-            ),
-            upstream_panic_mode: gauge(
-                &r,
-                "kaname_upstream_panic_mode",
-                "1 while every endpoint of the upstream is unhealthy or ejected and all get traffic.",
-                &["upstream"],
-            ),
-            connections_open: gauge(
-                &r,
-                "kaname_connections_open",
-                "Client connections open now.",
-                &["listener"],
-            ),
-            tls_handshake_failures_total: counter(
-                &r,
-                "kaname_tls_handshake_failures_total",
-                "Failed TLS handshakes.",
-                &["listener"],
-            ),
-            tls_cert_expiry_timestamp_seconds: {
-                let g = GaugeVec::new(
-                    Opts::new(
-                        "kaname_tls_cert_expiry_timestamp_seconds",
-                        "notAfter of the certificate served now, as unix time.",
-                    ),
-                    &["listener"],
-                )
-                .expect("valid metric definition");
-                r.register(Box::new(g.clone()))
-                    .expect("metric registered once");
-                g
-            },
-            config_reloads_total: counter(
-                &r,
-                "kaname_config_reloads_total",
-                "Config loads after the first, by result.",
-                &["result"],
-            ),
-            config_last_reload_success_timestamp_seconds: {
-                let g = Gauge::new(
-                    "kaname_config_last_reload_success_timestamp_seconds",
-                    "Unix time of the last good config load.",
-                )
-                .expect("valid metric definition");
-                r.register(Box::new(g.clone()))
-                    .expect("metric registered once");
-                g
-            },
-            build_info: gauge(
-                &r,
-                "kaname_build_info",
-                "Always 1; the version label says which kaname runs.",
-                &["version"],
-            ),
             limits_hit_total: counter(
                 &r,
                 "kaname_limits_hit_total",
@@ -293,43 +176,11 @@ impl Metrics {
                 &["limit"],
             ),
             registry: r,
-        };
-        m.build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
-        // Both results exist at 0 from the start: a counter series born at 1
-        // shows no increase() in Prometheus, so the first failed reload
-        // would never alert.
-        for result in ["success", "failure"] {
-            m.config_reloads_total.with_label_values(&[result]);
         }
-        m
     }
 
-    /// The Prometheus text exposition of everything registered.
-    /// Drops the gauge series of endpoints, upstreams and breakers the
-    /// running config no longer has; they would otherwise keep their last
-    /// value until restart (a removed endpoint stuck at healthy 1 hides the
-    /// no-healthy-endpoint alert). `endpoint` is (upstream, address),
-    /// `breaker` is (filter, upstream).
-    pub fn retain_gauges(
-        &self,
-        upstream: impl Fn(&str) -> bool,
-        endpoint: impl Fn(&str, &str) -> bool,
-        breaker: impl Fn(&str, &str) -> bool,
-    ) {
-        let get = |l: &std::collections::HashMap<&str, &str>, k: &str| -> String {
-            l.get(k).map_or_else(String::new, |v| (*v).to_owned())
-        };
-        retain_series(&self.upstream_panic_mode, |l| upstream(&get(l, "upstream")));
-        retain_series(&self.upstream_endpoint_healthy, |l| {
-            endpoint(&get(l, "upstream"), &get(l, "endpoint"))
-        });
-        retain_series(&self.circuit_breaker_state, |l| {
-            breaker(&get(l, "filter"), &get(l, "upstream"))
-        });
-    }
-
+    /// The Prometheus text exposition of everything registered (the
+    /// proxy registers its families in the same registry).
     pub fn render(&self) -> String {
         let families = self.registry.gather();
         prometheus::TextEncoder::new()

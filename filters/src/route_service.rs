@@ -32,7 +32,9 @@ trait Call: Send + Sync {
 
 /// A service whose future is already a [`RouteFuture`].
 struct Boxed<S>(S);
-/// A service whose future still needs a box.
+/// A service whose future still needs a box: any tower service, which may
+/// not always be ready, so each call on a clone waits for its readiness
+/// first (`oneshot`) — a stacked middleware's back-pressure holds.
 struct Unboxed<S>(S);
 
 impl<S> Call for Boxed<S>
@@ -49,11 +51,15 @@ where
 
 impl<S> Call for Unboxed<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError> + Clone + Send + Sync,
+    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
     S::Future: Send + 'static,
 {
     fn call(&self, req: Request<Body>) -> RouteFuture {
-        Box::pin(self.0.clone().call(req))
+        Box::pin(tower::ServiceExt::oneshot(self.0.clone(), req))
     }
 }
 
@@ -208,6 +214,43 @@ impl std::fmt::Debug for RouteService {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn ok_service() -> RouteService {
+        RouteService::new(tower::service_fn(|_req: Request<Body>| async {
+            Ok::<_, ProxyError>(Response::new(crate::body::empty()))
+        }))
+    }
+
+    #[tokio::test]
+    async fn a_tower_http_layer_stacks_into_a_route() {
+        use http::{HeaderName, HeaderValue};
+        use tower_http::set_header::SetResponseHeaderLayer;
+        let layer = RouteLayer::new(SetResponseHeaderLayer::overriding(
+            HeaderName::from_static("x-stacked"),
+            HeaderValue::from_static("yes"),
+        ));
+        let mut svc = layer.layer(ok_service());
+        let res = svc.call(Request::new(crate::body::empty())).await.unwrap();
+        assert_eq!(res.headers()["x-stacked"], "yes");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stacked_middlewares_back_pressure_holds() {
+        // tower's concurrency limit of 1 over an upstream that takes 1s:
+        // the second call waits for the first (its readiness), not panics.
+        let slow = RouteService::new(tower::service_fn(|_req: Request<Body>| async {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            Ok::<_, ProxyError>(Response::new(crate::body::empty()))
+        }));
+        let svc = RouteLayer::new(tower::limit::ConcurrencyLimitLayer::new(1)).layer(slow);
+        let started = tokio::time::Instant::now();
+        let (a, b) = tokio::join!(
+            svc.clone().call(Request::new(crate::body::empty())),
+            svc.clone().call(Request::new(crate::body::empty())),
+        );
+        assert!(a.is_ok() && b.is_ok());
+        assert_eq!(started.elapsed(), std::time::Duration::from_secs(2));
+    }
 
     #[tokio::test]
     async fn clones_share_one_service_and_answer() {

@@ -9,9 +9,9 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::metrics::Metrics;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use kaname_config::Config;
-use kaname_filters::metrics::Metrics;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Mutex};
 
@@ -163,7 +163,7 @@ impl App {
         let admin_addr = admin.local_addr().unwrap_or(config.admin.listen);
         metrics
             .config_last_reload_success_timestamp_seconds
-            .set(unix_now());
+            .set(crate::tls::files::unix_now());
         let app = Arc::new(App {
             file,
             metrics,
@@ -414,7 +414,7 @@ impl App {
         self.runtime.store(Arc::new(next));
         self.metrics
             .config_last_reload_success_timestamp_seconds
-            .set(unix_now());
+            .set(crate::tls::files::unix_now());
         let addrs = BoundAddrs {
             admin: self.admin_addr.lock().map_or(admin_listen, |a| *a),
             listeners: bound.iter().map(|(n, b)| (n.clone(), b.local)).collect(),
@@ -487,11 +487,4 @@ fn build_tls(
         out.insert(l.name.clone(), tls);
     }
     Ok(out)
-}
-
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }

@@ -11,9 +11,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::metrics::Metrics;
 use kaname_config::{Config, Filter, Listener, Upstream as UpstreamConfig};
 use kaname_filters::concurrency_limit::RoutePriorityLayer;
-use kaname_filters::metrics::Metrics;
 use kaname_filters::{BuiltFilter, RouteInfo, RouteLayer, RouteService};
 use tower::Layer;
 
@@ -108,7 +108,7 @@ impl Runtime {
         }
         let jwks_fetcher = |source: &kaname_config::JwksSource| crate::jwks::fetcher(source);
         let ctx = kaname_filters::BuildContext {
-            metrics,
+            metrics: &metrics.filters,
             jwks_fetcher: &jwks_fetcher,
         };
         let mut filters = HashMap::new();

@@ -40,7 +40,7 @@ pub struct AttemptMetrics {
 }
 
 impl AttemptMetrics {
-    pub fn new(m: &kaname_filters::metrics::Metrics, upstream: &str) -> Self {
+    pub fn new(m: &crate::metrics::Metrics, upstream: &str) -> Self {
         let c = |o: &str| m.upstream_attempts_total.with_label_values(&[upstream, o]);
         AttemptMetrics {
             success: c("success"),

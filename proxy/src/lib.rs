@@ -23,6 +23,7 @@ mod headers;
 mod jwks;
 pub mod listener;
 pub mod logging;
+pub mod metrics;
 mod normalize;
 pub mod pipeline;
 pub mod request_metrics;

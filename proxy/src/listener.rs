@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::metrics::Metrics;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use http::{HeaderValue, Request};
 use http_body_util::BodyExt;
@@ -14,7 +15,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use kaname_config::{Listener as ListenerConfig, ListenerProtocol};
 use kaname_filters::client_body::ClientBody;
-use kaname_filters::metrics::Metrics;
 use kaname_filters::{RequestContext, RouteFuture};
 use prometheus::IntGauge;
 use tokio::net::TcpListener;

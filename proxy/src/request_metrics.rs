@@ -7,8 +7,8 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use crate::metrics::Metrics;
 use http::{Method, StatusCode};
-use kaname_filters::metrics::Metrics;
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec};
 
 const METHODS: [&str; 10] = [

@@ -5,6 +5,13 @@
 //! paid for, so over any run of T seconds shorter than the window the
 //! retries are at most `ratio × requests + min_per_second × (T + 1)`:
 //! a failing upstream never sees much more than (1 + ratio) × its load.
+//!
+//! Why not tower's `TpsBudget` (same idea, same clock): its reserve is
+//! `min_per_second × ttl` and never refills beyond that, so a quiet
+//! upstream can be sent ten seconds' worth of retries at once (100 for
+//! `min_per_second: 10`, against this budget's 10), and its ratio is an
+//! integer number of deposits per retry, so `ratio: 0.3` behaves as 0.333
+//! (the test `tower_tps_budget_bursts_ten_times_more` measures both).
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -150,6 +157,26 @@ mod tests {
         tokio::time::advance(Duration::from_secs(3)).await;
         assert_eq!(drain(&b), 0, "everything left the window");
         assert_eq!(RetryBudget::window(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tower_tps_budget_bursts_ten_times_more() {
+        use tower::retry::budget::{Budget, TpsBudget};
+        let tower = TpsBudget::new(Duration::from_secs(10), 10, 0.2);
+        let tower_burst = (0..10_000).take_while(|_| tower.withdraw()).count();
+        let ours = RetryBudget::new(0.2, 10);
+        assert_eq!((tower_burst, drain(&ours)), (100, 10));
+        // `ratio: 0.3`: tower pays a retry with 3 deposits (0.333).
+        let (tower, ours) = (
+            TpsBudget::new(Duration::from_secs(10), 0, 0.3),
+            RetryBudget::new(0.3, 0),
+        );
+        for _ in 0..300 {
+            tower.deposit();
+            ours.deposit();
+        }
+        let tower_retries = (0..10_000).take_while(|_| tower.withdraw()).count();
+        assert_eq!((tower_retries, drain(&ours)), (100, 90));
     }
 
     #[tokio::test(start_paused = true)]

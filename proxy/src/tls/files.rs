@@ -98,7 +98,7 @@ fn with_x509<T>(
 /// Refuses a certificate outside its validity period; returns its notAfter.
 fn in_validity(cert: &X509Certificate<'_>, what: &str) -> Result<i64, String> {
     let v = cert.validity();
-    let now = unix_now();
+    let now = unix_now() as i64;
     if v.not_after.timestamp() < now {
         return Err(format!("{what} expired on {}", v.not_after));
     }
@@ -285,9 +285,10 @@ pub fn check_report(cfg: &Config) -> Vec<String> {
     report(cfg, &check(cfg))
 }
 
-pub fn unix_now() -> i64 {
+/// Seconds since the Unix epoch, now (0 if the clock is before it).
+pub fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }

@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
 use http::{HeaderName, HeaderValue};
 use kaname_config::{Listener, ListenerProtocol, ListenerTls};
-use kaname_filters::metrics::Metrics;
 use prometheus::{Gauge, IntCounter};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;

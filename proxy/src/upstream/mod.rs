@@ -13,12 +13,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use kaname_config::{Upstream as UpstreamConfig, UpstreamProtocol};
-use kaname_filters::metrics::Metrics;
 use kaname_filters::Body;
 use prometheus::{IntGauge, IntGaugeVec};
 
