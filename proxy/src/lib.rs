@@ -31,6 +31,7 @@ mod request_model;
 pub mod router;
 mod sidecar;
 pub mod tls;
+mod tunnel;
 pub mod upstream;
 mod watch;
 
