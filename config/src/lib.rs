@@ -7,6 +7,7 @@
 //! ([`validate`]).
 #![forbid(unsafe_code)]
 
+pub mod authorize;
 mod env;
 mod error;
 mod locate;

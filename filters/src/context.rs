@@ -17,6 +17,8 @@ pub struct RequestContext {
     pub client_ip: http::HeaderValue,
     /// The connection is TLS.
     pub tls: bool,
+    /// The verified client certificate's names, when there is one.
+    pub peer: Option<Arc<PeerIdentity>>,
     pub listener: Arc<str>,
     /// Empty until routed (and for a request no route takes).
     pub route: Arc<str>,
@@ -24,6 +26,13 @@ pub struct RequestContext {
     /// `content-type` starts with `application/grpc` (after the hop-by-hop
     /// strip, so a `Connection`-named content-type does not count).
     pub grpc: bool,
+}
+
+/// The names a verified client certificate vouches for: its URI SANs
+/// (SPIFFE IDs) first, then its DNS SANs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerIdentity {
+    pub names: Vec<String>,
 }
 
 impl RequestContext {

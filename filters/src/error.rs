@@ -30,6 +30,8 @@ pub struct ErrorDetails {
     pub failure: Option<UpstreamFailure>,
     /// The filter that refused the request (the access log's `filter`).
     pub refused_by: Option<Arc<str>>,
+    /// Which of its rules did (an authorize filter; the access log's `rule`).
+    pub rule: Option<Arc<str>>,
     /// The endpoint the failed try used, so a retry can avoid it.
     pub endpoint: Option<SocketAddr>,
     /// Headers of the answer besides kaname's own (`Retry-After`,
@@ -44,6 +46,7 @@ impl ProxyError {
             message: message.into(),
             failure: None,
             refused_by: None,
+            rule: None,
             endpoint: None,
             headers: HeaderMap::new(),
         }))
@@ -93,6 +96,7 @@ impl ProxyError {
         res.extensions_mut().insert(Rescued {
             kind: e.kind,
             refused_by: e.refused_by,
+            rule: e.rule,
             failure: e.failure,
         });
         res
@@ -136,6 +140,7 @@ impl std::error::Error for ProxyError {}
 pub struct Rescued {
     pub kind: ErrorKind,
     pub refused_by: Option<Arc<str>>,
+    pub rule: Option<Arc<str>>,
     pub failure: Option<UpstreamFailure>,
 }
 

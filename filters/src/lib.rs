@@ -3,6 +3,7 @@
 //! context and the metric families).
 #![forbid(unsafe_code)]
 
+pub mod authorize;
 pub mod body;
 pub mod circuit_breaker;
 pub mod claims;
@@ -24,6 +25,8 @@ pub use body::{Body, BoxError};
 pub use context::{RequestContext, UpstreamFailure};
 pub use error::{ProxyError, Rescued};
 pub use error_response::{grpc_percent_encode, is_grpc, ErrorKind};
-pub use registry::{build, BuildContext, BuildError, BuiltFilter, JwksFetcher, RouteInfo};
+pub use registry::{
+    build, BuildContext, BuildError, BuiltFilter, JwksFetcher, PolicyClientFactory, RouteInfo,
+};
 
 pub use route_service::{call_async, ready_call, RouteFuture, RouteLayer, RouteService};

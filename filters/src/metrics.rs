@@ -61,6 +61,9 @@ pub struct Metrics {
     pub shed_total: IntCounterVec,
     pub jwt_validations_total: IntCounterVec,
     pub jwks_refreshes_total: IntCounterVec,
+    pub authz_decisions_total: IntCounterVec,
+    pub authz_external_duration_seconds: HistogramVec,
+    pub authz_external_errors_total: IntCounterVec,
     /// `kaname_limits_hit_total{limit}`: a protective limit (limits.md) refused something.
     pub limits_hit_total: IntCounterVec,
 }
@@ -174,6 +177,24 @@ impl Metrics {
                 "kaname_limits_hit_total",
                 "Times a protective limit refused something, by limit (limits.md).",
                 &["limit"],
+            ),
+            authz_decisions_total: counter(
+                &r,
+                "kaname_authz_decisions_total",
+                "Requests an authorize filter decided, by rule and decision.",
+                &["filter", "rule", "decision"],
+            ),
+            authz_external_duration_seconds: histogram(
+                &r,
+                "kaname_authz_external_duration_seconds",
+                "One call to an authorize filter's external policy service.",
+                &["filter"],
+            ),
+            authz_external_errors_total: counter(
+                &r,
+                "kaname_authz_external_errors_total",
+                "Calls to the external policy service that gave no decision, by kind.",
+                &["filter", "kind"],
             ),
             registry: r,
         }

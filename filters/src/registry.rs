@@ -8,7 +8,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use kaname_config::authorize::ExternalPolicy;
 use kaname_config::types::{Filter, FilterKind, JwksSource};
+
+use crate::authorize::PolicyClient;
 
 use crate::metrics::Metrics;
 use crate::RouteLayer;
@@ -35,11 +38,16 @@ pub trait JwksFetcher: Send + Sync {
     fn fetch(&self) -> Pin<Box<dyn Future<Output = Result<Bytes, String>> + Send + '_>>;
 }
 
+/// Makes the client of an authorize filter's external policy service.
+pub type PolicyClientFactory = dyn Fn(&ExternalPolicy) -> Arc<dyn PolicyClient> + Send + Sync;
+
 /// What building a filter may use from the proxy.
 pub struct BuildContext<'a> {
     pub metrics: &'a Arc<Metrics>,
     /// Makes the fetcher for a jwt filter's `jwks` source.
     pub jwks_fetcher: &'a (dyn Fn(&JwksSource) -> Arc<dyn JwksFetcher> + Send + Sync),
+    /// Makes the client for an authorize filter's `external` service.
+    pub policy_client: &'a PolicyClientFactory,
 }
 
 #[derive(Debug, thiserror::Error)]

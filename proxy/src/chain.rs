@@ -107,9 +107,12 @@ impl Runtime {
             );
         }
         let jwks_fetcher = |source: &kaname_config::JwksSource| crate::jwks::fetcher(source);
+        let policy_client =
+            |cfg: &kaname_config::authorize::ExternalPolicy| crate::policy::client(cfg);
         let ctx = kaname_filters::BuildContext {
             metrics: &metrics.filters,
             jwks_fetcher: &jwks_fetcher,
+            policy_client: &policy_client,
         };
         let mut filters = HashMap::new();
         for f in &config.filters {

@@ -26,6 +26,7 @@ pub mod logging;
 pub mod metrics;
 mod normalize;
 pub mod pipeline;
+mod policy;
 pub mod request_metrics;
 mod request_model;
 pub mod router;

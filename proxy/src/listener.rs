@@ -322,6 +322,7 @@ fn enter(
         client_addr: peer,
         client_ip: client_ip.clone(),
         tls: tls.is_some(),
+        peer: tls.and_then(|t| t.peer.clone()),
         listener: routes.name.clone(),
         route: routes.unrouted.clone(),
         upstream: routes.unrouted.clone(),

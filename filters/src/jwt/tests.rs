@@ -63,6 +63,7 @@ fn service(cfg: &JwtConfig, metrics: &Arc<Metrics>) -> (RouteService, Seen) {
     let ctx = BuildContext {
         metrics,
         jwks_fetcher: &fetcher,
+        policy_client: &crate::authorize::tests_support::no_policy,
     };
     let layer = Jwt::new("auth", cfg, &ctx).unwrap();
     let seen: Seen = Arc::default();

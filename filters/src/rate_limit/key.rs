@@ -86,6 +86,7 @@ mod tests {
         r.extensions_mut().insert(RequestContext {
             client_ip: http::HeaderValue::from_static("10.0.0.7"),
             tls: false,
+            peer: None,
             client_addr: "10.1.2.3:5555".parse().expect("addr"),
             listener: "l".into(),
             route: "r".into(),

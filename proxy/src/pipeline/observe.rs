@@ -127,11 +127,9 @@ impl AccessLog {
         res: &Response<Body>,
         elapsed: std::time::Duration,
     ) {
-        let refused_by = res
-            .extensions()
-            .get::<Rescued>()
-            .and_then(|r| r.refused_by.as_deref())
-            .unwrap_or("");
+        let rescued = res.extensions().get::<Rescued>();
+        let refused_by = rescued.and_then(|r| r.refused_by.as_deref()).unwrap_or("");
+        let rule = rescued.and_then(|r| r.rule.as_deref()).unwrap_or("");
         let request_id = self.request_id.as_ref().and_then(|v| v.to_str().ok());
         tracing::info!(
             target: "kaname::access",
@@ -140,6 +138,7 @@ impl AccessLog {
             route = &*l.route,
             upstream = &*l.upstream,
             filter = refused_by,
+            rule,
             status = res.status().as_u16(),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             bytes = declared_length(res.headers()),

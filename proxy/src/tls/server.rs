@@ -41,6 +41,8 @@ pub struct ConnTls {
     /// set from the client certificate when there is one.
     pub header: HeaderName,
     pub identity: Option<HeaderValue>,
+    /// Every name of the certificate, for authorize rules' `identities`.
+    pub peer: Option<Arc<kaname_filters::context::PeerIdentity>>,
     /// False when the certificate names none of `allowed_identities` (403).
     pub allowed: bool,
 }
@@ -153,11 +155,15 @@ impl ServerTls {
                 header: self.header.clone(),
                 identity: n.identity().and_then(|i| HeaderValue::from_str(i).ok()),
                 allowed: n.allowed_by(&self.settings.allowed_identities),
+                peer: Some(Arc::new(kaname_filters::context::PeerIdentity {
+                    names: n.uris.iter().chain(&n.dns).cloned().collect(),
+                })),
             },
             None => ConnTls {
                 header: self.header.clone(),
                 identity: None,
                 allowed: self.settings.allowed_identities.is_empty(),
+                peer: None,
             },
         };
         Some((stream, Arc::new(conn)))

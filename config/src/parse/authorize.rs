@@ -1,0 +1,244 @@
+//! The `authorize` filter's settings (authorization.md), with file:line:col
+//! errors for an unknown key, a rule with no condition or two decisions,
+//! a bad glob or CIDR.
+
+use std::time::Duration;
+
+use crate::authorize::{
+    glob_error, Authorize, AuthzDecision, AuthzMode, AuthzRule, ClaimValue, Conditions,
+    ExternalPolicy, IpNet,
+};
+use crate::error::Errors;
+use crate::node::{Node, Value};
+use crate::read::{self, Map};
+
+const CONDITIONS: &[&str] = &[
+    "methods",
+    "hosts",
+    "paths",
+    "headers",
+    "identities",
+    "claims",
+    "authenticated",
+    "source_ips",
+];
+
+pub fn authorize(name: &str, node: &Node, errs: &mut Errors) -> Option<Authorize> {
+    let place = format!("in authorize filter {name:?}");
+    let m = Map::new(node, &place, &["mode", "default", "rules", "external"], errs)?;
+    let mode = m
+        .opt("mode", errs, |n, e| read::choice(n, &["enforce", "audit"], e))
+        .map_or(AuthzMode::Enforce, |i| {
+            [AuthzMode::Enforce, AuthzMode::Audit][i]
+        });
+    let default = m.opt("default", errs, decision).unwrap_or(AuthzDecision::Deny);
+    let rules = match m.get("rules") {
+        Some(n) => rules(name, n, errs)?,
+        None => Vec::new(),
+    };
+    let external = m.opt("external", errs, |n, e| external(name, n, e));
+    if rules.is_empty() && external.is_none() && m.get("rules").is_none() {
+        errs.at(
+            m.mark,
+            format!("authorize filter {name:?} has no rules and no external service; it would only apply its default"),
+        );
+    }
+    Some(Authorize {
+        mode,
+        default,
+        rules,
+        external,
+    })
+}
+
+fn decision(node: &Node, errs: &mut Errors) -> Option<AuthzDecision> {
+    read::choice(node, &["allow", "deny"], errs).map(|i| [AuthzDecision::Allow, AuthzDecision::Deny][i])
+}
+
+fn rules(filter: &str, node: &Node, errs: &mut Errors) -> Option<Vec<AuthzRule>> {
+    let items = read::list(node, errs)?;
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let place = format!("in rule {} of authorize filter {filter:?}", i + 1);
+        let Some(m) = Map::new(item, &place, &["name", "allow", "deny"], errs) else {
+            continue;
+        };
+        let name = m
+            .opt("name", errs, read::nonempty)
+            .unwrap_or_else(|| format!("rule-{}", i + 1));
+        let (decision, body) = match (m.get("allow"), m.get("deny")) {
+            (Some(b), None) => (AuthzDecision::Allow, b),
+            (None, Some(b)) => (AuthzDecision::Deny, b),
+            (Some(_), Some(_)) => {
+                errs.at(m.mark, format!("rule {name:?} has both allow and deny; a rule has one"));
+                continue;
+            }
+            (None, None) => {
+                errs.at(m.mark, format!("rule {name:?} has neither allow nor deny"));
+                continue;
+            }
+        };
+        if let Some(conditions) = conditions(&name, body, errs) {
+            out.push(AuthzRule {
+                name,
+                decision,
+                conditions,
+            });
+        }
+    }
+    Some(out)
+}
+
+fn conditions(rule: &str, node: &Node, errs: &mut Errors) -> Option<Conditions> {
+    let place = format!("in rule {rule:?}");
+    let m = Map::new(node, &place, CONDITIONS, errs)?;
+    let c = Conditions {
+        methods: m.opt("methods", errs, read::methods).unwrap_or_default(),
+        hosts: m
+            .opt("hosts", errs, read::one_or_more)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+        paths: m.opt("paths", errs, globs).unwrap_or_default(),
+        headers: m.opt("headers", errs, headers).unwrap_or_default(),
+        identities: m.opt("identities", errs, read::one_or_more).unwrap_or_default(),
+        claims: m.opt("claims", errs, claims).unwrap_or_default(),
+        authenticated: m.opt("authenticated", errs, read::boolean),
+        source_ips: m.opt("source_ips", errs, cidrs).unwrap_or_default(),
+    };
+    if c.is_empty() {
+        errs.at(
+            node.mark,
+            format!(
+                "rule {rule:?} has no condition; give at least one of {}",
+                CONDITIONS.join(", ")
+            ),
+        );
+        return None;
+    }
+    Some(c)
+}
+
+fn globs(node: &Node, errs: &mut Errors) -> Option<Vec<String>> {
+    let items = read::list(node, errs)?;
+    let mut out = Vec::new();
+    for item in items {
+        let Some(glob) = read::nonempty(item, errs) else {
+            continue;
+        };
+        match glob_error(&glob) {
+            Some(why) => errs.at(item.mark, format!("invalid path glob {glob:?}: {why}")),
+            None => out.push(glob),
+        }
+    }
+    Some(out)
+}
+
+fn cidrs(node: &Node, errs: &mut Errors) -> Option<Vec<IpNet>> {
+    let items = read::list(node, errs)?;
+    let mut out = Vec::new();
+    for item in items {
+        let Some(text) = read::string(item, errs) else {
+            continue;
+        };
+        match IpNet::parse(text.trim()) {
+            Some(net) => out.push(net),
+            None => errs.at(
+                item.mark,
+                format!("invalid CIDR {text:?}: expected an address and prefix length, like 10.0.0.0/8 or fd00::/8"),
+            ),
+        }
+    }
+    Some(out)
+}
+
+/// `{ name: value | [values] }`, names lower-cased.
+fn headers(node: &Node, errs: &mut Errors) -> Option<Vec<(String, Vec<String>)>> {
+    let m = Map::any(node, "in headers", errs)?;
+    let mut out = Vec::new();
+    for (key, _, value) in m.entries() {
+        if let Some(values) = read::one_or_more(value, errs) {
+            out.push((key.to_ascii_lowercase(), values));
+        }
+    }
+    Some(out)
+}
+
+fn claims(node: &Node, errs: &mut Errors) -> Option<Vec<(String, Vec<ClaimValue>)>> {
+    let m = Map::any(node, "in claims", errs)?;
+    let mut out = Vec::new();
+    for (key, _, value) in m.entries() {
+        let values = match &value.value {
+            Value::Seq(items) => items.iter().filter_map(|n| claim_value(n, errs)).collect(),
+            _ => claim_value(value, errs).into_iter().collect(),
+        };
+        out.push((key.to_string(), values));
+    }
+    Some(out)
+}
+
+fn claim_value(node: &Node, errs: &mut Errors) -> Option<ClaimValue> {
+    let Some(s) = node.scalar().filter(|_| !node.is_null()) else {
+        errs.at(
+            node.mark,
+            format!("expected a claim value (a string, number or boolean), found {}", node.describe()),
+        );
+        return None;
+    };
+    if s.plain {
+        match s.text.as_str() {
+            "true" => return Some(ClaimValue::Bool(true)),
+            "false" => return Some(ClaimValue::Bool(false)),
+            t => {
+                if let Ok(n) = t.parse::<f64>() {
+                    return Some(ClaimValue::Number(n));
+                }
+            }
+        }
+    }
+    Some(ClaimValue::Str(s.text.clone()))
+}
+
+fn external(filter: &str, node: &Node, errs: &mut Errors) -> Option<ExternalPolicy> {
+    let place = format!("in external of authorize filter {filter:?}");
+    let keys = ["url", "timeout", "on_error", "cache", "include_headers"];
+    let m = Map::new(node, &place, &keys, errs)?;
+    let url = m.req("url", errs, url);
+    let timeout = m
+        .opt("timeout", errs, read::positive_duration)
+        .unwrap_or(Duration::from_millis(100));
+    let on_error = m.opt("on_error", errs, decision).unwrap_or(AuthzDecision::Deny);
+    let cache = m.opt("cache", errs, read::duration).unwrap_or(Duration::ZERO);
+    let include_headers = m
+        .opt("include_headers", errs, |n, e| {
+            let items = read::list(n, e)?;
+            Some(items.iter().filter_map(|i| read::header_name(i, e)).collect())
+        })
+        .unwrap_or_default();
+    Some(ExternalPolicy {
+        url: url?,
+        timeout,
+        on_error,
+        cache,
+        include_headers,
+    })
+}
+
+/// An http:// or https:// URL with a host.
+fn url(node: &Node, errs: &mut Errors) -> Option<String> {
+    let text = read::nonempty(node, errs)?;
+    let rest = text
+        .strip_prefix("http://")
+        .or_else(|| text.strip_prefix("https://"));
+    match rest {
+        Some(r) if !r.is_empty() && !r.starts_with('/') => Some(text),
+        _ => {
+            errs.at(
+                node.mark,
+                format!("expected an http:// or https:// URL, found {text:?}"),
+            );
+            None
+        }
+    }
+}
