@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use http::Request;
 use support::{
-    empty, free_port, metric_value, simple_config, HttpClient, Kaname, TestResponse, KANAME,
+    empty, metric_value, metrics, metrics_with_token, poll_metric, simple_config, HttpClient,
+    Kaname, TestResponse, KANAME,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -22,7 +23,7 @@ const NOWHERE: &str = "127.0.0.1:9";
 
 fn body() -> String {
     let up: SocketAddr = NOWHERE.parse().expect("addr");
-    simple_config(free_port(), &[up])
+    simple_config(&[up])
 }
 
 /// `Kaname::start` writes `admin:\n  listen: ...\n` first, then the body:
@@ -62,17 +63,6 @@ async fn send(req: Request<support::client::Body>) -> TestResponse {
     HttpClient::http1_no_pool().send(req).await
 }
 
-async fn metrics(k: &Kaname, token: Option<&str>) -> String {
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let headers: Vec<(&str, &str)> = auth
-        .as_deref()
-        .map(|a| vec![("authorization", a)])
-        .unwrap_or_default();
-    let res = send(get(k, "/metrics", &headers)).await;
-    assert_eq!(res.status, 200, "/metrics: {}", res.text());
-    res.text()
-}
-
 fn reloads(metrics: &str) -> (f64, f64) {
     let of = |result: &str| {
         metric_value(
@@ -84,12 +74,10 @@ fn reloads(metrics: &str) -> (f64, f64) {
     (of("success"), of("failure"))
 }
 
+const HEADER_TIMEOUT_HITS: &str = "kaname_limits_hit_total{limit=\"admin_header_timeout\"}";
+
 fn limit_hits(metrics: &str) -> f64 {
-    metric_value(
-        metrics,
-        "kaname_limits_hit_total{limit=\"admin_header_timeout\"}",
-    )
-    .unwrap_or(0.0)
+    metric_value(metrics, HEADER_TIMEOUT_HITS).unwrap_or(0.0)
 }
 
 /// Sends raw bytes and reads until the server closes (at most 5s).
@@ -125,7 +113,7 @@ fn still_open(s: &TcpStream) -> bool {
 #[tokio::test]
 async fn only_loopback_and_own_hosts_are_answered() {
     let k = Kaname::start(&body()).await;
-    let port = k.admin.port();
+    let port = k.admin().port();
     for path in ["/metrics", "/config", "/live"] {
         for host in ["evil.example", "evil.example:80", "localhost.evil.example"] {
             let res = send(get(&k, path, &[("host", host)])).await;
@@ -134,7 +122,7 @@ async fn only_loopback_and_own_hosts_are_answered() {
     }
     // An absolute-form target names its host too.
     let res = raw(
-        k.admin,
+        k.admin(),
         "GET http://evil.example/metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     )
     .await;
@@ -151,7 +139,7 @@ async fn only_loopback_and_own_hosts_are_answered() {
     }
     // No Host at all on HTTP/1.1.
     let res = raw(
-        k.admin,
+        k.admin(),
         "GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n",
     )
     .await;
@@ -162,18 +150,18 @@ async fn only_loopback_and_own_hosts_are_answered() {
 #[tokio::test]
 async fn a_cross_origin_post_reload_is_refused_and_reloads_nothing() {
     let k = Kaname::start(&body()).await;
-    let before = reloads(&metrics(&k, None).await);
+    let before = reloads(&metrics(&k).await);
     for origin in [
         "http://evil.example",
         "null",
-        &format!("http://{}", k.admin),
+        &format!("http://{}", k.admin()),
     ] {
         let res = send(request("POST", &k, "/reload", &[("origin", origin)])).await;
         res.assert_kaname_error(403, "forbidden");
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
-        reloads(&metrics(&k, None).await),
+        reloads(&metrics(&k).await),
         before,
         "a refused POST /reload reloaded"
     );
@@ -181,7 +169,7 @@ async fn a_cross_origin_post_reload_is_refused_and_reloads_nothing() {
     // above could have seen a change.
     let res = send(request("POST", &k, "/reload", &[])).await;
     assert_eq!(res.status, 200, "{}", res.text());
-    let after = reloads(&metrics(&k, None).await);
+    let after = reloads(&metrics(&k).await);
     assert_eq!(after, (before.0 + 1.0, before.1));
 }
 
@@ -194,7 +182,7 @@ async fn http2_and_h2c_are_not_spoken() {
     assert!(h2.is_err(), "HTTP/2 prior knowledge got an answer: {h2:?}");
     // An h2c upgrade is answered as plain HTTP/1.1, never 101.
     let res = raw(
-        k.admin,
+        k.admin(),
         "GET /live HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
     )
     .await;
@@ -212,12 +200,12 @@ async fn at_most_64_connections_and_slow_heads_are_cut_off() {
     let k = Kaname::start(&with_admin_keys(&["header_timeout: 3s"], &body())).await;
     // Let the readiness probe's connection go.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = limit_hits(&metrics(&k, None).await);
+    let before = limit_hits(&metrics(&k).await);
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let started = Instant::now();
     // A keep-alive connection that was served, then idles.
-    let mut served = TcpStream::connect(k.admin).await.expect("connect");
+    let mut served = TcpStream::connect(k.admin()).await.expect("connect");
     served
         .write_all(b"GET /live HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
@@ -234,7 +222,7 @@ async fn at_most_64_connections_and_slow_heads_are_cut_off() {
     }
     let mut held = Vec::new();
     for i in 0..63 {
-        let mut s = TcpStream::connect(k.admin)
+        let mut s = TcpStream::connect(k.admin())
             .await
             .unwrap_or_else(|e| panic!("connection {i}: {e}"));
         s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n")
@@ -245,7 +233,7 @@ async fn at_most_64_connections_and_slow_heads_are_cut_off() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Beyond the cap: closed at accept, long before the head timeout.
     for i in 0..8 {
-        let mut extra = TcpStream::connect(k.admin).await.expect("connect");
+        let mut extra = TcpStream::connect(k.admin()).await.expect("connect");
         let t = Instant::now();
         assert!(
             closed_within(&mut extra, Duration::from_millis(1500)).await,
@@ -290,16 +278,13 @@ async fn at_most_64_connections_and_slow_heads_are_cut_off() {
     // Then a normal request is served, and each refusal was counted: the 63
     // cut-off heads and the 8 connections beyond the cap, not the keep-alive
     // connection closed idle after it was served.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let hits = limit_hits(&metrics(&k, None).await) - before;
-        if hits >= 71.0 || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    poll_metric(&k, HEADER_TIMEOUT_HITS, Duration::from_secs(5), |v| {
+        v.unwrap_or(0.0) - before >= 71.0
+    })
+    .await;
+    // And no more after a while: nothing else is counted.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let hits = limit_hits(&metrics(&k, None).await) - before;
+    let hits = limit_hits(&metrics(&k).await) - before;
     assert_eq!(hits, 71.0, "63 timeouts and 8 refusals counted as {hits}");
 }
 
@@ -312,7 +297,7 @@ async fn admin_token_guards_config_reload_and_metrics() {
     )
     .await;
     let bearer = format!("Bearer {token}");
-    let before = reloads(&metrics(&k, Some(token)).await);
+    let before = reloads(&metrics_with_token(&k, token).await);
     for (method, path) in [("GET", "/metrics"), ("GET", "/config"), ("POST", "/reload")] {
         for auth in [
             None,
@@ -331,7 +316,7 @@ async fn admin_token_guards_config_reload_and_metrics() {
         }
     }
     assert_eq!(
-        reloads(&metrics(&k, Some(token)).await),
+        reloads(&metrics_with_token(&k, token).await),
         before,
         "POST /reload without the token reloaded"
     );
@@ -358,7 +343,7 @@ async fn admin_token_guards_config_reload_and_metrics() {
     .await;
     assert_eq!(res.status, 200, "{}", res.text());
     assert_eq!(
-        reloads(&metrics(&k, Some(token)).await),
+        reloads(&metrics_with_token(&k, token).await),
         (before.0 + 1.0, before.1)
     );
     // The Host guard still applies with a token.
@@ -373,7 +358,6 @@ async fn admin_token_guards_config_reload_and_metrics() {
 
 #[tokio::test]
 async fn config_is_the_typed_config_with_every_secret_redacted() {
-    let port = free_port();
     let token = "admin-token-value-b71f";
     let header_value = "header-value-from-env-93a2";
     let jwks_pass = "jwks-pass-from-env-0d4c";
@@ -383,7 +367,7 @@ async fn config_is_the_typed_config_with_every_secret_redacted() {
   unused: &unused "only-under-an-x-key-6e0b"
 listeners:
   main:
-    listen: 127.0.0.1:{port}
+    listen: 127.0.0.1:0
     routes:
       - name: visible-route
         match: {{ path_prefix: /, headers: {{ x-env: "${{HEADER_VALUE}}" }} }}
@@ -505,7 +489,7 @@ async fn allowed_hosts_names_are_answered_and_no_others() {
         &body(),
     ))
     .await;
-    let port = k.admin.port();
+    let port = k.admin().port();
     for host in [
         format!("orders:{port}"),
         "orders".to_string(),
@@ -528,13 +512,13 @@ async fn allowed_hosts_names_are_answered_and_no_others() {
     }
     // An absolute-form target must name an allowed host too.
     let res = raw(
-        k.admin,
+        k.admin(),
         "GET http://evil.example/metrics HTTP/1.1\r\nHost: orders\r\nConnection: close\r\n\r\n",
     )
     .await;
     assert!(res.starts_with("HTTP/1.1 403"), "{res}");
     let res = raw(
-        k.admin,
+        k.admin(),
         &format!(
             "GET http://orders:{port}/live HTTP/1.1\r\nHost: orders\r\nConnection: close\r\n\r\n"
         ),

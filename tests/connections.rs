@@ -6,25 +6,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{free_port, HttpClient, Kaname, TestUpstream};
+use support::{one_route_config, HttpClient, Kaname, TestUpstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn config(port: u16, up: &TestUpstream, listener_extra: &str) -> String {
-    format!(
-        "listeners:
-  main:
-    listen: 127.0.0.1:{port}
-{listener_extra}    routes:
-      - match: {{ path_prefix: / }}
-        upstream: up
-upstreams:
-  up:
-    endpoints: [{}]
-",
-        up.addr
-    )
-}
 
 /// Reads until EOF or `deadline`; returns what was read and whether the
 /// peer closed.
@@ -62,8 +46,8 @@ async fn get_200(s: &mut TcpStream, path: &str, i: usize) {
 #[tokio::test]
 async fn idle_keep_alive_connection_is_closed_after_idle_timeout() {
     let up = TestUpstream::start("up").await;
-    let port = free_port();
-    let _k = Kaname::start(&config(port, &up, "    idle_timeout: 300ms\n")).await;
+    let k = Kaname::start(&one_route_config(up.addr, "    idle_timeout: 300ms\n", "")).await;
+    let port = k.port("main");
 
     let mut s = TcpStream::connect(("127.0.0.1", port))
         .await
@@ -84,13 +68,13 @@ async fn idle_keep_alive_connection_is_closed_after_idle_timeout() {
 #[tokio::test]
 async fn keep_alive_idle_longer_than_header_read_timeout_stays_open() {
     let up = TestUpstream::start("up").await;
-    let port = free_port();
-    let _k = Kaname::start(&config(
-        port,
-        &up,
+    let k = Kaname::start(&one_route_config(
+        up.addr,
         "    header_read_timeout: 300ms\n    idle_timeout: 1m\n",
+        "",
     ))
     .await;
+    let port = k.port("main");
 
     let mut s = TcpStream::connect(("127.0.0.1", port))
         .await
@@ -124,8 +108,13 @@ async fn keep_alive_idle_longer_than_header_read_timeout_stays_open() {
 #[tokio::test]
 async fn slowloris_is_cut_and_does_not_starve_others() {
     let up = TestUpstream::start("up").await;
-    let port = free_port();
-    let _k = Kaname::start(&config(port, &up, "    header_read_timeout: 500ms\n")).await;
+    let k = Kaname::start(&one_route_config(
+        up.addr,
+        "    header_read_timeout: 500ms\n",
+        "",
+    ))
+    .await;
+    let port = k.port("main");
 
     // 50 clients sending their head a byte at a time.
     let mut slow = Vec::new();
@@ -172,8 +161,13 @@ async fn slowloris_is_cut_and_does_not_starve_others() {
 #[tokio::test]
 async fn oversized_head_gets_431() {
     let up = TestUpstream::start("up").await;
-    let port = free_port();
-    let _k = Kaname::start(&config(port, &up, "    max_header_bytes: 16KiB\n")).await;
+    let k = Kaname::start(&one_route_config(
+        up.addr,
+        "    max_header_bytes: 16KiB\n",
+        "",
+    ))
+    .await;
+    let port = k.port("main");
     let mut s = TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");
@@ -193,8 +187,13 @@ async fn oversized_head_gets_431() {
 #[tokio::test]
 async fn body_over_the_limit_gets_413() {
     let up = TestUpstream::start("up").await;
-    let port = free_port();
-    let _k = Kaname::start(&config(port, &up, "    max_request_body: 1KiB\n")).await;
+    let k = Kaname::start(&one_route_config(
+        up.addr,
+        "    max_request_body: 1KiB\n",
+        "",
+    ))
+    .await;
+    let port = k.port("main");
     // Declared length over the limit: refused before the upstream is asked.
     let mut s = TcpStream::connect(("127.0.0.1", port))
         .await
@@ -282,8 +281,8 @@ async fn ambiguous_framing_is_refused() {
 
 async fn refused_with_400(cases: &[(&str, &str)]) {
     let up = TestUpstream::start("up").await;
-    let port = free_port();
-    let _k = Kaname::start(&config(port, &up, "")).await;
+    let k = Kaname::start(&one_route_config(up.addr, "", "")).await;
+    let port = k.port("main");
     let mut wrong = Vec::new();
     for (name, raw) in cases {
         let mut s = TcpStream::connect(("127.0.0.1", port))

@@ -11,8 +11,8 @@
 //! the Prometheus files beside them end in `.yml` (`kaname-rules.yml`).
 //!
 //! Placeholders: `{UPPER}` (the `kaname demo` template, examples/demo.yaml)
-//! is replaced by a free port; `${VAR}` without a default is set from
-//! `EXAMPLE_ENV` for the `kaname check` process. `kaname check` runs in the
+//! is replaced by a port (`kaname check` binds none); `${VAR}` without a
+//! default is set from `EXAMPLE_ENV` for the `kaname check` process. `kaname check` runs in the
 //! config's directory; a directory with a `make-certs.sh` (examples/mtls) gets
 //! its certificates made first, in a temporary copy.
 
@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use saphyr::{LoadableYamlNode, YamlOwned as Yaml};
-use support::{free_port, KANAME};
+use support::KANAME;
 
 /// Values for `${VAR}` references without a default in example configs.
 const EXAMPLE_ENV: &[(&str, &str)] = &[
@@ -166,7 +166,7 @@ fn kaname_configs() -> Vec<FoundConfig> {
     found
 }
 
-/// `{UPPER}` placeholders, replaced by free ports.
+/// `{UPPER}` placeholders, replaced by distinct ports.
 fn fill_placeholders(text: &str) -> Option<String> {
     let re = regex::Regex::new(r"\{([A-Z][A-Z0-9_]*)\}").expect("regex");
     let names: BTreeSet<String> = re
@@ -181,9 +181,10 @@ fn fill_placeholders(text: &str) -> Option<String> {
     if names.is_empty() {
         return None;
     }
+    // `kaname check` binds nothing: any distinct ports do.
     let mut out = text.to_string();
-    for name in names {
-        out = out.replace(&format!("{{{name}}}"), &free_port().to_string());
+    for (i, name) in names.into_iter().enumerate() {
+        out = out.replace(&format!("{{{name}}}"), &(19_000 + i).to_string());
     }
     Some(out)
 }

@@ -8,7 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::h2_frames::{frame, get_block, PREFACE};
-use support::{free_port, metric_value, HttpClient, Kaname, TestUpstream};
+use support::{eventually, limit_hits, one_route_config, HttpClient, Kaname, TestUpstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -19,21 +19,6 @@ const END_HEADERS: u8 = 0x4;
 
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
-}
-
-async fn metrics(k: &Kaname) -> String {
-    HttpClient::http1()
-        .get(&k.admin_url("/metrics"))
-        .await
-        .text()
-}
-
-async fn limit_hits(k: &Kaname, limit: &str) -> f64 {
-    metric_value(
-        &metrics(k).await,
-        &format!("kaname_limits_hit_total{{limit=\"{limit}\"}}"),
-    )
-    .unwrap_or(0.0)
 }
 
 /// An HTTP/2 client that opens `streams` GETs for 1 MiB each with a zero
@@ -57,27 +42,14 @@ async fn zero_window_client(port: u16, streams: u32) -> TcpStream {
     s
 }
 
-/// Waits until `cond` holds or `deadline` passes; returns whether it held.
-async fn eventually(deadline: Duration, mut cond: impl AsyncFnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < deadline {
-        if cond().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_window_streams_hold_bounded_resources_and_are_reset() {
     let big = TestUpstream::start("big").await;
     let other = TestUpstream::start("other").await;
-    let port = free_port();
     let k = Kaname::start(&format!(
         "listeners:
   main:
-    listen: 127.0.0.1:{port}
+    listen: 127.0.0.1:0
     stream_idle_timeout: 3s
     routes:
       - match: {{ path_prefix: /big }}
@@ -94,6 +66,7 @@ upstreams:
         big.addr, other.addr
     ))
     .await;
+    let port = k.port("main");
     let fds_before = open_fds(k.pid);
     let rss_before = k.rss_kib();
 
@@ -180,11 +153,10 @@ upstreams:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_connection_cap_answers_503_after_connect_timeout() {
     let slow = TestUpstream::slow("slow", Duration::from_secs(3)).await;
-    let port = free_port();
     let k = Kaname::start(&format!(
         "listeners:
   main:
-    listen: 127.0.0.1:{port}
+    listen: 127.0.0.1:0
     routes:
       - match: {{ path_prefix: / }}
         upstream: slow
@@ -197,6 +169,7 @@ upstreams:
         slow.addr
     ))
     .await;
+    let port = k.port("main");
     let url = format!("http://127.0.0.1:{port}/x");
     let tasks: Vec<_> = (0..4)
         .map(|_| {
@@ -221,24 +194,8 @@ upstreams:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_connections_past_the_descriptor_budget_are_closed_at_accept() {
     let up = TestUpstream::start("up").await;
-    let port = free_port();
-    let k = Kaname::start_with_nofile(
-        &format!(
-            "listeners:
-  main:
-    listen: 127.0.0.1:{port}
-    routes:
-      - match: {{ path_prefix: / }}
-        upstream: up
-upstreams:
-  up:
-    endpoints: [{}]
-",
-            up.addr
-        ),
-        256,
-    )
-    .await;
+    let k = Kaname::start_with_nofile(&one_route_config(up.addr, "", ""), 256).await;
+    let port = k.port("main");
     // One keep-alive client first, so it holds a slot.
     let client = HttpClient::http1();
     let url = format!("http://127.0.0.1:{port}/kept");

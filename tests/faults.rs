@@ -10,9 +10,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::{free_port, metric_value, HttpClient, Kaname, TestUpstream};
+use support::{
+    accept_each, bind_loopback, one_route_config, wait_metric, HttpClient, Kaname, TestUpstream,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// A hand-written HTTP/1.1 upstream whose answer depends on the path:
 /// `/truncate` and `/truncate-chunked` die after part of the body,
@@ -37,7 +39,7 @@ impl Drop for RawUpstream {
 
 impl RawUpstream {
     async fn start(keep_alive: Duration) -> RawUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = bind_loopback("raw upstream").await;
         let addr = listener.local_addr().expect("addr");
         let hung = Arc::new(AtomicUsize::new(0));
         let hang_closed = Arc::new(AtomicUsize::new(0));
@@ -49,11 +51,9 @@ impl RawUpstream {
             served.clone(),
             connections.clone(),
         );
-        let task = tokio::spawn(async move {
-            while let Ok((sock, _)) = listener.accept().await {
-                n.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve_raw(sock, keep_alive, h.clone(), c.clone(), s.clone()));
-            }
+        let task = accept_each(listener, move |sock| {
+            n.fetch_add(1, Ordering::SeqCst);
+            serve_raw(sock, keep_alive, h.clone(), c.clone(), s.clone())
         });
         RawUpstream {
             addr,
@@ -149,42 +149,6 @@ async fn serve_raw(
     }
 }
 
-fn config(port: u16, upstream: SocketAddr, listener_extra: &str, upstream_extra: &str) -> String {
-    format!(
-        "listeners:
-  main:
-    listen: 127.0.0.1:{port}
-{listener_extra}    routes:
-      - match: {{ path_prefix: / }}
-        upstream: up
-upstreams:
-  up:
-    endpoints: [{upstream}]
-{upstream_extra}"
-    )
-}
-
-async fn metrics(k: &Kaname) -> String {
-    HttpClient::http1()
-        .get(&k.admin_url("/metrics"))
-        .await
-        .text()
-}
-
-/// Polls /metrics until `selector` reads `want`, for at most 10 s.
-async fn wait_metric(k: &Kaname, selector: &str, want: f64) {
-    let start = Instant::now();
-    let mut last = None;
-    while start.elapsed() < Duration::from_secs(10) {
-        last = metric_value(&metrics(k).await, selector);
-        if last == Some(want) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{selector} is {last:?}, not {want}, 10 s later");
-}
-
 async fn ok_is_served(port: u16) {
     let r = HttpClient::http1_no_pool()
         .get(&format!("http://127.0.0.1:{port}/ok"))
@@ -195,8 +159,8 @@ async fn ok_is_served(port: u16) {
 #[tokio::test]
 async fn upstream_dying_mid_response_is_a_clean_failure() {
     let up = RawUpstream::start(Duration::from_secs(30)).await;
-    let port = free_port();
-    let _k = Kaname::start(&config(port, up.addr, "", "")).await;
+    let k = Kaname::start(&one_route_config(up.addr, "", "")).await;
+    let port = k.port("main");
 
     for path in ["/truncate", "/truncate-chunked"] {
         let url = format!("http://127.0.0.1:{port}{path}");
@@ -256,8 +220,8 @@ async fn upstream_dying_mid_response_is_a_clean_failure() {
 #[tokio::test]
 async fn garbage_or_endless_head_from_upstream_is_502() {
     let up = RawUpstream::start(Duration::from_secs(30)).await;
-    let port = free_port();
-    let k = Kaname::start(&config(port, up.addr, "", "")).await;
+    let k = Kaname::start(&one_route_config(up.addr, "", "")).await;
+    let port = k.port("main");
     let client = HttpClient::http1();
     for path in ["/garbage", "/bighead"] {
         let r = client.get(&format!("http://127.0.0.1:{port}{path}")).await;
@@ -279,8 +243,8 @@ async fn stale_pooled_connections_are_retried_transparently() {
     // upstream is closing or has just closed.
     let keep_alive = Duration::from_millis(100);
     let up = RawUpstream::start(keep_alive).await;
-    let port = free_port();
-    let _k = Kaname::start(&config(port, up.addr, "", "")).await;
+    let k = Kaname::start(&one_route_config(up.addr, "", "")).await;
+    let port = k.port("main");
     let client = HttpClient::http1();
     let url = format!("http://127.0.0.1:{port}/ok");
     let mut errors = Vec::new();
@@ -310,8 +274,8 @@ async fn stale_pooled_connections_are_retried_transparently() {
 #[tokio::test]
 async fn client_gone_mid_request_cancels_the_upstream_request() {
     let up = RawUpstream::start(Duration::from_secs(30)).await;
-    let port = free_port();
-    let k = Kaname::start(&config(port, up.addr, "", "")).await;
+    let k = Kaname::start(&one_route_config(up.addr, "", "")).await;
+    let port = k.port("main");
 
     // HTTP/1.1 clients that send a request and go away before the answer
     // (once the upstream has it).
@@ -376,16 +340,15 @@ async fn ten_thousand_idle_connections() {
         "open file limit {limit} is below {N}"
     );
     let up = TestUpstream::start("up").await;
-    let port = free_port();
     // Idle connections must outlive the test: no header read timeout on
     // keep-alive, no idle timeout.
-    let k = Kaname::start(&config(
-        port,
+    let k = Kaname::start(&one_route_config(
         up.addr,
         "    header_read_timeout: 10m\n    idle_timeout: 10m\n",
         "",
     ))
     .await;
+    let port = k.port("main");
     let rss_before = k.rss_kib();
     let started = Instant::now();
     let mut conns = Vec::with_capacity(N);

@@ -21,8 +21,8 @@ fn url(port: u16, path: &str) -> String {
 #[tokio::test]
 async fn http1_client_through_proxy_keeps_status_and_body() {
     let up = TestUpstream::start("echo").await;
-    let port = free_port();
-    let _kaname = Kaname::start(&simple_config(port, &[up.addr])).await;
+    let kaname = Kaname::start(&simple_config(&[up.addr])).await;
+    let port = kaname.port("main");
     let client = HttpClient::http1();
 
     let resp = client.get(&url(port, "/hello?x=1")).await;
@@ -59,8 +59,8 @@ async fn http1_client_through_proxy_keeps_status_and_body() {
 #[tokio::test]
 async fn http2_prior_knowledge_client_through_proxy() {
     let up = TestUpstream::start("echo").await;
-    let port = free_port();
-    let _kaname = Kaname::start(&simple_config(port, &[up.addr])).await;
+    let kaname = Kaname::start(&simple_config(&[up.addr])).await;
+    let port = kaname.port("main");
     let client = HttpClient::http2();
 
     let resp = client.get(&url(port, "/h2?q=2")).await;
@@ -99,8 +99,8 @@ async fn http2_prior_knowledge_client_through_proxy() {
 #[tokio::test]
 async fn forwarding_headers_are_set_kept_and_stripped() {
     let up = TestUpstream::start("echo").await;
-    let port = free_port();
-    let _kaname = Kaname::start(&simple_config(port, &[up.addr])).await;
+    let kaname = Kaname::start(&simple_config(&[up.addr])).await;
+    let port = kaname.port("main");
     let client = HttpClient::http1();
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
@@ -195,12 +195,12 @@ async fn forwarding_headers_are_set_kept_and_stripped() {
 #[tokio::test]
 async fn start_traces_makes_a_traceparent_only_when_missing_or_malformed() {
     let up = TestUpstream::start("echo").await;
-    let port = free_port();
     let config = format!(
         "tracing: {{ start_traces: true }}\n{}",
-        simple_config(port, &[up.addr])
+        simple_config(&[up.addr])
     );
-    let _kaname = Kaname::start(&config).await;
+    let kaname = Kaname::start(&config).await;
+    let port = kaname.port("main");
     let client = HttpClient::http1();
     let is_w3c = |v: &str| {
         let parts: Vec<&str> = v.split('-').collect();
@@ -268,7 +268,6 @@ async fn routing_table_first_match_wins() {
     for name in names {
         ups.insert(name, TestUpstream::start(name).await);
     }
-    let port = free_port();
     let upstreams: String = names
         .iter()
         .map(|n| format!("  {n}:\n    endpoints: [{}]\n", ups[n].addr))
@@ -276,7 +275,7 @@ async fn routing_table_first_match_wins() {
     let config = format!(
         r#"listeners:
   main:
-    listen: 127.0.0.1:{port}
+    listen: 127.0.0.1:0
     routes:
       - name: exact
         match: {{ path: /exact }}
@@ -299,7 +298,8 @@ async fn routing_table_first_match_wins() {
 upstreams:
 {upstreams}"#
     );
-    let _kaname = Kaname::start(&config).await;
+    let kaname = Kaname::start(&config).await;
+    let port = kaname.port("main");
     let client = HttpClient::http1();
 
     let cases: &[RouteCase] = &[
@@ -380,8 +380,8 @@ const RSS_GROWTH_LIMIT_KIB: u64 = 16 * 1024;
 #[tokio::test]
 async fn hundred_megabyte_bodies_stream_both_ways_in_bounded_memory() {
     let up = TestUpstream::start("bulk").await;
-    let port = free_port();
-    let kaname = Kaname::start(&simple_config(port, &[up.addr])).await;
+    let kaname = Kaname::start(&simple_config(&[up.addr])).await;
+    let port = kaname.port("main");
     let client = HttpClient::http1();
 
     // Warm up pools and buffers with 1 MiB each way, then take the baseline.
@@ -442,8 +442,8 @@ async fn hundred_megabyte_bodies_stream_both_ways_in_bounded_memory() {
 #[tokio::test]
 async fn websocket_echo_through_proxy() {
     let ws = WsEchoServer::start().await;
-    let port = free_port();
-    let _kaname = Kaname::start(&simple_config(port, &[ws.addr])).await;
+    let kaname = Kaname::start(&simple_config(&[ws.addr])).await;
+    let port = kaname.port("main");
 
     let connect = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws"));
     let (mut socket, resp) = tokio::time::timeout(Duration::from_secs(10), connect)
@@ -478,11 +478,10 @@ async fn websocket_echo_through_proxy() {
 #[tokio::test]
 async fn route_timeout_gives_504_in_about_the_timeout() {
     let slow = TestUpstream::slow("slow", Duration::from_secs(5)).await;
-    let port = free_port();
     let config = format!(
         "listeners:
   main:
-    listen: 127.0.0.1:{port}
+    listen: 127.0.0.1:0
     routes:
       - match: {{ path_prefix: / }}
         upstream: slow
@@ -493,7 +492,8 @@ upstreams:
 ",
         slow.addr
     );
-    let _kaname = Kaname::start(&config).await;
+    let kaname = Kaname::start(&config).await;
+    let port = kaname.port("main");
     let started = Instant::now();
     let resp = HttpClient::http1().get(&url(port, "/slow")).await;
     let took = started.elapsed();
@@ -511,9 +511,10 @@ upstreams:
 
 #[tokio::test]
 async fn upstream_down_gives_502_json() {
-    let nothing = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let port = free_port();
-    let _kaname = Kaname::start(&simple_config(port, &[nothing])).await;
+    // Bound, never listening, for the whole test: connections are refused.
+    let nothing = ClosedPort::new();
+    let kaname = Kaname::start(&simple_config(&[nothing.addr])).await;
+    let port = kaname.port("main");
     let started = Instant::now();
     let resp = HttpClient::http1().get(&url(port, "/down")).await;
     resp.assert_kaname_error(502, "upstream_unavailable");
@@ -527,8 +528,8 @@ async fn upstream_down_gives_502_json() {
 #[tokio::test]
 async fn round_robin_rotates_strictly_over_three_endpoints() {
     let ups = three_upstreams().await;
-    let port = free_port();
-    let _kaname = Kaname::start(&balanced_config(port, &ups, "round_robin")).await;
+    let kaname = Kaname::start(&balanced_config(&ups, "round_robin")).await;
+    let port = kaname.port("main");
     let served = sequential_gets(port, 30).await;
     for up in &ups {
         assert_eq!(
@@ -550,8 +551,8 @@ async fn round_robin_rotates_strictly_over_three_endpoints() {
 #[tokio::test]
 async fn p2c_ewma_uses_every_endpoint() {
     let ups = three_upstreams().await;
-    let port = free_port();
-    let _kaname = Kaname::start(&balanced_config(port, &ups, "p2c_ewma")).await;
+    let kaname = Kaname::start(&balanced_config(&ups, "p2c_ewma")).await;
+    let port = kaname.port("main");
     let served = sequential_gets(port, 60).await;
     for up in &ups {
         assert!(
@@ -566,8 +567,8 @@ async fn p2c_ewma_uses_every_endpoint() {
 #[tokio::test]
 async fn least_request_serves_every_request() {
     let ups = three_upstreams().await;
-    let port = free_port();
-    let _kaname = Kaname::start(&balanced_config(port, &ups, "least_request")).await;
+    let kaname = Kaname::start(&balanced_config(&ups, "least_request")).await;
+    let port = kaname.port("main");
     let served = sequential_gets(port, 30).await;
     assert_eq!(served.len(), 30);
     assert_eq!(ups.iter().map(|u| u.hits()).sum::<usize>(), 30);
@@ -576,11 +577,10 @@ async fn least_request_serves_every_request() {
 #[tokio::test]
 async fn metrics_count_requests_by_route() {
     let up = TestUpstream::start("echo").await;
-    let port = free_port();
     let config = format!(
         "listeners:
   main:
-    listen: 127.0.0.1:{port}
+    listen: 127.0.0.1:0
     routes:
       - name: named-route
         match: {{ path_prefix: /named }}
@@ -594,6 +594,7 @@ upstreams:
         up.addr
     );
     let kaname = Kaname::start(&config).await;
+    let port = kaname.port("main");
     let client = HttpClient::http1();
     for _ in 0..3 {
         assert_eq!(client.get(&url(port, "/named")).await.status, 200);
@@ -675,12 +676,12 @@ upstreams:
 #[tokio::test]
 async fn dns_name_endpoint_is_resolved_and_refreshed() {
     let up = TestUpstream::start("echo").await;
-    let port = free_port();
     let config = format!(
-        "listeners:\n  main:\n    listen: 127.0.0.1:{port}\n    routes:\n      - upstream: echo\nupstreams:\n  echo:\n    endpoints: [\"localhost:{}\"]\n    dns_refresh: 100ms\n",
+        "listeners:\n  main:\n    listen: 127.0.0.1:0\n    routes:\n      - upstream: echo\nupstreams:\n  echo:\n    endpoints: [\"localhost:{}\"]\n    dns_refresh: 100ms\n",
         up.addr.port()
     );
     let k = Kaname::start(&config).await;
+    let port = k.port("main");
     let client = HttpClient::http1_no_pool();
     let started = Instant::now();
     let mut served = 0;
@@ -713,8 +714,7 @@ async fn a_hundred_thousand_prefix_routes_and_a_thousand_regex_routes() {
     let prefix_up = TestUpstream::start("prefix").await;
     let regex_up = TestUpstream::start("regex").await;
     let last_up = TestUpstream::start("last").await;
-    let port = free_port();
-    let mut config = format!("listeners:\n  main:\n    listen: 127.0.0.1:{port}\n    routes:\n");
+    let mut config = String::from("listeners:\n  main:\n    listen: 127.0.0.1:0\n    routes:\n");
     for i in 0..PREFIX {
         let up = if i == PREFIX - 1 { "last" } else { "prefix" };
         write!(
@@ -743,29 +743,10 @@ async fn a_hundred_thousand_prefix_routes_and_a_thousand_regex_routes() {
     }
 
     let started = Instant::now();
-    let k = Kaname::spawn(&config, &[]);
+    let mut k = Kaname::spawn(&config, &[]);
+    k.wait_ready_within(STARTUP_DEADLINE).await;
+    let port = k.port("main");
     let client = HttpClient::http1();
-    loop {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", k.pid)).unwrap_or_default();
-        let state = stat.rsplit_once(") ").map(|(_, rest)| &rest[..1]);
-        assert!(
-            !matches!(state, None | Some("Z")),
-            "kaname exited before ready"
-        );
-        if let Ok(resp) = client
-            .try_get(&k.admin_url("/ready"), Duration::from_secs(1))
-            .await
-        {
-            if resp.status == 200 {
-                break;
-            }
-        }
-        assert!(
-            started.elapsed() < STARTUP_DEADLINE,
-            "not ready within {STARTUP_DEADLINE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     eprintln!(
         "{} routes ready after {:?}",
         PREFIX + REGEX,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use support::grpc::{meta, EchoClient, EchoRequest, GrpcUpstream, SERVICE};
 use support::tls::{client_config, TestCa};
-use support::{free_port, metric_value, HttpClient, Kaname};
+use support::{metric_value, metrics, poll_metric, ClosedPort, Kaname};
 use tokio::sync::mpsc;
 use tonic::metadata::{BinaryMetadataValue, MetadataValue};
 use tonic::{Code, Request, Status};
@@ -23,11 +23,11 @@ const CALL_DEADLINE: Duration = Duration::from_secs(30);
 /// `echo` (`protocol: http2`), through `route_filters`; `filters_yaml` is
 /// the `filters:` section's body (empty for none). The stream cap is
 /// raised from its default of 100 for the test of 200 calls at once.
-fn config(port: u16, up: SocketAddr, route_filters: &str, filters_yaml: &str) -> String {
+fn config(up: SocketAddr, route_filters: &str, filters_yaml: &str) -> String {
     let mut yaml = format!(
         "listeners:
   grpc:
-    listen: 127.0.0.1:{port}
+    listen: 127.0.0.1:0
     http2: {{ max_concurrent_streams: 256 }}
     routes:
       - name: echo
@@ -48,11 +48,11 @@ upstreams:
     yaml
 }
 
-/// kaname on `port` in front of a fresh gRPC upstream named `echo-1`.
+/// kaname in front of a fresh gRPC upstream named `echo-1`, and its port.
 async fn start(route_filters: &str, filters_yaml: &str) -> (Kaname, GrpcUpstream, u16) {
     let up = GrpcUpstream::start("echo-1").await;
-    let port = free_port();
-    let k = Kaname::start(&config(port, up.addr, route_filters, filters_yaml)).await;
+    let k = Kaname::start(&config(up.addr, route_filters, filters_yaml)).await;
+    let port = k.port("grpc");
     (k, up, port)
 }
 
@@ -67,13 +67,6 @@ async fn bounded<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T 
     tokio::time::timeout(CALL_DEADLINE, fut)
         .await
         .unwrap_or_else(|_| panic!("{what}: no answer within {CALL_DEADLINE:?}"))
-}
-
-async fn metrics(k: &Kaname) -> String {
-    HttpClient::http1()
-        .get(&k.admin_url("/metrics"))
-        .await
-        .text()
 }
 
 fn grpc_count(text: &str, route: &str, upstream: &str, status: &str) -> f64 {
@@ -179,12 +172,12 @@ async fn server_streaming_delivers_every_message_then_trailers() {
 #[tokio::test]
 async fn unavailable_in_trailers_counts_for_outlier_detection() {
     let up = GrpcUpstream::start("echo-1").await;
-    let port = free_port();
-    let yaml = config(port, up.addr, "", "").replace(
+    let yaml = config(up.addr, "", "").replace(
         "    protocol: http2\n",
         "    protocol: http2\n    outlier_detection: { consecutive_failures: 2, eject_for: 60s, max_ejected_percent: 100 }\n",
     );
     let k = Kaname::start(&yaml).await;
+    let port = k.port("grpc");
     let mut client = EchoClient::connect(port).await;
     let ejections = r#"kaname_upstream_ejections_total{upstream="echo"}"#;
     let call = |end_code: i32| EchoRequest {
@@ -230,18 +223,12 @@ async fn unavailable_in_trailers_counts_for_outlier_detection() {
         assert_eq!(got, 2, "both messages came before the status");
         assert_eq!(end.code(), Code::Unavailable);
     }
-    let start = std::time::Instant::now();
-    loop {
-        let text = metrics(&k).await;
-        if support::metric_value(&text, ejections) == Some(1.0) {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "two UNAVAILABLE trailers did not eject the endpoint: {text}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (ejected, text) =
+        poll_metric(&k, ejections, Duration::from_secs(5), |v| v == Some(1.0)).await;
+    assert!(
+        ejected,
+        "two UNAVAILABLE trailers did not eject the endpoint: {text}"
+    );
     // The attempt outcomes come from the trailers too.
     let text = metrics(&k).await;
     let outcome = |o: &str| {
@@ -385,8 +372,7 @@ async fn calls_pass_over_h2_in_tls() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = TestCa::new("grpc test CA");
     let (cert, key) = ca.leaf().write(dir.path(), "server");
-    let port = free_port();
-    let yaml = config(port, up.addr, "", "").replace(
+    let yaml = config(up.addr, "", "").replace(
         "    routes:\n",
         &format!(
             "    tls: {{ cert: {}, key: {} }}\n    routes:\n",
@@ -394,7 +380,8 @@ async fn calls_pass_over_h2_in_tls() {
             key.display()
         ),
     );
-    let _k = Kaname::start(&yaml).await;
+    let k = Kaname::start(&yaml).await;
+    let port = k.port("grpc");
     // hyper-rustls sets the ALPN (h2) itself.
     let tls = (*client_config(&ca.cert_pem, None, &[])).clone();
     let mut client = EchoClient::connect_tls(port, tls);
@@ -536,13 +523,10 @@ async fn unknown_service_is_unimplemented() {
 
 #[tokio::test]
 async fn upstream_down_is_unavailable() {
-    // An address nothing listens on: bind, read the port, close.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr");
-    let port = free_port();
-    let _k = Kaname::start(&config(port, dead, "", "")).await;
+    // An address nothing listens on (bound, never listening, for the whole test).
+    let dead = ClosedPort::new();
+    let k = Kaname::start(&config(dead.addr, "", "")).await;
+    let port = k.port("grpc");
     let mut client = EchoClient::connect(port).await;
     let status = bounded(
         "call to a dead upstream",
@@ -796,19 +780,18 @@ async fn over_rate_limit_is_resource_exhausted() {
 #[tokio::test]
 async fn the_grpc_example_works_as_its_readme_says() {
     let up = GrpcUpstream::start("greeter").await;
-    let port = free_port();
     let example = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../examples/grpc/kaname.yaml"
     ))
     .expect("read examples/grpc/kaname.yaml");
-    let listen = format!("127.0.0.1:{port}");
     let upstream = up.addr.to_string();
-    let _k = Kaname::start_with_env(
+    let k = Kaname::start_with_env(
         &example,
-        &[("GRPC_LISTEN", &listen), ("GRPC_UPSTREAM", &upstream)],
+        &[("GRPC_LISTEN", "127.0.0.1:0"), ("GRPC_UPSTREAM", &upstream)],
     )
     .await;
+    let port = k.port("grpc");
     let mut client = EchoClient::connect(port).await;
     let reply = bounded("SayHello", client.say_hello("kaname"))
         .await
@@ -837,12 +820,13 @@ async fn the_grpc_example_works_as_its_readme_says() {
 fn check_warns_when_a_grpc_route_points_at_an_http1_upstream() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("kaname.yaml");
+    // `kaname check` binds nothing: any ports do.
     let yaml = format!(
         "admin:
-  listen: 127.0.0.1:{}
+  listen: 127.0.0.1:19901
 listeners:
   grpc:
-    listen: 127.0.0.1:{}
+    listen: 127.0.0.1:18080
     routes:
       - name: echo
         match: {{ path_prefix: /{SERVICE}/ }}
@@ -850,9 +834,7 @@ listeners:
 upstreams:
   plain:
     endpoints: [127.0.0.1:9]
-",
-        free_port(),
-        free_port()
+"
     );
     std::fs::write(&path, yaml).expect("write config");
     let out = Command::new(support::KANAME)

@@ -8,7 +8,10 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::h2_frames::{frame, PREFACE};
-use support::{free_port, metric_value, HttpClient, Kaname, TestUpstream};
+use support::{
+    limit_hits, metric_value, one_route_config, poll_metric, HttpClient, Kaname, TestUpstream,
+    METRIC_DEADLINE,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -27,22 +30,6 @@ const RSS_GROWTH_KIB: u64 = 100 * 1024;
 /// `GET /` over http with `:authority` 127.0.0.1.
 fn get_block() -> Vec<u8> {
     support::h2_frames::get_block("/")
-}
-
-fn config(port: u16, up: &TestUpstream) -> String {
-    format!(
-        "listeners:
-  main:
-    listen: 127.0.0.1:{port}
-    routes:
-      - match: {{ path_prefix: / }}
-        upstream: up
-upstreams:
-  up:
-    endpoints: [{}]
-",
-        up.addr
-    )
 }
 
 /// Connects and sends the preface and an empty SETTINGS frame.
@@ -121,26 +108,21 @@ async fn others_are_served(port: u16) {
 }
 
 async fn in_flight_settles(k: &Kaname) {
-    let client = HttpClient::http1();
-    let start = Instant::now();
-    let mut last = None;
-    while start.elapsed() < Duration::from_secs(10) {
-        let text = client.get(&k.admin_url("/metrics")).await.text();
-        last = metric_value(&text, "kaname_requests_in_flight{listener=\"main\"}");
-        if last == Some(0.0) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("requests in flight did not return to 0 (last {last:?})");
+    let in_flight = "kaname_requests_in_flight{listener=\"main\"}";
+    let (settled, text) = poll_metric(k, in_flight, METRIC_DEADLINE, |v| v == Some(0.0)).await;
+    let last = metric_value(&text, in_flight);
+    assert!(
+        settled,
+        "requests in flight did not return to 0 (last {last:?})"
+    );
 }
 
 #[tokio::test]
 async fn rapid_reset_is_cut_off_and_others_are_served() {
     // A slow upstream: every accepted stream would cost kaname work.
     let up = TestUpstream::slow("up", Duration::from_millis(200)).await;
-    let port = free_port();
-    let k = Kaname::start(&config(port, &up)).await;
+    let k = Kaname::start(&one_route_config(up.addr, "", "")).await;
+    let port = k.port("main");
     let rss_before = k.rss_kib();
 
     let mut s = h2_connect(port).await;
@@ -192,8 +174,8 @@ async fn rapid_reset_is_cut_off_and_others_are_served() {
 #[tokio::test]
 async fn settings_and_ping_floods_stay_bounded() {
     let up = TestUpstream::start("up").await;
-    let port = free_port();
-    let k = Kaname::start(&config(port, &up)).await;
+    let k = Kaname::start(&one_route_config(up.addr, "", "")).await;
+    let port = k.port("main");
     let rss_before = k.rss_kib();
 
     // SETTINGS frames (each asks for an ACK) and PINGs (each asks for a
@@ -227,8 +209,8 @@ async fn settings_and_ping_floods_stay_bounded() {
 #[tokio::test]
 async fn continuation_flood_is_cut_off() {
     let up = TestUpstream::start("up").await;
-    let port = free_port();
-    let k = Kaname::start(&config(port, &up)).await;
+    let k = Kaname::start(&one_route_config(up.addr, "", "")).await;
+    let port = k.port("main");
     let rss_before = k.rss_kib();
 
     let mut s = h2_connect(port).await;
@@ -270,25 +252,13 @@ const WINDOW_UPDATE: u8 = 0x8;
 const PRIORITY: u8 = 0x2;
 const ENHANCE_YOUR_CALM: u32 = 0xb;
 
-async fn limit_hits(k: &Kaname, limit: &str) -> f64 {
-    let text = HttpClient::http1()
-        .get(&k.admin_url("/metrics"))
-        .await
-        .text();
-    metric_value(
-        &text,
-        &format!("kaname_limits_hit_total{{limit=\"{limit}\"}}"),
-    )
-    .unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn paused_rapid_reset_gets_goaway_and_a_bounded_upstream_load() {
     // Each stream is accepted before it is reset (a pause between HEADERS
     // and RST_STREAM), which h2's own pending-reset limit never sees.
     let up = TestUpstream::slow("up", Duration::from_millis(200)).await;
-    let port = free_port();
-    let k = Kaname::start(&config(port, &up)).await;
+    let k = Kaname::start(&one_route_config(up.addr, "", "")).await;
+    let port = k.port("main");
     let mut s = h2_connect(port).await;
     let block = get_block();
     let started = Instant::now();
@@ -337,8 +307,8 @@ async fn paused_rapid_reset_gets_goaway_and_a_bounded_upstream_load() {
 #[tokio::test]
 async fn window_update_and_priority_floods_get_goaway() {
     let up = TestUpstream::start("up").await;
-    let port = free_port();
-    let k = Kaname::start(&config(port, &up)).await;
+    let k = Kaname::start(&one_route_config(up.addr, "", "")).await;
+    let port = k.port("main");
     let mut wu = Vec::new();
     for _ in 0..500 {
         wu.extend(frame(WINDOW_UPDATE, 0, 0, &1u32.to_be_bytes()));
@@ -373,13 +343,13 @@ async fn streams_past_max_concurrent_streams_are_refused() {
     // Streams held open (no END_STREAM on a POST) past the listener's cap
     // get REFUSED_STREAM; the upstream sees at most the cap.
     let up = TestUpstream::slow("up", Duration::from_secs(5)).await;
-    let port = free_port();
-    let yaml = config(port, &up).replacen(
+    let yaml = one_route_config(up.addr, "", "").replacen(
         "    routes:",
         "    http2: { max_concurrent_streams: 10 }\n    routes:",
         1,
     );
     let k = Kaname::start(&yaml).await;
+    let port = k.port("main");
     let mut s = h2_connect(port).await;
     let mut batch = Vec::new();
     for i in 0..30u32 {

@@ -13,18 +13,21 @@ use support::jwt::{
     alg_name, b64, forge, hs256_with_secret, jwks, now, text_secret_key, JwksServer, TestKey,
     ALL_ALGORITHMS,
 };
-use support::{empty, free_port, metric_value, HttpClient, Kaname, TestResponse, TestUpstream};
+use support::{
+    empty, metric_value, metrics, poll_metric, ClosedPort, HttpClient, Kaname, TestResponse,
+    TestUpstream,
+};
 
 const ISSUER: &str = "https://issuer.test";
 /// How long a wait for the JWKS to (re)appear may take.
 const JWKS_DEADLINE: Duration = Duration::from_secs(40);
 
 /// One listener, one catch-all route through filter `auth` to `up`.
-fn config(port: u16, up: &TestUpstream, jwt: &str) -> String {
+fn config(up: &TestUpstream, jwt: &str) -> String {
     format!(
         "listeners:
   main:
-    listen: 127.0.0.1:{port}
+    listen: 127.0.0.1:0
     routes:
       - match: {{ path_prefix: / }}
         upstream: echo
@@ -81,13 +84,6 @@ fn refused(resp: &TestResponse, status: u16, kind: &str) -> String {
         .to_string()
 }
 
-async fn metrics(k: &Kaname) -> String {
-    HttpClient::http1()
-        .get(&k.admin_url("/metrics"))
-        .await
-        .text()
-}
-
 fn jwks_yaml(source: &str, algs: &[Algorithm]) -> String {
     let algs: Vec<String> = algs.iter().map(|a| alg_name(*a)).collect();
     format!(
@@ -114,10 +110,10 @@ async fn every_algorithm_is_accepted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("jwks.json");
     std::fs::write(&file, jwks(&refs)).expect("write jwks");
-    let port = free_port();
     let algs: Vec<Algorithm> = ALL_ALGORITHMS[3..].to_vec();
     let yaml = jwks_yaml(&format!("{{ file: {} }}", file.display()), &algs);
-    let k = Kaname::start(&config(port, &up, &yaml)).await;
+    let k = Kaname::start(&config(&up, &yaml)).await;
+    let port = k.port("main");
     for key in &asymmetric {
         let resp = send(port, Some(&key.sign(&claims(&alg_name(key.alg)))), &[]).await;
         assert_eq!(resp.status, 200, "{:?}: {}", key.alg, resp.text());
@@ -148,7 +144,6 @@ async fn every_algorithm_is_accepted() {
     // (RFC 7518 §3.2).
     let secret = "a-test-secret-long-enough-for-hs512-0123456789abcdef-0123456789a";
     assert_eq!(secret.len(), 64);
-    let port = free_port();
     let yaml = format!(
         "      issuer: {ISSUER}
       audiences: [orders]
@@ -157,7 +152,8 @@ async fn every_algorithm_is_accepted() {
       forward_claims: {{ sub: x-user-id }}
 "
     );
-    let _k = Kaname::start(&config(port, &up, &yaml)).await;
+    let k = Kaname::start(&config(&up, &yaml)).await;
+    let port = k.port("main");
     for alg in &ALL_ALGORITHMS[..3] {
         let key = text_secret_key(*alg, secret);
         let resp = send(port, Some(&key.sign(&claims("hs"))), &[]).await;
@@ -177,12 +173,12 @@ async fn attack_matrix_is_refused_before_the_upstream() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("jwks.json");
     std::fs::write(&file, jwks(&[&rsa, &ec])).expect("write jwks");
-    let port = free_port();
     let yaml = jwks_yaml(
         &format!("{{ file: {} }}", file.display()),
         &[Algorithm::RS256, Algorithm::ES256],
     );
-    let k = Kaname::start(&config(port, &up, &yaml)).await;
+    let k = Kaname::start(&config(&up, &yaml)).await;
+    let port = k.port("main");
 
     let good = rsa.sign(&claims("alice"));
     let (h, rest) = good.split_once('.').expect("token");
@@ -402,7 +398,6 @@ async fn cookie_token_is_stripped_when_forward_token_is_false() {
     let up = TestUpstream::start("echo").await;
     let key = TestKey::generate(Algorithm::EdDSA, "ed");
     let server = JwksServer::start(&jwks(&[&key])).await;
-    let port = free_port();
     let yaml = format!(
         "{}      from: {{ cookie: session }}\n      forward_token: false\n",
         jwks_yaml(
@@ -410,7 +405,8 @@ async fn cookie_token_is_stripped_when_forward_token_is_false() {
             &[Algorithm::EdDSA]
         )
     );
-    let _k = Kaname::start(&config(port, &up, &yaml)).await;
+    let k = Kaname::start(&config(&up, &yaml)).await;
+    let port = k.port("main");
     let cookie = format!("theme=dark; session={}; lang=en", key.sign(&claims("bob")));
     let resp = send(port, None, &[("cookie", &cookie)]).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
@@ -429,7 +425,6 @@ async fn cookie_token_is_stripped_when_forward_token_is_false() {
 async fn query_and_custom_header_sources_with_issuer_and_audience_lists() {
     let up = TestUpstream::start("echo").await;
     let key = text_secret_key(Algorithm::HS256, "query-and-header-secret-of-32-bytes!");
-    let port = free_port();
     let common = format!(
         "      issuer: [{ISSUER}, https://other-issuer.test]
       audiences: [orders, billing]
@@ -438,15 +433,13 @@ async fn query_and_custom_header_sources_with_issuer_and_audience_lists() {
 ",
         key.secret()
     );
-    let q_port = port;
-    let h_port = free_port();
     let yaml = format!(
         "listeners:
   q:
-    listen: 127.0.0.1:{q_port}
+    listen: 127.0.0.1:0
     routes: [{{ upstream: echo, filters: [by-query] }}]
   h:
-    listen: 127.0.0.1:{h_port}
+    listen: 127.0.0.1:0
     routes: [{{ upstream: echo, filters: [by-header] }}]
 upstreams:
   echo:
@@ -462,7 +455,8 @@ filters:
 ",
         up.addr
     );
-    let _k = Kaname::start(&yaml).await;
+    let k = Kaname::start(&yaml).await;
+    let (q_port, h_port) = (k.port("q"), k.port("h"));
     let client = HttpClient::http1();
     let with = |iss: &str, aud: Value| {
         key.sign(&json!({"sub": "ann", "iss": iss, "aud": aud, "exp": now() + 600}))
@@ -539,13 +533,13 @@ async fn new_kid_is_fetched_at_once() {
     let a = TestKey::generate(Algorithm::ES256, "a");
     let b = TestKey::generate(Algorithm::ES256, "b");
     let server = JwksServer::start(&jwks(&[&a])).await;
-    let port = free_port();
     // A long refresh: only the unknown kid can make kaname fetch again.
     let yaml = jwks_yaml(
         &format!("{{ url: \"{}\", refresh: 1h }}", server.url()),
         &[Algorithm::ES256],
     );
-    let k = Kaname::start(&config(port, &up, &yaml)).await;
+    let k = Kaname::start(&config(&up, &yaml)).await;
+    let port = k.port("main");
     assert_eq!(
         send(port, Some(&a.sign(&claims("a"))), &[]).await.status,
         200
@@ -584,12 +578,12 @@ async fn removed_key_is_refused_after_refresh() {
     let a = TestKey::generate(Algorithm::PS256, "a");
     let b = TestKey::generate(Algorithm::PS256, "b");
     let server = JwksServer::start(&jwks(&[&a, &b])).await;
-    let port = free_port();
     let yaml = jwks_yaml(
         &format!("{{ url: \"{}\", refresh: 1s }}", server.url()),
         &[Algorithm::PS256],
     );
-    let _k = Kaname::start(&config(port, &up, &yaml)).await;
+    let k = Kaname::start(&config(&up, &yaml)).await;
+    let port = k.port("main");
     let old = a.sign(&claims("a"));
     assert_eq!(send(port, Some(&old), &[]).await.status, 200);
     server.set(&jwks(&[&b]));
@@ -614,24 +608,21 @@ async fn jwks_down_after_first_fetch_keeps_serving() {
     let up = TestUpstream::start("echo").await;
     let key = TestKey::generate(Algorithm::RS384, "k");
     let mut server = JwksServer::start(&jwks(&[&key])).await;
-    let port = free_port();
     let yaml = jwks_yaml(
         &format!("{{ url: \"{}\", refresh: 1s }}", server.url()),
         &[Algorithm::RS384],
     );
-    let k = Kaname::start(&config(port, &up, &yaml)).await;
+    let k = Kaname::start(&config(&up, &yaml)).await;
+    let port = k.port("main");
     assert_eq!(
         send(port, Some(&key.sign(&claims("1"))), &[]).await.status,
         200
     );
     server.stop().await;
     // Wait for a failed refresh to be recorded.
-    let start = Instant::now();
     let failures = r#"kaname_jwks_refreshes_total{filter="auth",result="failure"}"#;
-    while metric_value(&metrics(&k).await, failures).unwrap_or(0.0) < 1.0 {
-        assert!(start.elapsed() < JWKS_DEADLINE, "no failed refresh seen");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (seen, _) = poll_metric(&k, failures, JWKS_DEADLINE, |v| v.unwrap_or(0.0) >= 1.0).await;
+    assert!(seen, "no failed refresh seen");
     // New tokens (not in the verified cache) still pass on the last good keys.
     for i in 0..5 {
         let resp = send(port, Some(&key.sign(&claims(&format!("u{i}")))), &[]).await;
@@ -643,21 +634,22 @@ async fn jwks_down_after_first_fetch_keeps_serving() {
 async fn jwks_down_at_startup_then_up_without_restart() {
     let up = TestUpstream::start("echo").await;
     let key = TestKey::generate(Algorithm::ES384, "k");
-    let jwks_port = free_port();
-    let jwks_addr: std::net::SocketAddr = ([127, 0, 0, 1], jwks_port).into();
-    let port = free_port();
+    // Down until the server starts on it: bound, not listening, meanwhile.
+    let jwks_port = ClosedPort::new();
+    let jwks_addr = jwks_port.addr;
     let yaml = jwks_yaml(
         &format!("{{ url: \"http://{jwks_addr}/jwks\", refresh: 5m }}"),
         &[Algorithm::ES384],
     );
-    let k = Kaname::start(&config(port, &up, &yaml)).await;
+    let k = Kaname::start(&config(&up, &yaml)).await;
+    let port = k.port("main");
     let token = key.sign(&claims("late"));
     let resp = send(port, Some(&token), &[]).await;
     assert_eq!(
         refused(&resp, 401, "unauthenticated"),
         "signing keys not available yet"
     );
-    let _server = JwksServer::start_on(jwks_addr, &jwks(&[&key])).await;
+    let _server = JwksServer::start_on(jwks_port, &jwks(&[&key]));
     wait_for(port, &token, "200 once the JWKS is up", |r| r.status == 200).await;
     assert_eq!(up.last().header("x-user-id"), Some("late"));
     let m = metrics(&k).await;
@@ -763,8 +755,8 @@ fn invalid_request(resp: &TestResponse) -> String {
 #[tokio::test]
 async fn two_authorization_headers_are_an_invalid_request() {
     let up = TestUpstream::start("echo").await;
-    let port = free_port();
-    let k = Kaname::start(&config(port, &up, &hs_filter("", ""))).await;
+    let k = Kaname::start(&config(&up, &hs_filter("", ""))).await;
+    let port = k.port("main");
     let key = text_secret_key(Algorithm::HS256, HS_SECRET);
     let good = format!("Bearer {}", key.sign(&claims("alice")));
     let unsigned = format!(
@@ -839,14 +831,13 @@ async fn two_authorization_headers_are_an_invalid_request() {
 #[tokio::test]
 async fn header_and_query_tokens_together_are_an_invalid_request() {
     let up = TestUpstream::start("echo").await;
-    let (q_port, h_port) = (free_port(), free_port());
     let yaml = format!(
         "listeners:
   q:
-    listen: 127.0.0.1:{q_port}
+    listen: 127.0.0.1:0
     routes: [{{ upstream: echo, filters: [by-query] }}]
   h:
-    listen: 127.0.0.1:{h_port}
+    listen: 127.0.0.1:0
     routes: [{{ upstream: echo, filters: [by-header] }}]
 upstreams:
   echo:
@@ -861,7 +852,8 @@ filters:
         hs_filter("{ query: access_token }", ""),
         hs_filter("", ""),
     );
-    let _k = Kaname::start(&yaml).await;
+    let k = Kaname::start(&yaml).await;
+    let (q_port, h_port) = (k.port("q"), k.port("h"));
     let key = text_secret_key(Algorithm::HS256, HS_SECRET);
     let good = key.sign(&claims("ann"));
     let other = key.sign(&claims("eve"));
@@ -915,14 +907,13 @@ filters:
 #[tokio::test]
 async fn by_default_no_copy_of_the_token_reaches_the_upstream() {
     let up = TestUpstream::start("echo").await;
-    let (h_port, q_port) = (free_port(), free_port());
     let yaml = format!(
         "listeners:
   h:
-    listen: 127.0.0.1:{h_port}
+    listen: 127.0.0.1:0
     routes: [{{ upstream: echo, filters: [by-header] }}]
   q:
-    listen: 127.0.0.1:{q_port}
+    listen: 127.0.0.1:0
     routes: [{{ upstream: echo, filters: [by-query] }}]
 upstreams:
   echo:
@@ -937,7 +928,8 @@ filters:
         hs_filter("", ""),
         hs_filter("{ query: access_token }", ""),
     );
-    let _k = Kaname::start(&yaml).await;
+    let k = Kaname::start(&yaml).await;
+    let (h_port, q_port) = (k.port("h"), k.port("q"));
     let key = text_secret_key(Algorithm::HS256, HS_SECRET);
     let token = key.sign(&claims("ann"));
 
@@ -982,17 +974,16 @@ filters:
 #[tokio::test]
 async fn forward_token_true_forwards_exactly_the_verified_token() {
     let up = TestUpstream::start("echo").await;
-    let (h_port, q_port, c_port) = (free_port(), free_port(), free_port());
     let yaml = format!(
         "listeners:
   h:
-    listen: 127.0.0.1:{h_port}
+    listen: 127.0.0.1:0
     routes: [{{ upstream: echo, filters: [by-header] }}]
   q:
-    listen: 127.0.0.1:{q_port}
+    listen: 127.0.0.1:0
     routes: [{{ upstream: echo, filters: [by-query] }}]
   c:
-    listen: 127.0.0.1:{c_port}
+    listen: 127.0.0.1:0
     routes: [{{ upstream: echo, filters: [by-cookie] }}]
 upstreams:
   echo:
@@ -1010,7 +1001,8 @@ filters:
         hs_filter("{ query: access_token }", "      forward_token: true\n"),
         hs_filter("{ cookie: session }", "      forward_token: true\n"),
     );
-    let _k = Kaname::start(&yaml).await;
+    let k = Kaname::start(&yaml).await;
+    let (h_port, q_port, c_port) = (k.port("h"), k.port("q"), k.port("c"));
     let key = text_secret_key(Algorithm::HS256, HS_SECRET);
     let token = key.sign(&claims("ann"));
     let bearer = format!("Bearer {token}");

@@ -50,9 +50,9 @@ async fn wait_refused(addr: SocketAddr, deadline: Duration) {
 async fn sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0() {
     let delay = Duration::from_secs(3);
     let slow = TestUpstream::slow("slow", delay).await;
-    let port = free_port();
-    let config = format!("shutdown_grace: 15s\n{}", simple_config(port, &[slow.addr]));
+    let config = format!("shutdown_grace: 15s\n{}", simple_config(&[slow.addr]));
     let mut kaname = Kaname::start(&config).await;
+    let port = kaname.port("main");
 
     let client = HttpClient::http1();
     let in_flight = tokio::spawn(async move { client.get(&url(port, "/slow")).await });
@@ -99,8 +99,8 @@ async fn sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0() {
 #[tokio::test]
 async fn sigterm_with_nothing_in_flight_exits_0_promptly() {
     let up = TestUpstream::start("echo").await;
-    let port = free_port();
-    let mut kaname = Kaname::start(&simple_config(port, &[up.addr])).await;
+    let mut kaname = Kaname::start(&simple_config(&[up.addr])).await;
+    let port = kaname.port("main");
     assert_eq!(HttpClient::http1().get(&url(port, "/")).await.status, 200);
     let started = Instant::now();
     kaname.sigterm();
@@ -116,12 +116,11 @@ async fn sigterm_with_nothing_in_flight_exits_0_promptly() {
 #[tokio::test]
 async fn admin_live_and_config_with_var_values_redacted() {
     let up = TestUpstream::start("echo").await;
-    let port = free_port();
     let env_secret = "tok-s3cr3t-from-env-81";
     let config = format!(
         r#"listeners:
   main:
-    listen: 127.0.0.1:{port}
+    listen: 127.0.0.1:0
     routes:
       - name: config-route
         match: {{ path_prefix: /, headers: {{ x-token: "${{KANAME_TEST_TOKEN}}" }} }}
@@ -133,6 +132,7 @@ upstreams:
         up.addr
     );
     let kaname = Kaname::start_with_env(&config, &[("KANAME_TEST_TOKEN", env_secret)]).await;
+    let port = kaname.port("main");
     let client = HttpClient::http1();
 
     let live = client.get(&kaname.admin_url("/live")).await;
@@ -177,11 +177,10 @@ upstreams:
 #[tokio::test]
 async fn admin_config_redacts_jwt_secret() {
     let up = TestUpstream::start("echo").await;
-    let port = free_port();
     let jwt_secret = "jwt-shared-s3cr3t-value-of-32-bytes-or-more";
     let config = format!(
         "{}filters:\n  auth:\n    jwt:\n      algorithms: [HS256]\n      secret: {jwt_secret}\n",
-        simple_config(port, &[up.addr])
+        simple_config(&[up.addr])
     );
     let kaname = Kaname::start(&config).await;
     let resp = HttpClient::http1().get(&kaname.admin_url("/config")).await;
@@ -203,7 +202,8 @@ async fn taken_listen_port_exits_3_naming_the_address() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = taken.local_addr().expect("addr");
     let up = TestUpstream::start("echo").await;
-    let mut kaname = Kaname::spawn(&simple_config(addr.port(), &[up.addr]), &[]);
+    let config = simple_config(&[up.addr]).replace("127.0.0.1:0", &addr.to_string());
+    let mut kaname = Kaname::spawn(&config, &[]);
     let status = kaname.wait_exit(Duration::from_secs(10)).await;
     let stderr = kaname.stderr();
     assert_eq!(

@@ -12,7 +12,9 @@ use jsonwebtoken::Algorithm;
 use serde_json::json;
 use support::jwt::{jwks, now, JwksServer, TestKey};
 use support::limits::{limits_config, CountingUpstream};
-use support::{empty, free_port, metric_value, HttpClient, Kaname, TestResponse, TestUpstream};
+use support::{
+    empty, metric_value, metrics, poll_metric, HttpClient, Kaname, TestResponse, TestUpstream,
+};
 
 fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> Request<support::client::Body> {
     let mut b = Request::get(format!("http://127.0.0.1:{port}{path}"));
@@ -29,13 +31,6 @@ fn num(res: &TestResponse, name: &str) -> u64 {
         .unwrap_or_else(|e| panic!("{name} is not a number: {e}"))
 }
 
-async fn metrics(k: &Kaname) -> String {
-    HttpClient::http1()
-        .get(&k.admin_url("/metrics"))
-        .await
-        .text()
-}
-
 // === rate_limit ===
 
 /// The key-flood tests each push tens of thousands of requests through
@@ -46,10 +41,10 @@ static FLOODS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_burst_pass_then_429_with_headers() {
     let up = TestUpstream::start("up").await;
-    let port = free_port();
     // 1 a minute: nothing refills while the test runs.
     let filters = "  limit:\n    rate_limit: { key: \"header:x-client\", rate: 1/m, burst: 5 }\n";
-    let k = Kaname::start(&limits_config(port, up.addr, "limit", filters)).await;
+    let k = Kaname::start(&limits_config(up.addr, "limit", filters)).await;
+    let port = k.port("main");
     let client = HttpClient::http1();
 
     // Sequentially: remaining counts down 4..0, then 429.
@@ -101,9 +96,9 @@ async fn exactly_burst_pass_then_429_with_headers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_refill_at_rate() {
     let up = TestUpstream::start("up").await;
-    let port = free_port();
     let filters = "  limit:\n    rate_limit: { key: global, rate: 10/s, burst: 5 }\n";
-    let _k = Kaname::start(&limits_config(port, up.addr, "limit", filters)).await;
+    let k = Kaname::start(&limits_config(up.addr, "limit", filters)).await;
+    let port = k.port("main");
     let client = HttpClient::http1();
 
     // Drain the bucket.
@@ -157,9 +152,9 @@ async fn tokens_refill_at_rate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_isolated_and_keyless_requests_share_a_bucket() {
     let up = TestUpstream::start("up").await;
-    let port = free_port();
     let filters = "  limit:\n    rate_limit: { key: \"header:x-client\", rate: 1/m, burst: 3 }\n";
-    let _k = Kaname::start(&limits_config(port, up.addr, "limit", filters)).await;
+    let k = Kaname::start(&limits_config(up.addr, "limit", filters)).await;
+    let port = k.port("main");
     let client = HttpClient::http1();
     for _ in 0..3 {
         assert_eq!(
@@ -198,9 +193,9 @@ async fn keys_are_isolated_and_keyless_requests_share_a_bucket() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_ip_keys_by_peer_address() {
     let up = TestUpstream::start("up").await;
-    let port = free_port();
     let filters = "  limit:\n    rate_limit: { key: client_ip, rate: 1/m, burst: 2 }\n";
-    let _k = Kaname::start(&limits_config(port, up.addr, "limit", filters)).await;
+    let k = Kaname::start(&limits_config(up.addr, "limit", filters)).await;
+    let port = k.port("main");
     let one = HttpClient::http1_from([127, 0, 0, 1].into());
     let two = HttpClient::http1_from([127, 0, 0, 2].into());
     for i in 0..2 {
@@ -231,7 +226,6 @@ async fn jwt_sub_keys_with_real_tokens() {
     let up = TestUpstream::start("up").await;
     let key = TestKey::generate(Algorithm::ES256, "k1");
     let jwks_server = JwksServer::start(&jwks(&[&key])).await;
-    let port = free_port();
     let filters = format!(
         "  auth:
     jwt:
@@ -244,7 +238,8 @@ async fn jwt_sub_keys_with_real_tokens() {
 ",
         jwks_server.url()
     );
-    let _k = Kaname::start(&limits_config(port, up.addr, "auth, per-user", &filters)).await;
+    let k = Kaname::start(&limits_config(up.addr, "auth, per-user", &filters)).await;
+    let port = k.port("main");
     let token = |sub: &str| {
         let t = key.sign(&json!({
             "sub": sub, "iss": "https://issuer.test", "aud": "shop", "exp": now() + 600,
@@ -288,11 +283,11 @@ async fn distinct_keys_stay_under_max_keys() {
     const MAX_KEYS: usize = 2_000;
     // The cheapest upstream: no echo summary to build per request.
     let up = CountingUpstream::start(Duration::ZERO).await;
-    let port = free_port();
     let filters = format!(
         "  limit:\n    rate_limit: {{ key: \"header:x-api-key\", rate: 1/m, burst: 2, max_keys: {MAX_KEYS} }}\n"
     );
-    let k = Kaname::start(&limits_config(port, up.addr, "limit", &filters)).await;
+    let k = Kaname::start(&limits_config(up.addr, "limit", &filters)).await;
+    let port = k.port("main");
     let client = HttpClient::http2();
 
     // Warm up connections, streams and buffers at full concurrency, on one
@@ -366,9 +361,9 @@ async fn idle_keys_are_dropped_so_new_keys_keep_their_own_buckets() {
     let _turn = FLOODS.lock().await;
     const KEYS: usize = 30_000;
     let up = TestUpstream::start("up").await;
-    let port = free_port();
     let filters = "  limit:\n    rate_limit: { key: \"header:x-api-key\", rate: 1000/s, burst: 1, max_keys: 2000 }\n";
-    let _k = Kaname::start(&limits_config(port, up.addr, "limit", filters)).await;
+    let k = Kaname::start(&limits_config(up.addr, "limit", filters)).await;
+    let port = k.port("main");
     let client = HttpClient::http2();
     let start = Instant::now();
     let results = futures_util::stream::iter(0..KEYS)
@@ -411,12 +406,12 @@ async fn a_key_flood_neither_refuses_new_keys_nor_resets_a_limited_one() {
     /// Flood keys between two requests of the limited client.
     const ROUND: usize = 500;
     let up = CountingUpstream::start(Duration::ZERO).await;
-    let port = free_port();
     // 1 a minute, burst 2: no bucket refills while the test runs.
     let filters = format!(
         "  limit:\n    rate_limit: {{ key: \"header:x-api-key\", rate: 1/m, burst: 2, max_keys: {MAX_KEYS} }}\n"
     );
-    let k = Kaname::start(&limits_config(port, up.addr, "limit", &filters)).await;
+    let k = Kaname::start(&limits_config(up.addr, "limit", &filters)).await;
+    let port = k.port("main");
     let client = HttpClient::http1();
     let limited = [("x-api-key", "real-user-over-its-limit")];
     for i in 0..2 {
@@ -494,9 +489,9 @@ async fn a_key_flood_neither_refuses_new_keys_nor_resets_a_limited_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_never_exceeds_the_limit() {
     let up = CountingUpstream::start(Duration::from_millis(100)).await;
-    let port = free_port();
     let filters = "  protect:\n    concurrency_limit: { max_in_flight: 3, max_queue: 100, queue_timeout: 20s }\n";
-    let k = Kaname::start(&limits_config(port, up.addr, "protect", filters)).await;
+    let k = Kaname::start(&limits_config(up.addr, "protect", filters)).await;
+    let port = k.port("main");
     let client = HttpClient::http1();
     let sent =
         futures_util::future::join_all((0..24).map(|_| client.send(get(port, "/", &[])))).await;
@@ -517,9 +512,9 @@ async fn in_flight_never_exceeds_the_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_sheds_at_once() {
     let up = CountingUpstream::start(Duration::from_millis(1500)).await;
-    let port = free_port();
     let filters = "  protect:\n    concurrency_limit: { max_in_flight: 2, max_queue: 2, queue_timeout: 20s }\n";
-    let k = Kaname::start(&limits_config(port, up.addr, "protect", filters)).await;
+    let k = Kaname::start(&limits_config(up.addr, "protect", filters)).await;
+    let port = k.port("main");
     let client = HttpClient::http1();
     let sent =
         futures_util::future::join_all((0..10).map(|_| client.send(get(port, "/", &[])))).await;
@@ -549,9 +544,9 @@ async fn a_full_queue_sheds_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_past_queue_timeout_sheds() {
     let up = CountingUpstream::start(Duration::from_millis(1500)).await;
-    let port = free_port();
     let filters = "  protect:\n    concurrency_limit: { max_in_flight: 1, max_queue: 10, queue_timeout: 200ms }\n";
-    let _k = Kaname::start(&limits_config(port, up.addr, "protect", filters)).await;
+    let k = Kaname::start(&limits_config(up.addr, "protect", filters)).await;
+    let port = k.port("main");
     let client = HttpClient::http1();
     let first = tokio::spawn({
         let client = client.clone();
@@ -587,7 +582,6 @@ async fn waiting_past_queue_timeout_sheds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn high_priority_survives_overload_low_is_shed() {
     let up = CountingUpstream::start(Duration::from_millis(50)).await;
-    let port = free_port();
     let filters = "  protect:
     concurrency_limit:
       max_in_flight: 4
@@ -595,7 +589,8 @@ async fn high_priority_survives_overload_low_is_shed() {
       queue_timeout: 500ms
       priority: { header: x-priority }
 ";
-    let k = Kaname::start(&limits_config(port, up.addr, "protect", filters)).await;
+    let k = Kaname::start(&limits_config(up.addr, "protect", filters)).await;
+    let port = k.port("main");
     let client = HttpClient::http1();
     let run_for = Duration::from_secs(5);
     let start = Instant::now();
@@ -681,7 +676,6 @@ async fn priority_attack(priority: &str, real_header: &str) -> PriorityAttack {
     const ATTACKERS: usize = 200;
     const CONNECTIONS: usize = 4;
     let up = CountingUpstream::start(Duration::from_millis(100)).await;
-    let port = free_port();
     let filters = format!(
         "  auth:
     jwt:
@@ -695,7 +689,8 @@ async fn priority_attack(priority: &str, real_header: &str) -> PriorityAttack {
       priority: {priority}
 "
     );
-    let k = Kaname::start(&limits_config(port, up.addr, "auth, protect", &filters)).await;
+    let k = Kaname::start(&limits_config(up.addr, "auth, protect", &filters)).await;
+    let port = k.port("main");
     let key = support::jwt::text_secret_key(Algorithm::HS256, SECRET);
     let token = |sub: &str, tier: Option<&str>| {
         let mut claims = json!({ "sub": sub, "exp": now() + 600 });
@@ -743,19 +738,16 @@ async fn priority_attack(priority: &str, real_header: &str) -> PriorityAttack {
         .collect();
 
     // The attack is on once the queue is full of attackers.
-    let waited = Instant::now();
-    loop {
-        let text = metrics(&k).await;
-        let depth = metric_value(&text, "kaname_queue_depth{filter=\"protect\"}");
-        if depth == Some(64.0) {
-            break;
-        }
-        assert!(
-            waited.elapsed() < Duration::from_secs(15),
-            "the attackers never filled the queue (depth {depth:?})"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let queue_depth = "kaname_queue_depth{filter=\"protect\"}";
+    let (full, text) = poll_metric(&k, queue_depth, Duration::from_secs(15), |d| {
+        d == Some(64.0)
+    })
+    .await;
+    let depth = metric_value(&text, queue_depth);
+    assert!(
+        full,
+        "the attackers never filled the queue (depth {depth:?})"
+    );
 
     let client = HttpClient::http1();
     let started = Instant::now();
@@ -869,11 +861,10 @@ async fn priority_from_a_verified_claim_ignores_the_clients_header() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_routes_own_priority_outranks_normal_requests() {
     let up = CountingUpstream::start(Duration::from_millis(1500)).await;
-    let port = free_port();
     let k = Kaname::start(&format!(
         "listeners:
   main:
-    listen: 127.0.0.1:{port}
+    listen: 127.0.0.1:0
     routes:
       - match: {{ path_prefix: /vip/ }}
         upstream: up
@@ -892,21 +883,16 @@ filters:
         up.addr
     ))
     .await;
-    let gauge = |text: &str, name: &str| {
-        metric_value(text, &format!("{name}{{filter=\"protect\"}}")).unwrap_or(0.0)
-    };
+    let port = k.port("main");
     let wait_for = |name: &'static str, want: f64| {
-        let url = k.admin_url("/metrics");
+        let k = &k;
         async move {
-            let start = std::time::Instant::now();
-            while start.elapsed() < Duration::from_secs(5) {
-                let text = HttpClient::http1().get(&url).await.text();
-                if gauge(&text, name) >= want {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            panic!("{name} never reached {want}");
+            let gauge = format!("{name}{{filter=\"protect\"}}");
+            let (reached, _) = poll_metric(k, &gauge, Duration::from_secs(5), |v| {
+                v.unwrap_or(0.0) >= want
+            })
+            .await;
+            assert!(reached, "{name} never reached {want}");
         }
     };
     let get = |path: &'static str| {

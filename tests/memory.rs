@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Request;
-use support::{endpoints_yaml, free_port, full, metric_value, HttpClient, Kaname, TestUpstream};
+use support::{
+    endpoints_yaml, full, metric_value, metrics, wait_metric, HttpClient, Kaname, TestUpstream,
+};
 
 /// Concurrent uploads in the attack, and the size of each: 64 MiB of
 /// replay copies held at once (bench/memory.sh sends 20; 8 keep this test
@@ -30,11 +32,11 @@ const SLACK_KIB: u64 = 8 * 1024;
 
 /// One route through a retry filter that keeps whole bodies (up to 16 MiB
 /// each, 128 MiB across requests, so all 8 are kept) for a retry.
-fn config(port: u16, up: &TestUpstream) -> String {
+fn config(up: &TestUpstream) -> String {
     format!(
         "listeners:
   main:
-    listen: 127.0.0.1:{port}
+    listen: 127.0.0.1:0
     routes:
       - match: {{ path_prefix: / }}
         upstream: up
@@ -68,8 +70,8 @@ fn post(url: &str, body: Bytes) -> Request<support::client::Body> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rss_returns_after_buffered_uploads() {
     let up = TestUpstream::start("up").await;
-    let port = free_port();
-    let k = Kaname::start(&config(port, &up)).await;
+    let k = Kaname::start(&config(&up)).await;
+    let port = k.port("main");
     let url = format!("http://127.0.0.1:{port}/upload");
 
     // Warm up the route, the pool and the metrics first, so that lazy
@@ -80,7 +82,8 @@ async fn rss_returns_after_buffered_uploads() {
         assert_eq!(resp.status, 200, "warm-up: {}", resp.text());
     }
     drop(client);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Its connection closed before the baseline.
+    wait_metric(&k, "kaname_connections_open{listener=\"main\"}", 0.0).await;
     let before = k.rss_kib();
     let reset = k.reset_peak_rss();
 
@@ -102,10 +105,7 @@ async fn rss_returns_after_buffered_uploads() {
         .filter(|r| r.body_len == Some(SIZE as u64))
         .count();
     assert_eq!(uploads, POSTS, "every body reached the upstream whole");
-    let metrics = HttpClient::http1()
-        .get(&k.admin_url("/metrics"))
-        .await
-        .text();
+    let metrics = metrics(&k).await;
     let refused = metric_value(
         &metrics,
         r#"kaname_limits_hit_total{limit="replay_buffer"}"#,

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use http::Request;
-use support::{free_port, full, HttpClient, Kaname, TestUpstream};
+use support::{full, ClosedPort, HttpClient, Kaname, TestUpstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const JWT_SECRET: &str = "observability-test-secret-of-32-bytes!";
@@ -286,19 +286,21 @@ struct MixedSetup {
     port: u16,
     _echo: TestUpstream,
     _slow: TestUpstream,
+    _closed: ClosedPort,
+    _jwks_closed: ClosedPort,
 }
 
 /// One listener, one route per outcome and per filter kind.
 async fn mixed_setup() -> MixedSetup {
     let echo = TestUpstream::start("echo").await;
     let slow = TestUpstream::slow("slow", Duration::from_millis(400)).await;
-    let port = free_port();
-    let closed = free_port(); // nothing listens there: 502
-    let jwks_closed = free_port();
+    // Bound, never listening, while the setup lives: connections refused.
+    let closed = ClosedPort::new(); // 502
+    let jwks_closed = ClosedPort::new();
     let config = format!(
         "listeners:
   main:
-    listen: 127.0.0.1:{port}
+    listen: 127.0.0.1:0
     protocol: auto
     routes:
       - name: ok
@@ -341,7 +343,7 @@ upstreams:
   slow:
     endpoints: [{slow}]
   down:
-    endpoints: [127.0.0.1:{closed}]
+    endpoints: [{closed}]
     connect_timeout: 200ms
 filters:
   auth:
@@ -351,7 +353,7 @@ filters:
   remote-auth:
     jwt:
       algorithms: [RS256]
-      jwks: {{ url: http://127.0.0.1:{jwks_closed}/jwks.json, refresh: 1s }}
+      jwks: {{ url: http://{jwks_closed}/jwks.json, refresh: 1s }}
   limit:
     rate_limit:
       key: global
@@ -376,13 +378,18 @@ filters:
 ",
         echo = echo.addr,
         slow = slow.addr,
+        closed = closed.addr,
+        jwks_closed = jwks_closed.addr,
     );
     let kaname = Kaname::start_with_env(&config, &[("JWT_SECRET", JWT_SECRET)]).await;
+    let port = kaname.port("main");
     MixedSetup {
         kaname,
         port,
         _echo: echo,
         _slow: slow,
+        _closed: closed,
+        _jwks_closed: jwks_closed,
     }
 }
 
@@ -578,8 +585,8 @@ async fn promtool_finds_nothing_wrong_after_mixed_traffic() {
 
 // === 2. A real Prometheus server scraping kaname ===
 
-/// `prometheus` on a free loopback port with its data in a tempdir; killed
-/// on drop.
+/// `prometheus` on a loopback port the kernel picks, with its data in a
+/// tempdir; killed on drop.
 struct Prometheus {
     child: std::process::Child,
     url: String,
@@ -603,7 +610,6 @@ impl Prometheus {
         );
         let config_path = dir.path().join("prometheus.yml");
         std::fs::write(&config_path, config).expect("write prometheus.yml");
-        let port = free_port();
         let log = dir.path().join("prometheus.log");
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", config_path.display()))
@@ -611,7 +617,8 @@ impl Prometheus {
                 "--storage.tsdb.path={}",
                 dir.path().join("data").display()
             ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            // The kernel picks the port; Prometheus logs the one it got.
+            .arg("--web.listen-address=127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
@@ -619,7 +626,7 @@ impl Prometheus {
             .expect("start prometheus (Debian package prometheus; .ci/run installs it)");
         let mut p = Prometheus {
             child,
-            url: format!("http://127.0.0.1:{port}"),
+            url: String::new(),
             log,
             _dir: dir,
         };
@@ -627,12 +634,30 @@ impl Prometheus {
         p
     }
 
+    /// Waits for the log line naming the bound address, then `/-/ready`.
     async fn wait_ready(&mut self) {
         let client = HttpClient::http1();
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 panic!("prometheus exited with {status}:\n{}", self.logs());
+            }
+            if self.url.is_empty() {
+                // `msg="Listening on" address=127.0.0.1:PORT`
+                let logs = self.logs();
+                let bound = logs
+                    .lines()
+                    .filter(|l| l.contains("msg=\"Listening on\""))
+                    .find_map(|l| l.split("address=").nth(1))
+                    .and_then(|a| a.split_whitespace().next())
+                    .and_then(|a| a.parse::<SocketAddr>().ok());
+                match bound {
+                    Some(addr) => self.url = format!("http://{addr}"),
+                    None => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                }
             }
             let url = format!("{}/-/ready", self.url);
             if let Ok(r) = client.try_get(&url, Duration::from_secs(1)).await {
@@ -713,11 +738,10 @@ fn value_of(series: &serde_json::Value) -> f64 {
 #[tokio::test]
 async fn a_real_prometheus_scrapes_and_queries_kaname() {
     let echo = TestUpstream::start("echo").await;
-    let port = free_port();
     let kaname = Kaname::start(&format!(
         "listeners:
   main:
-    listen: 127.0.0.1:{port}
+    listen: 127.0.0.1:0
     routes:
       - name: api
         match: {{ path_prefix: /api/ }}
@@ -729,8 +753,9 @@ upstreams:
         echo.addr
     ))
     .await;
+    let port = kaname.port("main");
     let rules = repo().join("examples/prometheus/kaname-rules.yml");
-    let prom = Prometheus::start(kaname.admin, &[rules]).await;
+    let prom = Prometheus::start(kaname.admin(), &[rules]).await;
 
     // Traffic for as long as the polling below runs (bounded in time and
     // count), so rate() over a few seconds is never zero.
@@ -975,11 +1000,10 @@ fn series_lines(text: &str) -> BTreeSet<String> {
 #[tokio::test]
 async fn series_do_not_grow_with_distinct_paths_users_and_clients() {
     let echo = TestUpstream::start("echo").await;
-    let port = free_port();
     let kaname = Kaname::start(&format!(
         "listeners:
   main:
-    listen: 127.0.0.1:{port}
+    listen: 127.0.0.1:0
     routes:
       - name: api
         match: {{ path_prefix: /api/ }}
@@ -999,6 +1023,7 @@ filters:
         echo.addr
     ))
     .await;
+    let port = kaname.port("main");
 
     hammer(port, 0, 1000).await;
     let first = series_lines(&scrape(&kaname).await);
@@ -1025,18 +1050,18 @@ filters:
 #[tokio::test]
 async fn access_log_json_survives_level_warn_and_follows_reload() {
     let up = TestUpstream::start("echo").await;
-    let port = free_port();
-    let routes = support::simple_config(port, &[up.addr]);
+    let routes = support::simple_config(&[up.addr]);
     let body =
         |on: bool| format!("log:\n  level: warn\n  format: json\n  access_log: {on}\n{routes}");
     let k = Kaname::start(&body(false)).await;
+    let port = k.port("main");
     let client = HttpClient::http1();
     let quiet = client.get(&format!("http://127.0.0.1:{port}/quiet")).await;
     assert_eq!(quiet.status, 200);
     let quiet_id = quiet.header("x-request-id").expect("request id").to_owned();
 
     let tmp = k.config_path.with_extension("yaml.tmp");
-    let yaml = format!("admin:\n  listen: {}\n{}", k.admin, body(true));
+    let yaml = support::config_file(&body(true));
     std::fs::write(&tmp, yaml).expect("write config");
     std::fs::rename(&tmp, &k.config_path).expect("rename config");
     let req = Request::post(k.admin_url("/reload"))

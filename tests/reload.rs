@@ -8,21 +8,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::{free_port, metric_value, HttpClient, Kaname, TestUpstream};
-
-/// The whole file as `Kaname::start` writes it, so rewrites keep the admin port.
-fn full_config(k: &Kaname, body: &str) -> String {
-    format!(
-        "admin:\n  listen: {}\nlog:\n  level: info\n  format: text\n{body}",
-        k.admin
-    )
-}
+use support::{config_file, metric_value, metrics, poll_metric, HttpClient, Kaname, TestUpstream};
 
 /// Replaces the config file the way editors and Kubernetes do: write a
 /// sibling, then rename it over the original.
 fn replace_config(k: &Kaname, body: &str) {
     let tmp = k.config_path.with_extension("yaml.tmp");
-    std::fs::write(&tmp, full_config(k, body)).expect("write new config");
+    std::fs::write(&tmp, config_file(body)).expect("write new config");
     std::fs::rename(&tmp, &k.config_path).expect("rename config into place");
 }
 
@@ -35,16 +27,9 @@ async fn post_reload(k: &Kaname) -> (u16, String) {
     (resp.status.as_u16(), resp.text())
 }
 
-async fn metrics(k: &Kaname) -> String {
-    HttpClient::http1()
-        .get(&k.admin_url("/metrics"))
-        .await
-        .text()
-}
-
 /// Two configs that differ in routes (which upstream /svc goes to, an extra
 /// route) and in a route's settings (timeout).
-fn version(port: u16, a: &TestUpstream, b: &TestUpstream, which: u32) -> String {
+fn version(a: &TestUpstream, b: &TestUpstream, which: u32) -> String {
     let (target, timeout, extra) = if which.is_multiple_of(2) {
         ("a", "2s", "")
     } else {
@@ -57,7 +42,7 @@ fn version(port: u16, a: &TestUpstream, b: &TestUpstream, which: u32) -> String 
     format!(
         "listeners:
   main:
-    listen: 127.0.0.1:{port}
+    listen: 127.0.0.1:0
     routes:
       - name: svc
         match: {{ path_prefix: /svc }}
@@ -94,8 +79,8 @@ async fn wait_for_upstream(client: &HttpClient, port: u16, want: &str) {
 async fn twenty_reloads_under_load_lose_nothing() {
     let a = TestUpstream::start("a").await;
     let b = TestUpstream::start("b").await;
-    let port = free_port();
-    let k = Kaname::start(&version(port, &a, &b, 0)).await;
+    let k = Kaname::start(&version(&a, &b, 0)).await;
+    let port = k.port("main");
 
     // Load: HTTP/1.1 keep-alive and HTTP/2 clients, bounded by a stop flag
     // (set after the reloads) and a hard cap of 60 s and 200k requests each.
@@ -142,7 +127,7 @@ async fn twenty_reloads_under_load_lose_nothing() {
 
     let probe = HttpClient::http1();
     for i in 1..=20u32 {
-        replace_config(&k, &version(port, &a, &b, i));
+        replace_config(&k, &version(&a, &b, i));
         let (status, text) = post_reload(&k).await;
         assert_eq!(status, 200, "reload {i}: {text}");
         let want = if i % 2 == 0 { "a" } else { "b" };
@@ -182,7 +167,7 @@ async fn twenty_reloads_under_load_lose_nothing() {
                 "failure counted: {before} -> {after}"
             );
             // Put a valid file back (the same as reload 10) before going on.
-            replace_config(&k, &version(port, &a, &b, i));
+            replace_config(&k, &version(&a, &b, i));
             assert_eq!(post_reload(&k).await.0, 200);
         }
     }
@@ -215,14 +200,14 @@ async fn twenty_reloads_under_load_lose_nothing() {
 #[tokio::test]
 async fn listener_moves_to_a_new_port() {
     let a = TestUpstream::start("a").await;
-    let (p1, p2) = (free_port(), free_port());
-    let body = |p: u16| {
+    let body = |listen: &str| {
         format!(
-            "listeners:\n  main:\n    listen: 127.0.0.1:{p}\n    routes:\n      - match: {{ path_prefix: / }}\n        upstream: a\nupstreams:\n  a:\n    endpoints: [{}]\n",
+            "listeners:\n  main:\n    listen: {listen}\n    routes:\n      - match: {{ path_prefix: / }}\n        upstream: a\nupstreams:\n  a:\n    endpoints: [{}]\n",
             a.addr
         )
     };
-    let k = Kaname::start(&body(p1)).await;
+    let k = Kaname::start(&body("127.0.0.1:0")).await;
+    let p1 = k.port("main");
     let client = HttpClient::http1_no_pool();
     assert_eq!(
         client.get(&format!("http://127.0.0.1:{p1}/x")).await.status,
@@ -230,16 +215,20 @@ async fn listener_moves_to_a_new_port() {
     );
     let mut kept = keep_alive_connection(p1, "").await;
 
-    replace_config(&k, &body(p2));
+    // The new address is another loopback address on a port the kernel
+    // picks: `listen:` changes, so kaname binds anew, and no port is picked
+    // in advance (one picked and released could be taken by another test
+    // before kaname binds it; kaname must bind it itself, so it cannot be
+    // held for it either).
+    replace_config(&k, &body("127.0.0.2:0"));
     let (status, text) = post_reload(&k).await;
     assert_eq!(status, 200, "{text}");
+    // The ready file is rewritten before POST /reload answers.
+    let moved = k.reload_addrs().listeners["main"];
     // A keep-alive connection to the old port is closed, not left serving
     // the old routes.
     assert_closed(&mut kept, "keep-alive connection on the moved listener").await;
-    assert_eq!(
-        client.get(&format!("http://127.0.0.1:{p2}/x")).await.status,
-        200
-    );
+    assert_eq!(client.get(&format!("http://{moved}/x")).await.status, 200);
     // The old port is closed: new connections are refused.
     let start = Instant::now();
     loop {
@@ -304,15 +293,15 @@ async fn assert_closed(conn: &mut tokio::net::TcpStream, what: &str) {
 #[tokio::test]
 async fn changed_listener_settings_apply_and_retire_open_connections() {
     let a = TestUpstream::start("a").await;
-    let port = free_port();
     let body = |limit: u32| {
         format!(
-            "listeners:\n  main:\n    listen: 127.0.0.1:{port}\n    max_header_bytes: {limit}\n    routes:\n      - match: {{ path_prefix: / }}\n        upstream: a\nupstreams:\n  a:\n    endpoints: [{}]\n",
+            "listeners:\n  main:\n    listen: 127.0.0.1:0\n    max_header_bytes: {limit}\n    routes:\n      - match: {{ path_prefix: / }}\n        upstream: a\nupstreams:\n  a:\n    endpoints: [{}]\n",
             a.addr
         )
     };
     let big = format!("x-big: {}\r\n", "b".repeat(20 * 1024));
     let k = Kaname::start(&body(65536)).await;
+    let port = k.port("main");
     let mut old = keep_alive_connection(port, &big).await;
 
     replace_config(&k, &body(8192));
@@ -345,26 +334,24 @@ async fn changed_listener_settings_apply_and_retire_open_connections() {
 #[tokio::test]
 async fn admin_port_and_log_level_follow_a_reload() {
     let a = TestUpstream::start("a").await;
-    let port = free_port();
     let routes = format!(
-        "listeners:\n  main:\n    listen: 127.0.0.1:{port}\n    routes:\n      - upstream: a\nupstreams:\n  a:\n    endpoints: [{}]\n",
+        "listeners:\n  main:\n    listen: 127.0.0.1:0\n    routes:\n      - upstream: a\nupstreams:\n  a:\n    endpoints: [{}]\n",
         a.addr
     );
     let k = Kaname::start(&routes).await;
+    let port = k.port("main");
     let client = HttpClient::http1_no_pool();
-    let new_admin = free_port();
-    let write = |admin: u16, level: &str| {
+    let write = |admin: &str, level: &str| {
         let tmp = k.config_path.with_extension("yaml.tmp");
-        let yaml = format!(
-            "admin:\n  listen: 127.0.0.1:{admin}\nlog:\n  level: {level}\n  format: text\n{routes}"
-        );
+        let yaml =
+            format!("admin:\n  listen: {admin}\nlog:\n  level: {level}\n  format: text\n{routes}");
         std::fs::write(&tmp, yaml).expect("write config");
         std::fs::rename(&tmp, &k.config_path).expect("rename config");
     };
-    let reload_at = |admin: u16| {
+    let reload_at = |admin: std::net::SocketAddr| {
         let client = client.clone();
         async move {
-            let req = http::Request::post(format!("http://127.0.0.1:{admin}/reload"))
+            let req = http::Request::post(format!("http://{admin}/reload"))
                 .body(support::empty())
                 .expect("POST");
             let resp = client.send(req).await;
@@ -374,13 +361,17 @@ async fn admin_port_and_log_level_follow_a_reload() {
     let reloaded_lines = || k.stderr().matches("config reloaded").count();
     assert_eq!(reloaded_lines(), 0);
 
-    write(new_admin, "warn");
-    reload_at(k.admin.port()).await;
-    let ready = client
-        .get(&format!("http://127.0.0.1:{new_admin}/ready"))
-        .await;
+    // Another loopback address, the kernel picking the port (see
+    // `listener_moves_to_a_new_port`).
+    let moved_to = "127.0.0.2:0";
+    write(moved_to, "warn");
+    let old_admin = k.admin();
+    reload_at(old_admin).await;
+    // The ready file is rewritten before POST /reload answers.
+    let new_admin = k.reload_addrs().admin;
+    let ready = client.get(&format!("http://{new_admin}/ready")).await;
     assert_eq!(ready.status, 200, "admin answers on its new port");
-    let old_port = k.admin.port();
+    let old_port = old_admin.port();
     let start = Instant::now();
     while tokio::net::TcpStream::connect(("127.0.0.1", old_port))
         .await
@@ -398,7 +389,7 @@ async fn admin_port_and_log_level_follow_a_reload() {
         "level warn hides the info line of that reload"
     );
 
-    write(new_admin, "info");
+    write(moved_to, "info");
     reload_at(new_admin).await;
     assert_eq!(reloaded_lines(), 1, "level info again: {}", k.stderr());
     assert_eq!(
@@ -414,12 +405,12 @@ async fn admin_port_and_log_level_follow_a_reload() {
 async fn renaming_a_new_file_into_place_reloads() {
     let a = TestUpstream::start("a").await;
     let b = TestUpstream::start("b").await;
-    let port = free_port();
-    let k = Kaname::start(&version(port, &a, &b, 0)).await;
+    let k = Kaname::start(&version(&a, &b, 0)).await;
+    let port = k.port("main");
     let client = HttpClient::http1();
     wait_for_upstream(&client, port, "a").await;
     // No POST /reload, no signal: the file watcher must see the rename.
-    replace_config(&k, &version(port, &a, &b, 1));
+    replace_config(&k, &version(&a, &b, 1));
     wait_for_upstream(&client, port, "b").await;
     let m = metrics(&k).await;
     assert!(
@@ -432,8 +423,8 @@ async fn renaming_a_new_file_into_place_reloads() {
 async fn sighup_reloads_and_a_bad_file_keeps_the_old_config() {
     let a = TestUpstream::start("a").await;
     let b = TestUpstream::start("b").await;
-    let port = free_port();
-    let k = Kaname::start(&version(port, &a, &b, 0)).await;
+    let k = Kaname::start(&version(&a, &b, 0)).await;
+    let port = k.port("main");
     let client = HttpClient::http1();
     // A broken file: the watcher and SIGHUP both refuse it.
     replace_config(
@@ -441,42 +432,29 @@ async fn sighup_reloads_and_a_bad_file_keeps_the_old_config() {
         "listeners:\n  main:\n    listen: 127.0.0.1:1\n    routez: []\n",
     );
     support::send_signal(k.pid, "HUP");
-    let start = Instant::now();
-    loop {
-        let m = metrics(&k).await;
-        if metric_value(&m, "kaname_config_reloads_total{result=\"failure\"}").unwrap_or(0.0) >= 1.0
-        {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "failed reload not counted"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let failures = "kaname_config_reloads_total{result=\"failure\"}";
+    let (counted, _) = poll_metric(&k, failures, Duration::from_secs(5), |v| {
+        v.unwrap_or(0.0) >= 1.0
+    })
+    .await;
+    assert!(counted, "failed reload not counted");
     wait_for_upstream(&client, port, "a").await;
     assert!(
         k.stderr().contains("unknown key \"routez\""),
         "the error is logged with its position"
     );
-    replace_config(&k, &version(port, &a, &b, 1));
+    replace_config(&k, &version(&a, &b, 1));
     support::send_signal(k.pid, "HUP");
     wait_for_upstream(&client, port, "b").await;
 }
 
 /// Route `limited` through rate_limit `rl` (1/m, burst `burst`) and route
 /// `other` without filters, at `other_path` with `other_timeout`.
-fn limited_config(
-    port: u16,
-    a: &TestUpstream,
-    burst: u32,
-    other_path: &str,
-    other_timeout: &str,
-) -> String {
+fn limited_config(a: &TestUpstream, burst: u32, other_path: &str, other_timeout: &str) -> String {
     format!(
         "listeners:
   main:
-    listen: 127.0.0.1:{port}
+    listen: 127.0.0.1:0
     routes:
       - name: limited
         match: {{ path_prefix: /limited }}
@@ -503,8 +481,8 @@ filters:
 #[tokio::test]
 async fn emptied_bucket_stays_empty_across_a_reload_of_another_route() {
     let a = TestUpstream::start("a").await;
-    let port = free_port();
-    let k = Kaname::start(&limited_config(port, &a, 3, "/other", "2s")).await;
+    let k = Kaname::start(&limited_config(&a, 3, "/other", "2s")).await;
+    let port = k.port("main");
     let client = HttpClient::http1();
     let limited = format!("http://127.0.0.1:{port}/limited");
     for i in 1..=3 {
@@ -516,7 +494,7 @@ async fn emptied_bucket_stays_empty_across_a_reload_of_another_route() {
         .assert_kaname_error(429, "rate_limited");
 
     // Only route `other` changes: the filter's config is equal, its bucket kept.
-    replace_config(&k, &limited_config(port, &a, 3, "/elsewhere", "3s"));
+    replace_config(&k, &limited_config(&a, 3, "/elsewhere", "3s"));
     let (status, text) = post_reload(&k).await;
     assert_eq!(status, 200, "{text}");
     assert_eq!(
@@ -533,7 +511,7 @@ async fn emptied_bucket_stays_empty_across_a_reload_of_another_route() {
         .assert_kaname_error(429, "rate_limited");
 
     // A change to the rate_limit settings builds a new filter: a fresh bucket.
-    replace_config(&k, &limited_config(port, &a, 5, "/elsewhere", "3s"));
+    replace_config(&k, &limited_config(&a, 5, "/elsewhere", "3s"));
     let (status, text) = post_reload(&k).await;
     assert_eq!(status, 200, "{text}");
     assert_eq!(
@@ -550,13 +528,13 @@ async fn emptied_bucket_stays_empty_across_a_reload_of_another_route() {
 async fn reload_drops_gauges_of_removed_endpoints_and_breakers() {
     let a = TestUpstream::start("a").await;
     let b = TestUpstream::start("b").await;
-    let port = free_port();
     let body = |eps: String, filters: &str| {
         format!(
-            "listeners:\n  main:\n    listen: 127.0.0.1:{port}\n    routes:\n      - upstream: up\n        filters: [{filters}]\nupstreams:\n  up:\n    endpoints: {eps}\nfilters:\n  breaker:\n    circuit_breaker: {{ consecutive_failures: 5 }}\n"
+            "listeners:\n  main:\n    listen: 127.0.0.1:0\n    routes:\n      - upstream: up\n        filters: [{filters}]\nupstreams:\n  up:\n    endpoints: {eps}\nfilters:\n  breaker:\n    circuit_breaker: {{ consecutive_failures: 5 }}\n"
         )
     };
     let k = Kaname::start(&body(format!("[{}, {}]", a.addr, b.addr), "breaker")).await;
+    let port = k.port("main");
     let healthy = |addr: std::net::SocketAddr| {
         format!(r#"kaname_upstream_endpoint_healthy{{upstream="up",endpoint="{addr}"}}"#)
     };
@@ -599,8 +577,8 @@ async fn configmap_symlink_swap_reloads() {
     use std::os::unix::fs::symlink;
     let a = TestUpstream::start("a").await;
     let b = TestUpstream::start("b").await;
-    let port = free_port();
-    let k = Kaname::start(&version(port, &a, &b, 0)).await;
+    let k = Kaname::start(&version(&a, &b, 0)).await;
+    let port = k.port("main");
     let client = HttpClient::http1();
     wait_for_upstream(&client, port, "a").await;
     let dir = k.config_path.parent().expect("config dir").to_path_buf();
@@ -609,7 +587,7 @@ async fn configmap_symlink_swap_reloads() {
         std::fs::create_dir(&data).expect("timestamped dir");
         std::fs::write(
             data.join("kaname.yaml"),
-            full_config(&k, &version(port, &a, &b, which)),
+            config_file(&version(&a, &b, which)),
         )
         .expect("write config");
         let tmp = dir.join("..data_tmp");
@@ -639,12 +617,11 @@ async fn configmap_symlink_swap_reloads() {
 async fn open_breaker_and_request_in_flight_survive_a_reload() {
     let sick = TestUpstream::start("sick").await;
     let slow = TestUpstream::slow("slow", Duration::from_millis(800)).await;
-    let port = free_port();
     let body = |extra: &str| {
         format!(
             "listeners:
   main:
-    listen: 127.0.0.1:{port}
+    listen: 127.0.0.1:0
     routes:
       - match: {{ path_prefix: /slow }}
         upstream: slow
@@ -664,6 +641,7 @@ filters:
         )
     };
     let k = Kaname::start(&body("")).await;
+    let port = k.port("main");
     let client = HttpClient::http1();
     for _ in 0..2 {
         let r = client
@@ -715,9 +693,9 @@ filters:
 }
 
 /// The valid file for the limit tests: `/svc` to upstream a.
-fn serving(port: u16, a: &TestUpstream) -> String {
+fn serving(a: &TestUpstream) -> String {
     format!(
-        "listeners:\n  main:\n    listen: 127.0.0.1:{port}\n    routes:\n      - match: {{ path_prefix: /svc }}\n        upstream: a\nupstreams:\n  a:\n    endpoints: [{}]\n",
+        "listeners:\n  main:\n    listen: 127.0.0.1:0\n    routes:\n      - match: {{ path_prefix: /svc }}\n        upstream: a\nupstreams:\n  a:\n    endpoints: [{}]\n",
         a.addr
     )
 }
@@ -727,13 +705,13 @@ fn serving(port: u16, a: &TestUpstream) -> String {
 /// the process is alive, and its peak RSS stays below 200 MB.
 async fn reload_is_refused_within_bounds(bad: &str, limit: &str) {
     let a = TestUpstream::start("a").await;
-    let port = free_port();
-    let k = Kaname::start(&serving(port, &a)).await;
+    let k = Kaname::start(&serving(&a)).await;
+    let port = k.port("main");
     let client = HttpClient::http1();
     wait_for_upstream(&client, port, "a").await;
     let rss_before = k.rss_kib();
 
-    replace_config(&k, &format!("{}{bad}", serving(port, &a)));
+    replace_config(&k, &format!("{}{bad}", serving(&a)));
     let (status, text) = post_reload(&k).await;
     assert_eq!(status, 400, "refused: {text}");
     let first = text.lines().next().unwrap_or("");

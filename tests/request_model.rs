@@ -26,7 +26,8 @@ use support::request_model::{
     H2cUpstream, RawUpstream, Reply, Wire,
 };
 use support::{
-    endpoints_yaml, free_port, metric_value, HttpClient, Kaname, TestUpstream, WsEchoServer,
+    endpoints_yaml, metric_value, metrics, one_route_config, poll_metric, HttpClient, Kaname,
+    TestUpstream, WsEchoServer,
 };
 use tokio_tungstenite::tungstenite::Message;
 
@@ -37,13 +38,6 @@ const ISSUER: &str = "https://issuer.test";
 const JWT_SECRET: &str = "request-model-secret-0123456789-abcdefghij";
 
 // === helpers ===
-
-async fn metrics(k: &Kaname) -> String {
-    HttpClient::http1()
-        .get(&k.admin_url("/metrics"))
-        .await
-        .text()
-}
 
 /// A sample's value, 0 when the series does not exist.
 fn sample(text: &str, selector: &str) -> f64 {
@@ -62,11 +56,11 @@ fn token() -> String {
 /// Listener `main`: `/api/` behind a jwt filter, then a catch-all without
 /// filters, both to upstream `app` at `up`; `listener_extra` goes under the
 /// listener.
-fn protected_config(port: u16, up: SocketAddr, listener_extra: &str) -> String {
+fn protected_config(up: SocketAddr, listener_extra: &str) -> String {
     format!(
         "listeners:
   main:
-    listen: 127.0.0.1:{port}
+    listen: 127.0.0.1:0
 {listener_extra}    routes:
       - match: {{ path_prefix: /api/ }}
         upstream: app
@@ -83,22 +77,6 @@ filters:
       audiences: [orders]
       algorithms: [HS256]
       secret: {JWT_SECRET}
-"
-    )
-}
-
-/// One listener, one catch-all route to `up`.
-fn plain_config(port: u16, up: SocketAddr, listener_extra: &str) -> String {
-    format!(
-        "listeners:
-  main:
-    listen: 127.0.0.1:{port}
-{listener_extra}    routes:
-      - match: {{ path_prefix: / }}
-        upstream: up
-upstreams:
-  up:
-    endpoints: [{up}]
 "
     )
 }
@@ -124,19 +102,6 @@ async fn wait_total_hits(ups: &[TestUpstream], n: usize, what: &str) {
              (kaname did not forward the head before the body ended?)"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// Polls `/metrics` until `selector` reaches `want` (at most 5 s); returns
-/// the last text.
-async fn wait_metric(k: &Kaname, selector: &str, want: f64) -> String {
-    let start = Instant::now();
-    loop {
-        let text = metrics(k).await;
-        if sample(&text, selector) >= want || start.elapsed() > Duration::from_secs(5) {
-            return text;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -202,8 +167,8 @@ async fn bypass_matrix_never_reaches_the_protected_route_without_a_token() {
     assert_eq!(permissive_resolve("/API/secret"), "/API/secret");
 
     let up = permissive_upstream().await;
-    let port = free_port();
-    let _k = Kaname::start(&protected_config(port, up.addr, "")).await;
+    let k = Kaname::start(&protected_config(up.addr, "")).await;
+    let port = k.port("main");
     let bearer = format!("authorization: Bearer {}\r\n", token());
 
     // Controls: the token opens /api/, and the dot segment is resolved by
@@ -322,11 +287,10 @@ async fn bypass_matrix_never_reaches_the_protected_route_without_a_token() {
 async fn normalized_path_is_what_the_upstream_receives() {
     let echo = TestUpstream::start("echo").await;
     let api = TestUpstream::start("api").await;
-    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
     let yaml = format!(
         "listeners:
   main:
-    listen: 127.0.0.1:{}
+    listen: 127.0.0.1:0
     routes:
       - match: {{ path_prefix: /api/ }}
         case_sensitive: false
@@ -334,17 +298,17 @@ async fn normalized_path_is_what_the_upstream_receives() {
       - match: {{ path_prefix: / }}
         upstream: echo
   nomerge:
-    listen: 127.0.0.1:{}
+    listen: 127.0.0.1:0
     merge_slashes: false
     routes:
       - upstream: echo
   decode:
-    listen: 127.0.0.1:{}
+    listen: 127.0.0.1:0
     escaped_slashes: decode
     routes:
       - upstream: echo
   keep:
-    listen: 127.0.0.1:{}
+    listen: 127.0.0.1:0
     escaped_slashes: keep
     routes:
       - upstream: echo
@@ -354,10 +318,15 @@ upstreams:
   api:
     endpoints: [{}]
 ",
-        ports[0], ports[1], ports[2], ports[3], echo.addr, api.addr
+        echo.addr, api.addr
     );
-    let _k = Kaname::start(&yaml).await;
-    let (main, nomerge, decode, keep) = (ports[0], ports[1], ports[2], ports[3]);
+    let k = Kaname::start(&yaml).await;
+    let (main, nomerge, decode, keep) = (
+        k.port("main"),
+        k.port("nomerge"),
+        k.port("decode"),
+        k.port("keep"),
+    );
     // (listener port, target, what the echo upstream must receive; None: 400)
     let cases: &[(u16, &str, Option<&str>)] = &[
         (main, "/a/./b/../c//d?x=%2e%2e", Some("/a/c/d?x=%2e%2e")),
@@ -421,11 +390,10 @@ upstreams:
 async fn one_authority_routes_and_reaches_the_upstream() {
     let public = TestUpstream::start("public").await;
     let admin = TestUpstream::start("admin").await;
-    let port = free_port();
     let yaml = format!(
         "listeners:
   main:
-    listen: 127.0.0.1:{port}
+    listen: 127.0.0.1:0
     routes:
       - match: {{ host: public.example }}
         upstream: public
@@ -439,7 +407,8 @@ upstreams:
 ",
         public.addr, admin.addr
     );
-    let _k = Kaname::start(&yaml).await;
+    let k = Kaname::start(&yaml).await;
+    let port = k.port("main");
 
     // Absolute form: its authority replaces Host (RFC 9112 §3.2.2).
     let raw =
@@ -550,11 +519,10 @@ upstreams:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_upstream_receives_the_requests_authority() {
     let up = TestUpstream::start("h2").await;
-    let port = free_port();
     let yaml = format!(
         "listeners:
   main:
-    listen: 127.0.0.1:{port}
+    listen: 127.0.0.1:0
     routes:
       - match: {{ path_prefix: / }}
         upstream: h2
@@ -565,7 +533,8 @@ upstreams:
 ",
         up.addr
     );
-    let _k = Kaname::start(&yaml).await;
+    let k = Kaname::start(&yaml).await;
+    let port = k.port("main");
     for (i, host) in ["orders.example", "Orders.Example:8443", "a.example"]
         .iter()
         .enumerate()
@@ -592,8 +561,8 @@ upstreams:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_and_asterisk_forms_are_answered_by_kaname() {
     let up = TestUpstream::start("up").await;
-    let port = free_port();
-    let _k = Kaname::start(&plain_config(port, up.addr, "")).await;
+    let k = Kaname::start(&one_route_config(up.addr, "", "")).await;
+    let port = k.port("main");
     let cases: &[(&str, &[u8], u16)] = &[
         (
             "CONNECT",
@@ -686,8 +655,8 @@ async fn h2c_upgrade_is_never_forwarded_nor_tunnelled() {
     );
     let direct_seen = up.seen().len();
 
-    let port = free_port();
-    let _k = Kaname::start(&protected_config(port, up.addr, "")).await;
+    let k = Kaname::start(&protected_config(up.addr, "")).await;
+    let port = k.port("main");
     let variants = [
         H2C_UPGRADE.to_string(),
         "GET /public HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: http2-settings,upgrade\r\n\
@@ -775,8 +744,13 @@ async fn h2c_through_kaname(port: u16, raw: &str, up: &H2cUpstream, before: usiz
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrade_still_works_when_allowed() {
     let ws = WsEchoServer::start().await;
-    let port = free_port();
-    let _k = Kaname::start(&plain_config(port, ws.addr, "    upgrades: [websocket]\n")).await;
+    let k = Kaname::start(&one_route_config(
+        ws.addr,
+        "    upgrades: [websocket]\n",
+        "",
+    ))
+    .await;
+    let port = k.port("main");
     let connect = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws"));
     let (mut socket, resp) = tokio::time::timeout(DEADLINE, connect)
         .await
@@ -807,8 +781,8 @@ async fn unsolicited_101_from_the_upstream_is_a_502() {
         )
     })
     .await;
-    let port = free_port();
-    let _k = Kaname::start(&plain_config(port, up.addr, "")).await;
+    let k = Kaname::start(&one_route_config(up.addr, "", "")).await;
+    let port = k.port("main");
 
     let resp = raw_exchange(port, &get_raw("/plain", ""), DEADLINE).await;
     assert_eq!(resp.status, 502, "101 to a plain GET: {}", resp.summary());
@@ -837,8 +811,8 @@ async fn unsolicited_101_from_the_upstream_is_a_502() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_cannot_nominate_headers_kaname_relies_on() {
     let up = TestUpstream::start("up").await;
-    let port = free_port();
-    let _k = Kaname::start(&plain_config(port, up.addr, "")).await;
+    let k = Kaname::start(&one_route_config(up.addr, "", "")).await;
+    let port = k.port("main");
     let trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
     let raw = format!(
         "GET /hop HTTP/1.1\r\nhost: 127.0.0.1\r\n\
@@ -882,11 +856,10 @@ async fn connection_cannot_nominate_headers_kaname_relies_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_cannot_drop_a_claim_header() {
     let up = TestUpstream::start("up").await;
-    let port = free_port();
     let yaml = format!(
         "listeners:
   main:
-    listen: 127.0.0.1:{port}
+    listen: 127.0.0.1:0
     routes:
       - match: {{ path_prefix: / }}
         upstream: up
@@ -905,7 +878,8 @@ filters:
 ",
         up.addr
     );
-    let _k = Kaname::start(&yaml).await;
+    let k = Kaname::start(&yaml).await;
+    let port = k.port("main");
     let raw = format!(
         "GET /claims HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {}\r\n\
          connection: x-user-id, x-request-id\r\nx-user-id: mallory\r\n\r\n",
@@ -934,8 +908,8 @@ async fn response_with_content_length_and_chunked_loses_its_content_length() {
         )
     })
     .await;
-    let port = free_port();
-    let _k = Kaname::start(&plain_config(port, up.addr, "")).await;
+    let k = Kaname::start(&one_route_config(up.addr, "", "")).await;
+    let port = k.port("main");
 
     let mut wire = Wire::connect(port).await;
     wire.send(b"GET /clte HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
@@ -973,8 +947,8 @@ async fn response_body_shorter_than_content_length_ends_the_connection() {
     let up =
         RawUpstream::start(|_| Reply::close("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"))
             .await;
-    let port = free_port();
-    let _k = Kaname::start(&plain_config(port, up.addr, "")).await;
+    let k = Kaname::start(&one_route_config(up.addr, "", "")).await;
+    let port = k.port("main");
 
     // Keep-alive request: the connection must end, not wait for reuse.
     let mut wire = Wire::connect(port).await;
@@ -1030,12 +1004,12 @@ async fn response_body_shorter_than_content_length_ends_the_connection() {
 
 const BROKEN_EACH: usize = 16;
 
-fn poison_config(port: u16, ups: &[TestUpstream], listener_extra: &str) -> String {
+fn poison_config(ups: &[TestUpstream], listener_extra: &str) -> String {
     let addrs: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
     format!(
         "listeners:
   main:
-    listen: 127.0.0.1:{port}
+    listen: 127.0.0.1:0
 {listener_extra}    routes:
       - match: {{ path_prefix: / }}
         upstream: up
@@ -1119,8 +1093,8 @@ async fn broken_client_bodies_open_no_breaker_and_eject_nothing() {
         TestUpstream::start("c").await,
         TestUpstream::start("d").await,
     ];
-    let port = free_port();
-    let k = Kaname::start(&poison_config(port, &ups, "")).await;
+    let k = Kaname::start(&poison_config(&ups, "")).await;
+    let port = k.port("main");
 
     let mut statuses: HashMap<&str, Vec<u16>> = HashMap::new();
     let mut seen = 0;
@@ -1152,7 +1126,10 @@ async fn broken_client_bodies_open_no_breaker_and_eject_nothing() {
     let sent = seen as f64;
 
     let cancelled = r#"kaname_upstream_attempts_total{upstream="up",outcome="cancelled"}"#;
-    let text = wait_metric(&k, cancelled, sent).await;
+    let (_, text) = poll_metric(&k, cancelled, Duration::from_secs(5), |v| {
+        v.unwrap_or(0.0) >= sent
+    })
+    .await;
     let mut wrong = Vec::new();
     for (form, got) in &statuses {
         if got.iter().any(|s| *s != 400) {
@@ -1231,9 +1208,7 @@ async fn broken_client_bodies_are_never_retried() {
         TestUpstream::start("a").await,
         TestUpstream::start("b").await,
     ];
-    let port = free_port();
-    let yaml = poison_config(port, &ups, "")
-        .replace("filters: [breaker]", "filters: [retries, breaker]")
+    let yaml = poison_config(&ups, "").replace("filters: [breaker]", "filters: [retries, breaker]")
         + "  retries:
     retry:
       attempts: 3
@@ -1243,6 +1218,7 @@ async fn broken_client_bodies_are_never_retried() {
       max_body_bytes: 64KiB
 ";
     let k = Kaname::start(&yaml).await;
+    let port = k.port("main");
     let mut statuses = Vec::new();
     // Small: within max_body_bytes (kaname may buffer it before any try).
     for _ in 0..4 {
@@ -1311,8 +1287,8 @@ async fn broken_client_bodies_are_never_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_body_gets_408_and_leaves_the_breaker_closed() {
     let ups = vec![TestUpstream::start("a").await];
-    let port = free_port();
-    let k = Kaname::start(&poison_config(port, &ups, "    request_body_timeout: 1s\n")).await;
+    let k = Kaname::start(&poison_config(&ups, "    request_body_timeout: 1s\n")).await;
+    let port = k.port("main");
     for i in 0..4 {
         let started = Instant::now();
         let mut wire = Wire::connect(port).await;
@@ -1434,8 +1410,8 @@ async fn stale_pooled_connections_are_resent() {
         ok_reply(&format!("id {}", req.header("x-req-id").unwrap_or("-")))
     })
     .await;
-    let port = free_port();
-    let _k = Kaname::start(&plain_config(port, up.addr, "")).await;
+    let k = Kaname::start(&one_route_config(up.addr, "", "")).await;
+    let port = k.port("main");
     let n = stale_n();
 
     let get_failures = spaced_requests(n, |i| {

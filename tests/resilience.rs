@@ -12,13 +12,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::Request;
 use support::resilience::{Act, ScriptedUpstream};
-use support::{endpoints_yaml, free_port, full, metric_value, HttpClient, Kaname};
+use support::{
+    accept_each, bind_loopback, endpoints_yaml, eventually, full, metric, metric_value, metrics,
+    poll_metric, HttpClient, Kaname,
+};
 
 /// One listener, one catch-all route `main-1` to upstream `up` through
 /// `filters`, with `upstream_extra` under the upstream and `filters_yaml`
 /// as the `filters:` section.
 fn config(
-    port: u16,
     endpoints: &[SocketAddr],
     upstream_extra: &str,
     route_filters: &str,
@@ -27,7 +29,7 @@ fn config(
     format!(
         "listeners:
   main:
-    listen: 127.0.0.1:{port}
+    listen: 127.0.0.1:0
     routes:
       - match: {{ path_prefix: / }}
         upstream: up
@@ -50,17 +52,6 @@ const FAST_RETRY: &str = "  retries:
       backoff: { base: 1ms, max: 5ms }
 ";
 
-async fn metrics(k: &Kaname) -> String {
-    HttpClient::http1()
-        .get(&k.admin_url("/metrics"))
-        .await
-        .text()
-}
-
-async fn metric(k: &Kaname, selector: &str) -> f64 {
-    metric_value(&metrics(k).await, selector).unwrap_or(0.0)
-}
-
 fn put(url: &str, body: Bytes) -> Request<support::client::Body> {
     Request::put(url).body(full(body)).expect("request")
 }
@@ -69,8 +60,8 @@ fn put(url: &str, body: Bytes) -> Request<support::client::Body> {
 async fn fails_twice_then_answers_client_sees_200() {
     let up =
         ScriptedUpstream::start("flaky", |n| if n < 2 { Act::Status(503) } else { Act::Ok }).await;
-    let port = free_port();
-    let k = Kaname::start(&config(port, &[up.addr], "", "retries", FAST_RETRY)).await;
+    let k = Kaname::start(&config(&[up.addr], "", "retries", FAST_RETRY)).await;
+    let port = k.port("main");
     let res = HttpClient::http1()
         .get(&format!("http://127.0.0.1:{port}/x"))
         .await;
@@ -84,8 +75,8 @@ async fn fails_twice_then_answers_client_sees_200() {
 #[tokio::test]
 async fn connection_reset_is_retried() {
     let up = ScriptedUpstream::start("resets", |n| if n == 0 { Act::Reset } else { Act::Ok }).await;
-    let port = free_port();
-    let k = Kaname::start(&config(port, &[up.addr], "", "retries", FAST_RETRY)).await;
+    let k = Kaname::start(&config(&[up.addr], "", "retries", FAST_RETRY)).await;
+    let port = k.port("main");
     let res = HttpClient::http1()
         .get(&format!("http://127.0.0.1:{port}/x"))
         .await;
@@ -103,14 +94,14 @@ async fn connection_reset_is_retried() {
 async fn hanging_upstream_is_cut_by_per_try_timeout() {
     // Request 0 hangs, 1 answers; 2 and 3 (the second request) both hang.
     let up = ScriptedUpstream::start("hangs", |n| if n == 1 { Act::Ok } else { Act::Hang }).await;
-    let port = free_port();
     let retry = "  retries:
     retry:
       attempts: 2
       per_try_timeout: 300ms
       backoff: { base: 1ms, max: 5ms }
 ";
-    let k = Kaname::start(&config(port, &[up.addr], "", "retries", retry)).await;
+    let k = Kaname::start(&config(&[up.addr], "", "retries", retry)).await;
+    let port = k.port("main");
     let client = HttpClient::http1();
     let url = format!("http://127.0.0.1:{port}/x");
     let started = Instant::now();
@@ -134,11 +125,10 @@ async fn hanging_upstream_is_cut_by_per_try_timeout() {
 #[tokio::test]
 async fn post_is_retried_only_when_listed() {
     let up = ScriptedUpstream::start("down", |_| Act::Status(503)).await;
-    let port = free_port();
     let yaml = format!(
         "listeners:
   main:
-    listen: 127.0.0.1:{port}
+    listen: 127.0.0.1:0
     routes:
       - match: {{ path_prefix: /listed }}
         upstream: up
@@ -158,7 +148,8 @@ filters:
 ",
         up.addr
     );
-    let _k = Kaname::start(&yaml).await;
+    let k = Kaname::start(&yaml).await;
+    let port = k.port("main");
     let client = HttpClient::http1();
     let post = |path: &str| {
         Request::post(format!("http://127.0.0.1:{port}{path}"))
@@ -179,8 +170,8 @@ async fn retried_body_arrives_identical_and_large_body_is_sent_once() {
         _ => Act::Status(503),
     })
     .await;
-    let port = free_port();
-    let _k = Kaname::start(&config(port, &[up.addr], "", "retries", FAST_RETRY)).await;
+    let k = Kaname::start(&config(&[up.addr], "", "retries", FAST_RETRY)).await;
+    let port = k.port("main");
     let client = HttpClient::http1();
     let url = format!("http://127.0.0.1:{port}/upload");
     let body: Bytes = (0..60 * 1024).map(|_| rand::random::<u8>()).collect();
@@ -204,14 +195,14 @@ async fn retried_body_arrives_identical_and_large_body_is_sent_once() {
 #[tokio::test]
 async fn budget_bounds_retries_under_an_always_failing_upstream() {
     let up = ScriptedUpstream::start("down", |_| Act::Status(503)).await;
-    let port = free_port();
     let retry = "  retries:
     retry:
       attempts: 3
       backoff: { base: 1ms, max: 2ms }
       budget: { ratio: 0.2, min_per_second: 5 }
 ";
-    let k = Kaname::start(&config(port, &[up.addr], "", "retries", retry)).await;
+    let k = Kaname::start(&config(&[up.addr], "", "retries", retry)).await;
+    let port = k.port("main");
     let client = HttpClient::http1();
     let url = format!("http://127.0.0.1:{port}/x");
     let started = Instant::now();
@@ -263,14 +254,14 @@ async fn breaker_opens_refuses_probes_and_closes() {
         }
     })
     .await;
-    let port = free_port();
     let breaker = "  breaker:
     circuit_breaker:
       consecutive_failures: 3
       open_for: 1s
       max_open_for: 10s
 ";
-    let k = Kaname::start(&config(port, &[up.addr], "", "breaker", breaker)).await;
+    let k = Kaname::start(&config(&[up.addr], "", "breaker", breaker)).await;
+    let port = k.port("main");
     let text = metrics(&k).await;
     let state = |s: &str| {
         format!(r#"kaname_circuit_breaker_state{{filter="breaker",upstream="up",state="{s}"}}"#)
@@ -342,7 +333,6 @@ async fn killed_endpoint_is_ejected_and_comes_back_without_failed_requests() {
     let a = ScriptedUpstream::start("a", |_| Act::Ok).await;
     let b = ScriptedUpstream::start("b", |_| Act::Ok).await;
     let c = ScriptedUpstream::start("c", |_| Act::Ok).await;
-    let port = free_port();
     let upstream_extra = "    load_balancing: round_robin
     health_check: { path: /healthz, interval: 200ms, timeout: 200ms, unhealthy_after: 2, healthy_after: 2 }
     outlier_detection: { consecutive_failures: 2, eject_for: 2s, max_ejected_percent: 50 }
@@ -355,13 +345,13 @@ async fn killed_endpoint_is_ejected_and_comes_back_without_failed_requests() {
       budget: { ratio: 0.5, min_per_second: 50 }
 ";
     let k = Kaname::start(&config(
-        port,
         &[a.addr, b.addr, c.addr],
         upstream_extra,
         "retries",
         retry,
     ))
     .await;
+    let port = k.port("main");
     let b_gauge = format!(
         r#"kaname_upstream_endpoint_healthy{{upstream="up",endpoint="{}"}}"#,
         b.addr
@@ -397,16 +387,14 @@ async fn killed_endpoint_is_ejected_and_comes_back_without_failed_requests() {
         }
     };
 
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually(Duration::from_secs(10), async || b.hits() > 0).await;
     let b_before = b.hits();
     assert!(b_before > 0, "b took traffic before it was killed");
-    let b_addr = b.addr;
-    drop(b); // killed: listener and connections closed
-    let check = wait_until("b out of rotation", Duration::from_secs(10));
-    while metric_value(&metrics(&k).await, &b_gauge) != Some(0.0) {
-        check();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Killed: listener and connections closed; its port held, refusing.
+    let b_port = b.kill().await;
+    let deadline = Duration::from_secs(10);
+    let (out, _) = poll_metric(&k, &b_gauge, deadline, |v| v == Some(0.0)).await;
+    assert!(out, "b out of rotation within {deadline:?}");
     let ejections = metric(&k, r#"kaname_upstream_ejections_total{upstream="up"}"#).await;
     assert!(ejections >= 1.0, "b was ejected");
     // Two of three still take traffic: no panic mode (the gauge exists, at 0).
@@ -417,10 +405,12 @@ async fn killed_endpoint_is_ejected_and_comes_back_without_failed_requests() {
         ),
         Some(0.0)
     );
+    // The load runs on with b out for a while: a span of traffic, not a
+    // wait for an event.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Restart b on its address; it must pass health checks and take traffic again.
-    let b = ScriptedUpstream::start_at(b_addr, "b", |_| Act::Ok).await;
+    let b = ScriptedUpstream::start_on(b_port, "b", |_| Act::Ok);
     let check = wait_until("b back in rotation", Duration::from_secs(15));
     loop {
         let back = metric_value(&metrics(&k).await, &b_gauge) == Some(1.0);
@@ -455,14 +445,14 @@ async fn killed_endpoint_is_ejected_and_comes_back_without_failed_requests() {
 #[tokio::test]
 async fn clients_hanging_up_neither_eject_nor_open_the_breaker() {
     let up = ScriptedUpstream::start("slow", |n| if n < 3 { Act::Hang } else { Act::Ok }).await;
-    let port = free_port();
     let breaker = "  breaker:
     circuit_breaker:
       consecutive_failures: 2
       open_for: 30s
 ";
     let outlier = "    outlier_detection: { consecutive_failures: 2, eject_for: 30s, max_ejected_percent: 100 }";
-    let k = Kaname::start(&config(port, &[up.addr], outlier, "breaker", breaker)).await;
+    let k = Kaname::start(&config(&[up.addr], outlier, "breaker", breaker)).await;
+    let port = k.port("main");
     let url = format!("http://127.0.0.1:{port}/x");
     for i in 1..=3 {
         let client = HttpClient::http1_no_pool();
@@ -473,14 +463,10 @@ async fn clients_hanging_up_neither_eject_nor_open_the_breaker() {
         );
         drop(client);
         // kaname has seen the client go: nothing is in flight any more.
-        let start = Instant::now();
-        while metric(&k, r#"kaname_requests_in_flight{listener="main"}"#).await != 0.0 {
-            assert!(
-                start.elapsed() < Duration::from_secs(5),
-                "request {i} still in flight"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let in_flight = r#"kaname_requests_in_flight{listener="main"}"#;
+        let deadline = Duration::from_secs(5);
+        let (settled, _) = poll_metric(&k, in_flight, deadline, |v| v.unwrap_or(0.0) == 0.0).await;
+        assert!(settled, "request {i} still in flight");
         assert_eq!(up.hits(), i, "request {i} reached the upstream");
     }
     let text = metrics(&k).await;
@@ -534,11 +520,11 @@ async fn every_endpoint_ejected_is_panic_mode_and_traffic_still_flows() {
     };
     let a = ScriptedUpstream::start("a", script(failing.clone())).await;
     let b = ScriptedUpstream::start("b", script(failing.clone())).await;
-    let port = free_port();
     let outlier = "    load_balancing: round_robin
     outlier_detection: { consecutive_failures: 1, eject_for: 60s, max_ejected_percent: 100 }";
     let unused = "  unused:\n    retry: { attempts: 2 }\n";
-    let k = Kaname::start(&config(port, &[a.addr, b.addr], outlier, "", unused)).await;
+    let k = Kaname::start(&config(&[a.addr, b.addr], outlier, "", unused)).await;
+    let port = k.port("main");
     let client = HttpClient::http1();
     let url = format!("http://127.0.0.1:{port}/x");
     let panic_gauge = r#"kaname_upstream_panic_mode{upstream="up"}"#;
@@ -574,11 +560,10 @@ async fn every_endpoint_ejected_is_panic_mode_and_traffic_still_flows() {
 #[tokio::test]
 async fn route_timeout_bounds_all_retries() {
     let up = ScriptedUpstream::start("hangs", |_| Act::Hang).await;
-    let port = free_port();
     let yaml = format!(
         "listeners:
   main:
-    listen: 127.0.0.1:{port}
+    listen: 127.0.0.1:0
     routes:
       - upstream: up
         timeout: 500ms
@@ -596,7 +581,8 @@ filters:
 ",
         up.addr
     );
-    let _k = Kaname::start(&yaml).await;
+    let k = Kaname::start(&yaml).await;
+    let port = k.port("main");
     let started = Instant::now();
     let res = HttpClient::http1()
         .get(&format!("http://127.0.0.1:{port}/x"))
@@ -632,64 +618,54 @@ struct FirstTryFails {
 impl FirstTryFails {
     async fn start(first_tries: usize) -> Self {
         use http_body_util::BodyExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = bind_loopback("upstream").await;
         let addr = listener.local_addr().expect("addr");
         let tries: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<usize>>>> =
             Arc::default();
         let (arrived, _) = tokio::sync::watch::channel(0usize);
         let arrived = Arc::new(arrived);
         let state = (tries.clone(), arrived);
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let (tries, arrived) = state.clone();
-                tokio::spawn(async move {
-                    let svc =
-                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                            let (tries, arrived) = (tries.clone(), arrived.clone());
-                            async move {
-                                let id = req
-                                    .headers()
-                                    .get("x-id")
-                                    .and_then(|v| v.to_str().ok())
-                                    .unwrap_or_default()
-                                    .to_string();
-                                let len = match req.into_body().collect().await {
-                                    Ok(c) => c.to_bytes().len(),
-                                    Err(_) => 0,
-                                };
-                                let first = {
-                                    let mut t = tries.lock().expect("lock");
-                                    let seen = t.entry(id).or_default();
-                                    seen.push(len);
-                                    seen.len() == 1
-                                };
-                                let status = if first {
-                                    arrived.send_modify(|n| *n += 1);
-                                    let mut rx = arrived.subscribe();
-                                    let all = rx.wait_for(|n| *n % first_tries == 0);
-                                    let _ =
-                                        tokio::time::timeout(Duration::from_secs(20), all).await;
-                                    503
-                                } else {
-                                    200
-                                };
-                                let mut res = http::Response::new(full(Bytes::new()));
-                                *res.status_mut() =
-                                    http::StatusCode::from_u16(status).expect("status");
-                                Ok::<_, std::convert::Infallible>(res)
-                            }
-                        });
-                    let _ = hyper_util::server::conn::auto::Builder::new(
-                        hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
+        let task = accept_each(listener, move |stream| {
+            let (tries, arrived) = state.clone();
+            async move {
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let (tries, arrived) = (tries.clone(), arrived.clone());
+                    async move {
+                        let id = req
+                            .headers()
+                            .get("x-id")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_string();
+                        let len = match req.into_body().collect().await {
+                            Ok(c) => c.to_bytes().len(),
+                            Err(_) => 0,
+                        };
+                        let first = {
+                            let mut t = tries.lock().expect("lock");
+                            let seen = t.entry(id).or_default();
+                            seen.push(len);
+                            seen.len() == 1
+                        };
+                        let status = if first {
+                            arrived.send_modify(|n| *n += 1);
+                            let mut rx = arrived.subscribe();
+                            let all = rx.wait_for(|n| *n % first_tries == 0);
+                            let _ = tokio::time::timeout(Duration::from_secs(20), all).await;
+                            503
+                        } else {
+                            200
+                        };
+                        let mut res = http::Response::new(full(Bytes::new()));
+                        *res.status_mut() = http::StatusCode::from_u16(status).expect("status");
+                        Ok::<_, std::convert::Infallible>(res)
+                    }
                 });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
             }
         });
         FirstTryFails { addr, tries, task }
@@ -720,7 +696,6 @@ async fn replay_copies_are_bounded_across_requests() {
     const POSTS: usize = 6;
     const SIZE: usize = 4 << 20;
     let up = FirstTryFails::start(POSTS).await;
-    let port = free_port();
     let retry = "  retries:
     retry:
       attempts: 2
@@ -731,7 +706,8 @@ async fn replay_copies_are_bounded_across_requests() {
       max_body_bytes: 8MiB
       max_buffered_bytes: 16MiB
 ";
-    let k = Kaname::start(&config(port, &[up.addr], "", "retries", retry)).await;
+    let k = Kaname::start(&config(&[up.addr], "", "retries", retry)).await;
+    let port = k.port("main");
     let client = HttpClient::http1();
     let url = format!("http://127.0.0.1:{port}/upload");
     let reset = k.reset_peak_rss();

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use http::{Request, Version};
 use support::client::empty;
 use support::tls::{client_config, client_config_tls12, send_tls, write_atomic, LeafSpec, TestCa};
-use support::{free_port, metric_value, HttpClient, Kaname, TestUpstream};
+use support::{
+    metric_value, metrics, poll_metric, HttpClient, Kaname, TestUpstream, METRIC_DEADLINE,
+};
 
 const H1: &[u8] = b"http/1.1";
 const H2: &[u8] = b"h2";
@@ -26,13 +28,6 @@ fn p(path: &Path) -> String {
     path.display().to_string()
 }
 
-async fn metrics(k: &Kaname) -> String {
-    HttpClient::http1()
-        .get(&k.admin_url("/metrics"))
-        .await
-        .text()
-}
-
 #[tokio::test]
 async fn https_h1_and_h2_through_a_tls_listener() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -43,15 +38,14 @@ async fn https_h1_and_h2_through_a_tls_listener() {
     });
     let (cert, key) = server.write(dir.path(), "server");
     let up = TestUpstream::start("echo").await;
-    let (auto_port, h1_port) = (free_port(), free_port());
     let k = Kaname::start(&format!(
         "listeners:
   web:
-    listen: 127.0.0.1:{auto_port}
+    listen: 127.0.0.1:0
     tls: {{ cert: {c}, key: {k} }}
     routes: [{{ match: {{ path_prefix: / }}, upstream: echo }}]
   old:
-    listen: 127.0.0.1:{h1_port}
+    listen: 127.0.0.1:0
     protocol: http1
     tls: {{ cert: {c}, key: {k} }}
     routes: [{{ match: {{ path_prefix: / }}, upstream: echo }}]
@@ -64,6 +58,7 @@ upstreams:
         k = p(&key),
     ))
     .await;
+    let (auto_port, h1_port) = (k.port("web"), k.port("old"));
     let addr = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
 
     // HTTP/1.1 by ALPN; a client's own identity header never gets through.
@@ -150,22 +145,10 @@ upstreams:
         Some(3786912000.0),
         "{text}"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = metrics(&k).await;
-        let v = metric_value(
-            &text,
-            "kaname_tls_handshake_failures_total{listener=\"web\"}",
-        );
-        if v == Some(1.0) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "handshake failure not counted: {v:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let failures = "kaname_tls_handshake_failures_total{listener=\"web\"}";
+    let (counted, text) = poll_metric(&k, failures, METRIC_DEADLINE, |v| v == Some(1.0)).await;
+    let v = metric_value(&text, failures);
+    assert!(counted, "handshake failure not counted: {v:?}");
 }
 
 /// A listener with `client_ca` and `allowed_identities`, and its CA.
@@ -174,11 +157,10 @@ async fn mtls_sidecar(dir: &Path, up: &TestUpstream) -> (Kaname, TestCa, u16) {
     let (cert, key) = ca.leaf().write(dir, "server");
     let ca_path = dir.join("ca.crt");
     std::fs::write(&ca_path, &ca.cert_pem).expect("write CA");
-    let port = free_port();
     let k = Kaname::start(&format!(
         "listeners:
   inbound:
-    listen: 127.0.0.1:{port}
+    listen: 127.0.0.1:0
     tls:
       cert: {}
       key: {}
@@ -195,6 +177,7 @@ upstreams:
         up.addr
     ))
     .await;
+    let port = k.port("inbound");
     (k, ca, port)
 }
 
@@ -305,22 +288,10 @@ async fn mutual_tls_checks_client_certificates_and_identities() {
     );
     assert_eq!(up.hits(), hits, "a refused client reached the upstream");
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = metrics(&k).await;
-        let v = metric_value(
-            &text,
-            "kaname_tls_handshake_failures_total{listener=\"inbound\"}",
-        );
-        if v == Some(2.0) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "expected 2 handshake failures, got {v:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let failures = "kaname_tls_handshake_failures_total{listener=\"inbound\"}";
+    let (counted, text) = poll_metric(&k, failures, METRIC_DEADLINE, |v| v == Some(2.0)).await;
+    let v = metric_value(&text, failures);
+    assert!(counted, "expected 2 handshake failures, got {v:?}");
 }
 
 #[tokio::test]
@@ -339,11 +310,10 @@ async fn two_sidecars_talk_mutual_tls() {
     ca.client("spiffe://test/ns/shop/sa/intruder")
         .write(d, "intruder");
     let echo = TestUpstream::start("service-b").await;
-    let b_port = free_port();
-    let _b = Kaname::start(&format!(
+    let b = Kaname::start(&format!(
         "listeners:
   inbound:
-    listen: 127.0.0.1:{b_port}
+    listen: 127.0.0.1:0
     tls:
       cert: {d}/b.crt
       key: {d}/b.key
@@ -358,7 +328,7 @@ upstreams:
         d = d.display()
     ))
     .await;
-    let a_port = free_port();
+    let b_port = b.port("inbound");
     let upstream = |name: &str, protocol: &str, who: &str| {
         format!(
             "  {name}:
@@ -373,10 +343,10 @@ upstreams:
             d = d.display()
         )
     };
-    let _a = Kaname::start(&format!(
+    let a = Kaname::start(&format!(
         "listeners:
   outbound:
-    listen: 127.0.0.1:{a_port}
+    listen: 127.0.0.1:0
     routes:
       - {{ match: {{ path_prefix: /h2/ }}, upstream: b-h2 }}
       - {{ match: {{ path_prefix: /intruder/ }}, upstream: b-intruder }}
@@ -388,6 +358,7 @@ upstreams:
         upstream("b-intruder", "http1", "intruder"),
     ))
     .await;
+    let a_port = a.port("outbound");
 
     let client = HttpClient::http1();
     for path in ["/orders/1", "/h2/orders/2"] {
@@ -421,11 +392,10 @@ async fn certificate_rotation_under_load_drops_nothing() {
     });
     let (cert, key) = first.write(d, "server");
     let up = TestUpstream::start("echo").await;
-    let port = free_port();
     let k = Kaname::start(&format!(
         "listeners:
   web:
-    listen: 127.0.0.1:{port}
+    listen: 127.0.0.1:0
     tls: {{ cert: {}, key: {} }}
     routes: [{{ match: {{ path_prefix: / }}, upstream: echo }}]
 upstreams:
@@ -437,6 +407,7 @@ upstreams:
         up.addr
     ))
     .await;
+    let port = k.port("web");
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let config = client_config(&ca.cert_pem, None, &[H2, H1]);
 
@@ -678,18 +649,20 @@ async fn mtls_example_works() {
     }
 
     let app = TestUpstream::start("service-b").await;
-    let (a_port, b_port) = (free_port(), free_port());
-    let body = |name: &str| {
+    // A listens on a port the kernel picks and sends to B's: B starts first.
+    let body = |name: &str, b_port: &str| {
         let text = std::fs::read_to_string(example.join(name)).expect("read example");
         let start = text.find("listeners:").expect("listeners");
         text[start..]
             .replace("certs/", &format!("{}/", certs.display()))
-            .replace("15001", &a_port.to_string())
-            .replace("15443", &b_port.to_string())
+            .replace("127.0.0.1:15001", "127.0.0.1:0")
+            .replace("127.0.0.1:15443", &format!("127.0.0.1:{b_port}"))
     };
     let app_addr = app.addr.to_string();
-    let _b = Kaname::start_with_env(&body("b.yaml"), &[("APP_ADDR", &app_addr)]).await;
-    let _a = Kaname::start(&body("a.yaml")).await;
+    let b = Kaname::start_with_env(&body("b.yaml", "0"), &[("APP_ADDR", &app_addr)]).await;
+    let b_port = b.port("inbound").to_string();
+    let a = Kaname::start(&body("a.yaml", &b_port)).await;
+    let a_port = a.port("outbound");
     let r = HttpClient::http1()
         .get(&format!("http://127.0.0.1:{a_port}/hello"))
         .await;
@@ -718,11 +691,10 @@ async fn upstream_client_certificate_rotation_reaches_new_handshakes() {
     .write(d, "b");
     ca.client("spiffe://test/sa/a-v1").write(d, "a");
     let echo = TestUpstream::start("service-b").await;
-    let b_port = free_port();
-    let _b = Kaname::start(&format!(
+    let b = Kaname::start(&format!(
         "listeners:
   inbound:
-    listen: 127.0.0.1:{b_port}
+    listen: 127.0.0.1:0
     tls:
       cert: {d}/b.crt
       key: {d}/b.key
@@ -737,12 +709,12 @@ upstreams:
         d = d.display()
     ))
     .await;
-    let a_port = free_port();
+    let b_port = b.port("inbound");
     // No idle pooled connections: every request is a new handshake.
-    let _a = Kaname::start(&format!(
+    let a = Kaname::start(&format!(
         "listeners:
   outbound:
-    listen: 127.0.0.1:{a_port}
+    listen: 127.0.0.1:0
     routes: [{{ match: {{ path_prefix: / }}, upstream: b }}]
 upstreams:
   b:
@@ -753,6 +725,7 @@ upstreams:
         d = d.display()
     ))
     .await;
+    let a_port = a.port("outbound");
     let client = HttpClient::http1();
     let url = format!("http://127.0.0.1:{a_port}/x");
     let r = client.get(&url).await;

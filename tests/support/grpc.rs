@@ -37,12 +37,13 @@ use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::Endpoint;
 use tonic::{Code, Status, Streaming};
 use tonic_prost::ProstCodec;
+
+use super::net::{accept_each, bind_loopback};
 
 pub const SERVICE: &str = "kaname.test.Echo";
 pub const UNARY: &str = "/kaname.test.Echo/Unary";
@@ -155,9 +156,7 @@ pub struct GrpcUpstream {
 
 impl GrpcUpstream {
     pub async fn start(name: &str) -> GrpcUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind grpc upstream");
+        let listener = bind_loopback("grpc upstream").await;
         let addr = listener.local_addr().expect("grpc upstream addr");
         let state = Arc::new(State {
             name: name.to_string(),
@@ -165,19 +164,14 @@ impl GrpcUpstream {
             heads: Mutex::new(Vec::new()),
         });
         let accept_state = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let state = accept_state.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| route(state.clone(), req));
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .max_concurrent_streams(1000)
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
+        let task = accept_each(listener, move |stream| {
+            let state = accept_state.clone();
+            async move {
+                let svc = hyper::service::service_fn(move |req| route(state.clone(), req));
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .max_concurrent_streams(1000)
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
             }
         });
         GrpcUpstream { addr, state, task }

@@ -22,6 +22,8 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use super::net::{accept_each, bind_loopback, ClosedPort};
+
 /// Every algorithm kaname accepts.
 pub const ALL_ALGORITHMS: [Algorithm; 12] = [
     Algorithm::HS256,
@@ -194,18 +196,18 @@ pub struct JwksServer {
     doc: Arc<Mutex<String>>,
     fetches: Arc<AtomicUsize>,
     task: Option<JoinHandle<()>>,
+    /// The port, held without listening once stopped.
+    held: Option<ClosedPort>,
 }
 
 impl JwksServer {
     pub async fn start(doc: &str) -> JwksServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind JWKS");
-        Self::serve(listener, doc)
+        Self::serve(bind_loopback("JWKS").await, doc)
     }
 
-    /// Starts on a given port (one that was down until now).
-    pub async fn start_on(addr: SocketAddr, doc: &str) -> JwksServer {
-        let listener = TcpListener::bind(addr).await.expect("bind JWKS again");
-        Self::serve(listener, doc)
+    /// Starts on `port`, where connections were refused until now.
+    pub fn start_on(port: ClosedPort, doc: &str) -> JwksServer {
+        Self::serve(port.listen(), doc)
     }
 
     fn serve(listener: TcpListener, doc: &str) -> JwksServer {
@@ -213,32 +215,27 @@ impl JwksServer {
         let doc = Arc::new(Mutex::new(doc.to_string()));
         let fetches = Arc::new(AtomicUsize::new(0));
         let (d, f) = (doc.clone(), fetches.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let (d, f) = (d.clone(), f.clone());
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: Request<Incoming>| {
-                        let body = d.lock().expect("lock").clone();
-                        if req.uri().path() == "/jwks" {
-                            f.fetch_add(1, Ordering::SeqCst);
-                        }
-                        async move {
-                            Ok::<_, std::convert::Infallible>(
-                                Response::builder()
-                                    .header("content-type", "application/json")
-                                    .header("connection", "close")
-                                    .body(Full::new(Bytes::from(body)))
-                                    .expect("response"),
-                            )
-                        }
-                    });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+        let task = accept_each(listener, move |stream| {
+            let (d, f) = (d.clone(), f.clone());
+            async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let body = d.lock().expect("lock").clone();
+                    if req.uri().path() == "/jwks" {
+                        f.fetch_add(1, Ordering::SeqCst);
+                    }
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            Response::builder()
+                                .header("content-type", "application/json")
+                                .header("connection", "close")
+                                .body(Full::new(Bytes::from(body)))
+                                .expect("response"),
+                        )
+                    }
                 });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
             }
         });
         JwksServer {
@@ -246,6 +243,7 @@ impl JwksServer {
             doc,
             fetches,
             task: Some(task),
+            held: None,
         }
     }
 
@@ -261,11 +259,13 @@ impl JwksServer {
         self.fetches.load(Ordering::SeqCst)
     }
 
-    /// Stops accepting; the port is released.
+    /// Stops accepting. The port stays held, not listening: connections
+    /// to it are refused, and no other server can take it.
     pub async fn stop(&mut self) {
         if let Some(t) = self.task.take() {
             t.abort();
             let _ = t.await;
+            self.held = Some(ClosedPort::at(self.addr));
         }
     }
 }

@@ -13,10 +13,10 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use super::client::{full, Body};
+use super::net::{accept_each, bind_loopback};
 
 #[derive(Default)]
 struct Counts {
@@ -35,24 +35,17 @@ pub struct CountingUpstream {
 
 impl CountingUpstream {
     pub async fn start(delay: Duration) -> CountingUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind counting upstream");
+        let listener = bind_loopback("counting upstream").await;
         let addr = listener.local_addr().expect("upstream addr");
         let counts = Arc::new(Counts::default());
         let accept_counts = counts.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let counts = accept_counts.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| answer(counts.clone(), delay, req));
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
+        let task = accept_each(listener, move |stream| {
+            let counts = accept_counts.clone();
+            async move {
+                let svc = service_fn(move |req| answer(counts.clone(), delay, req));
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
             }
         });
         CountingUpstream { addr, counts, task }
@@ -99,19 +92,15 @@ async fn answer(
     Ok(Response::new(full("ok")))
 }
 
-/// `admin:`-less kaname config: listener `main` on `port`, one catch-all
-/// route `main-1` to upstream `up` at `upstream` through `route_filters`,
-/// with `filters_yaml` (already indented by two spaces) as `filters:`.
-pub fn limits_config(
-    port: u16,
-    upstream: SocketAddr,
-    route_filters: &str,
-    filters_yaml: &str,
-) -> String {
+/// `admin:`-less kaname config: listener `main` on a port the kernel picks,
+/// one catch-all route `main-1` to upstream `up` at `upstream` through
+/// `route_filters`, with `filters_yaml` (already indented by two spaces) as
+/// `filters:`.
+pub fn limits_config(upstream: SocketAddr, route_filters: &str, filters_yaml: &str) -> String {
     format!(
         "listeners:
   main:
-    listen: 127.0.0.1:{port}
+    listen: 127.0.0.1:0
     protocol: auto
     routes:
       - match: {{ path_prefix: / }}

@@ -21,10 +21,12 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+
+use super::net::{accept_each, bind_loopback};
 
 /// The longest request or response head read here.
 const MAX_HEAD: usize = 64 * 1024;
@@ -436,9 +438,7 @@ impl RawUpstream {
     }
 
     async fn serve(handler: Handler, idle_close: Option<Duration>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind raw upstream");
+        let listener = bind_loopback("raw upstream").await;
         let addr = listener.local_addr().expect("raw upstream addr");
         let state = Arc::new(RawState {
             handler,
@@ -448,15 +448,10 @@ impl RawUpstream {
             idle_close,
         });
         let accept_state = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let state = accept_state.clone();
-                let index = state.connections.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(raw_connection(state, Wire::new(stream), index));
-            }
+        let task = accept_each(listener, move |stream| {
+            let state = accept_state.clone();
+            let index = state.connections.fetch_add(1, Ordering::SeqCst);
+            raw_connection(state, Wire::new(stream), index)
         });
         RawUpstream { addr, state, task }
     }
@@ -596,25 +591,18 @@ type FullBody = Full<Bytes>;
 
 impl H2cUpstream {
     pub async fn start() -> H2cUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind h2c upstream");
+        let listener = bind_loopback("h2c upstream").await;
         let addr = listener.local_addr().expect("h2c upstream addr");
         let seen: Arc<Mutex<Vec<H2cSeen>>> = Arc::default();
         let accept_seen = seen.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let seen = accept_seen.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| h2c_h1(seen.clone(), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .with_upgrades()
-                        .await;
-                });
+        let task = accept_each(listener, move |stream| {
+            let seen = accept_seen.clone();
+            async move {
+                let svc = service_fn(move |req| h2c_h1(seen.clone(), req));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
             }
         });
         H2cUpstream { addr, seen, task }

@@ -2,7 +2,7 @@
 //! (other than `GET /healthz`, which always answers 200 while the server
 //! runs) is numbered from 0 and the script says what to do with it. A server
 //! can be killed (listener and every open connection closed at once) and
-//! started again on the same address.
+//! started again on the same port, held meanwhile.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::client::{full, Body};
+use super::net::{accept_each, bind_loopback, ClosedPort};
 
 /// What the server does with one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +46,18 @@ struct State {
     script: Mutex<Script>,
 }
 
+impl State {
+    fn new(name: &str, script: impl FnMut(usize) -> Act + Send + 'static) -> Arc<State> {
+        Arc::new(State {
+            name: name.to_string(),
+            hits: AtomicUsize::new(0),
+            health_hits: AtomicUsize::new(0),
+            bodies: Mutex::new(Vec::new()),
+            script: Mutex::new(Box::new(script)),
+        })
+    }
+}
+
 /// A scripted upstream; killed on drop.
 pub struct ScriptedUpstream {
     pub addr: SocketAddr,
@@ -55,62 +68,47 @@ pub struct ScriptedUpstream {
 
 impl ScriptedUpstream {
     pub async fn start(name: &str, script: impl FnMut(usize) -> Act + Send + 'static) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let state = Arc::new(State {
-            name: name.to_string(),
-            hits: AtomicUsize::new(0),
-            health_hits: AtomicUsize::new(0),
-            bodies: Mutex::new(Vec::new()),
-            script: Mutex::new(Box::new(script)),
-        });
-        Self::serve(listener, state)
+        let listener = bind_loopback("scripted upstream").await;
+        Self::serve(listener, State::new(name, script))
     }
 
-    /// Starts on `addr` (a killed server's address), retrying the bind
-    /// for up to 5 s while the port is released.
-    pub async fn start_at(
-        addr: SocketAddr,
+    /// Starts on `port`, the port of a killed server (see `kill`), where
+    /// connections were refused until now.
+    pub fn start_on(
+        port: ClosedPort,
         name: &str,
         script: impl FnMut(usize) -> Act + Send + 'static,
     ) -> Self {
-        let state = Arc::new(State {
-            name: name.to_string(),
-            hits: AtomicUsize::new(0),
-            health_hits: AtomicUsize::new(0),
-            bodies: Mutex::new(Vec::new()),
-            script: Mutex::new(Box::new(script)),
-        });
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            match TcpListener::bind(addr).await {
-                Ok(l) => return Self::serve(l, state),
-                Err(e) if std::time::Instant::now() > deadline => panic!("rebind {addr}: {e}"),
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
+        Self::serve(port.listen(), State::new(name, script))
+    }
+
+    /// Kills the server: its listener and every open connection are closed
+    /// at once. Its port stays held, not listening (connections to it are
+    /// refused, and no other socket can take it), for `start_on`.
+    pub async fn kill(mut self) -> ClosedPort {
+        let _ = self.stop.send(true);
+        self.task.abort();
+        // The listener is closed once the accept task is gone.
+        let _ = (&mut self.task).await;
+        ClosedPort::at(self.addr)
     }
 
     fn serve(listener: TcpListener, state: Arc<State>) -> Self {
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = watch::channel(false);
         let accept_state = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let state = accept_state.clone();
-                let mut stopped = stopped.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| handle(state.clone(), req));
-                    let builder = auto::Builder::new(TokioExecutor::new());
-                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                    // Killing the server drops every connection at once.
-                    tokio::select! {
-                        _ = conn => {}
-                        _ = stopped.wait_for(|s| *s) => {}
-                    }
-                });
+        let task = accept_each(listener, move |stream| {
+            let state = accept_state.clone();
+            let mut stopped = stopped.clone();
+            async move {
+                let svc = service_fn(move |req| handle(state.clone(), req));
+                let builder = auto::Builder::new(TokioExecutor::new());
+                let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                // Killing the server drops every connection at once.
+                tokio::select! {
+                    _ = conn => {}
+                    _ = stopped.wait_for(|s| *s) => {}
+                }
             }
         });
         ScriptedUpstream {

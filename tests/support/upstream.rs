@@ -27,11 +27,11 @@ use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::client::{full, Body, BoxError};
+use super::net::{accept_each, bind_loopback};
 
 /// What an upstream received.
 #[derive(Debug, Clone)]
@@ -76,9 +76,7 @@ impl TestUpstream {
 
     /// Waits `delay` after each request head before answering.
     pub async fn slow(name: &str, delay: Duration) -> TestUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
+        let listener = bind_loopback("upstream").await;
         let addr = listener.local_addr().expect("upstream addr");
         let state = Arc::new(State {
             name: name.to_string(),
@@ -87,18 +85,13 @@ impl TestUpstream {
             recorded: Mutex::new(Vec::new()),
         });
         let accept_state = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let state = accept_state.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| handle(state.clone(), req));
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                        .await;
-                });
+        let task = accept_each(listener, move |stream| {
+            let state = accept_state.clone();
+            async move {
+                let svc = service_fn(move |req| handle(state.clone(), req));
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .await;
             }
         });
         TestUpstream { addr, state, task }
@@ -250,30 +243,21 @@ pub struct WsEchoServer {
 
 impl WsEchoServer {
     pub async fn start() -> WsEchoServer {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind ws upstream");
+        let listener = bind_loopback("ws upstream").await;
         let addr = listener.local_addr().expect("ws upstream addr");
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                tokio::spawn(async move {
-                    let Ok(ws) = tokio_tungstenite::accept_async(stream).await else {
-                        return;
-                    };
-                    let (mut tx, mut rx) = ws.split();
-                    while let Some(Ok(msg)) = rx.next().await {
-                        if msg.is_text() || msg.is_binary() {
-                            if tx.send(msg).await.is_err() {
-                                break;
-                            }
-                        } else if msg.is_close() {
-                            break;
-                        }
+        let task = accept_each(listener, |stream| async move {
+            let Ok(ws) = tokio_tungstenite::accept_async(stream).await else {
+                return;
+            };
+            let (mut tx, mut rx) = ws.split();
+            while let Some(Ok(msg)) = rx.next().await {
+                if msg.is_text() || msg.is_binary() {
+                    if tx.send(msg).await.is_err() {
+                        break;
                     }
-                });
+                } else if msg.is_close() {
+                    break;
+                }
             }
         });
         WsEchoServer { addr, task }
