@@ -977,6 +977,15 @@ async fn response_body_shorter_than_content_length_ends_the_connection() {
             resp.body.len(),
             resp.summary()
         );
+    } else if resp.status == 0 {
+        // hyper had not flushed the head when the upstream's body broke:
+        // the connection is closed with nothing sent, which is cut too
+        // (faults.rs accepts the same).
+        assert!(
+            resp.closed,
+            "no answer and the connection stayed open: {}",
+            resp.summary()
+        );
     } else {
         assert!(
             resp.status >= 500,
