@@ -30,15 +30,10 @@ pub use words::{ConfigWords, Words};
 
 use error::Errors;
 
-/// The filter kinds the proxy implements. A filter of another kind is an
-/// error (`filter kind "X" is not supported yet`).
-pub const SUPPORTED_FILTER_KINDS: &[&str] = &[
-    "rate_limit",
-    "concurrency_limit",
-    "jwt",
-    "retry",
-    "circuit_breaker",
-];
+/// The filter kinds the proxy implements: every kind the config language
+/// knows ([`FilterKindName::NAMES`]). A kind known but left out of this list
+/// would be an error (`filter kind "X" is not supported yet`).
+pub const SUPPORTED_FILTER_KINDS: &[&str] = FilterKindName::NAMES;
 
 /// Reads and validates a file. `file` is used as given in error messages.
 pub fn load(file: &str) -> Result<Config, ConfigErrors> {

@@ -294,7 +294,8 @@ pub struct Filter {
 }
 
 /// One variant per filter kind. Adding a kind = a new variant here, its
-/// settings struct, its parser arm, and a module in `filters/`.
+/// settings struct, its line in `filter_kinds!` below, its parser arm, and a
+/// module in `filters/` (the compiler asks for each but the settings).
 #[derive(Debug, Clone, PartialEq)]
 pub enum FilterKind {
     Jwt(Jwt),
@@ -304,16 +305,66 @@ pub enum FilterKind {
     ConcurrencyLimit(ConcurrencyLimit),
 }
 
+/// The one list of filter kinds, each [`FilterKind`] variant with its YAML
+/// key. [`FilterKindName`], its `ALL` and `NAMES`, and
+/// [`FilterKind::kind`] are made from it, so none can miss a kind: a
+/// variant left out of the list fails `kind`'s match, and the parser
+/// matches on [`FilterKindName`] with no catch-all arm.
+macro_rules! filter_kinds {
+    ($($variant:ident => $name:literal,)*) => {
+        /// A filter kind without its settings.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum FilterKindName {
+            $($variant,)*
+        }
+
+        impl FilterKindName {
+            /// Every kind, in the order messages list them.
+            pub const ALL: &'static [FilterKindName] = &[$(FilterKindName::$variant,)*];
+            /// The YAML keys of [`Self::ALL`], in the same order.
+            pub const NAMES: &'static [&'static str] = &[$($name,)*];
+
+            /// The YAML key (`rate_limit`, ...).
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(FilterKindName::$variant => $name,)*
+                }
+            }
+        }
+
+        impl FilterKind {
+            /// This filter's kind, without its settings.
+            pub fn kind(&self) -> FilterKindName {
+                match self {
+                    $(FilterKind::$variant(_) => FilterKindName::$variant,)*
+                }
+            }
+        }
+    };
+}
+
+filter_kinds! {
+    Jwt => "jwt",
+    RateLimit => "rate_limit",
+    Retry => "retry",
+    CircuitBreaker => "circuit_breaker",
+    ConcurrencyLimit => "concurrency_limit",
+}
+
+impl FilterKindName {
+    /// The kind with this YAML key.
+    pub fn from_name(name: &str) -> Option<FilterKindName> {
+        FilterKindName::ALL
+            .iter()
+            .copied()
+            .find(|k| k.name() == name)
+    }
+}
+
 impl FilterKind {
     /// The YAML key of this kind (`rate_limit`, ...).
     pub fn kind_name(&self) -> &'static str {
-        match self {
-            FilterKind::Jwt(_) => "jwt",
-            FilterKind::RateLimit(_) => "rate_limit",
-            FilterKind::Retry(_) => "retry",
-            FilterKind::CircuitBreaker(_) => "circuit_breaker",
-            FilterKind::ConcurrencyLimit(_) => "concurrency_limit",
-        }
+        self.kind().name()
     }
 }
 

@@ -1,10 +1,10 @@
-//! The strict HTTP/1 head check (proxy/src/h1_guard.rs, included by path):
+//! The strict HTTP/1 head check (proxy/src/h1_guard/, included by path):
 //! never panics, passes at least one byte per pass, gives the same verdict
 //! however the input is cut into reads, and never passes a whole head with
 //! a bare LF, or both Content-Length and Transfer-Encoding.
 #![no_main]
 
-#[path = "../../proxy/src/h1_guard.rs"]
+#[path = "../../proxy/src/h1_guard/mod.rs"]
 #[allow(dead_code)]
 mod h1_guard;
 

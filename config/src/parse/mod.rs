@@ -5,6 +5,8 @@
 //! discarded anyway. Positions needed by the cross-checks are kept in
 //! [`Marks`].
 
+mod circuit_breaker;
+mod condition;
 mod filter;
 mod jwt;
 mod listener;

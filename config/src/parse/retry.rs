@@ -1,67 +1,13 @@
-//! The `retry` and `circuit_breaker` filters and the conditions they share.
+//! The `retry` filter: how many tries, on which conditions and methods,
+//! with what backoff, budget and body buffer.
 
 use std::time::Duration;
 
+use super::condition::conditions;
 use crate::error::Errors;
-use crate::node::{Mark, Node};
+use crate::node::Node;
 use crate::read::{self, Map};
-use crate::suggest::did_you_mean;
-use crate::types::{CircuitBreaker, Condition, FailureRate, Retry, RetryMethods};
-
-/// gRPC status names, lower case, by code.
-pub const GRPC_CODES: &[&str] = &[
-    "ok",
-    "cancelled",
-    "unknown",
-    "invalid_argument",
-    "deadline_exceeded",
-    "not_found",
-    "already_exists",
-    "permission_denied",
-    "resource_exhausted",
-    "failed_precondition",
-    "aborted",
-    "out_of_range",
-    "unimplemented",
-    "internal",
-    "unavailable",
-    "data_loss",
-    "unauthenticated",
-];
-
-const NAMED: &[&str] = &["connect_failure", "reset", "timeout", "5xx"];
-
-fn condition(node: &Node, errs: &mut Errors) -> Option<Condition> {
-    let text = read::string(node, errs)?;
-    let found = match text.as_str() {
-        "connect_failure" => Some(Condition::ConnectFailure),
-        "reset" => Some(Condition::Reset),
-        "timeout" => Some(Condition::Timeout),
-        "5xx" => Some(Condition::Status5xx),
-        t => match t.parse::<u16>() {
-            Ok(code) if (100..=599).contains(&code) => Some(Condition::Status(code)),
-            Ok(_) => None,
-            Err(_) => GRPC_CODES
-                .iter()
-                .position(|c| *c == t)
-                .and_then(|i| u32::try_from(i).ok())
-                .map(Condition::Grpc),
-        },
-    };
-    if found.is_none() {
-        let hint = did_you_mean(&text, NAMED.iter().chain(GRPC_CODES).copied());
-        errs.at(
-            node.mark,
-            format!("expected a condition: connect_failure, reset, timeout, 5xx, an HTTP status or a gRPC status name, found {text:?}{hint}"),
-        );
-    }
-    found
-}
-
-fn conditions(node: &Node, errs: &mut Errors) -> Option<Vec<Condition>> {
-    let items = read::list(node, errs)?;
-    Some(items.iter().filter_map(|n| condition(n, errs)).collect())
-}
+use crate::types::{Condition, Retry, RetryMethods};
 
 const RETRY_KEYS: &[&str] = &[
     "attempts",
@@ -170,89 +116,6 @@ pub fn retry(name: &str, node: &Node, errs: &mut Errors) -> Option<Retry> {
     })
 }
 
-const BREAKER_KEYS: &[&str] = &[
-    "consecutive_failures",
-    "failure_rate",
-    "open_for",
-    "max_open_for",
-    "half_open_requests",
-    "failure_on",
-];
-
-pub fn breaker(
-    name: &str,
-    kind_mark: Mark,
-    node: &Node,
-    errs: &mut Errors,
-) -> Option<CircuitBreaker> {
-    let place = format!("in circuit_breaker filter {name:?}");
-    let m = Map::new(node, &place, BREAKER_KEYS, errs)?;
-    let consecutive = m.opt("consecutive_failures", errs, read::u32_).unwrap_or(5);
-    let failure_rate = m.opt("failure_rate", errs, |n, e| failure_rate(name, n, e));
-    if consecutive == 0 && m.get("failure_rate").is_none() {
-        errs.at(
-            kind_mark,
-            format!("circuit_breaker filter {name:?} can never open: consecutive_failures is 0 and there is no failure_rate"),
-        );
-    }
-    let open_for = m
-        .opt("open_for", errs, read::positive_duration)
-        .unwrap_or(Duration::from_secs(10));
-    let max_open_for = m
-        .opt("max_open_for", errs, read::positive_duration)
-        .unwrap_or(Duration::from_secs(300));
-    if open_for > max_open_for {
-        let mark = m.key_mark("open_for").unwrap_or(m.mark);
-        errs.at(
-            mark,
-            format!("open_for {open_for:?} is more than max_open_for {max_open_for:?}"),
-        );
-    }
-    let half_open_requests = m
-        .opt("half_open_requests", errs, read::at_least(1))
-        .map_or(1, |n| u32::try_from(n).unwrap_or(u32::MAX));
-    let failure_on = m.opt("failure_on", errs, conditions).unwrap_or_else(|| {
-        vec![
-            Condition::ConnectFailure,
-            Condition::Timeout,
-            Condition::Status5xx,
-        ]
-    });
-    Some(CircuitBreaker {
-        consecutive_failures: (consecutive > 0).then_some(consecutive),
-        failure_rate,
-        open_for,
-        max_open_for,
-        half_open_requests,
-        failure_on,
-    })
-}
-
-fn failure_rate(filter: &str, node: &Node, errs: &mut Errors) -> Option<FailureRate> {
-    let place = format!("in failure_rate of circuit_breaker filter {filter:?}");
-    let m = Map::new(node, &place, &["threshold", "min_requests", "window"], errs)?;
-    let threshold = m.req("threshold", errs, |n, e| {
-        let t = read::number(n, e)?;
-        if !(t > 0.0 && t <= 1.0) {
-            e.at(
-                n.mark,
-                format!("threshold is a fraction greater than 0 and at most 1, found {t}"),
-            );
-            return None;
-        }
-        Some(t)
-    });
-    let min_requests = m.opt("min_requests", errs, read::u32_).unwrap_or(20);
-    let window = m
-        .opt("window", errs, read::positive_duration)
-        .unwrap_or(Duration::from_secs(10));
-    Some(FailureRate {
-        threshold: threshold?,
-        min_requests,
-        window,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,13 +125,6 @@ mod tests {
         let node = load(yaml).unwrap();
         let mut errs = Errors::new("f");
         let out = retry("retries", &node, &mut errs);
-        (out, errs.finish().to_string())
-    }
-
-    fn run_breaker(yaml: &str) -> (Option<CircuitBreaker>, String) {
-        let node = load(yaml).unwrap();
-        let mut errs = Errors::new("f");
-        let out = breaker("b", Mark::new(1, 1), &node, &mut errs);
         (out, errs.finish().to_string())
     }
 
@@ -321,31 +177,6 @@ mod tests {
              f:2:12: expected a condition: connect_failure, reset, timeout, 5xx, an HTTP status or a gRPC status name, found \"unavailabel\"; did you mean \"unavailable\"?\n\
              f:3:1: retry_on and its alias on are both set; use one\n\
              f:4:10: backoff base 1s is more than max 10ms"
-        );
-    }
-
-    #[test]
-    fn breaker_settings() {
-        let (b, e) = run_breaker("failure_rate: {threshold: 0.5}\nconsecutive_failures: 0\n");
-        assert_eq!(e, "");
-        let b = b.unwrap();
-        assert_eq!(b.consecutive_failures, None);
-        assert_eq!(b.failure_rate.unwrap().min_requests, 20);
-        assert_eq!(
-            b.failure_on,
-            [
-                Condition::ConnectFailure,
-                Condition::Timeout,
-                Condition::Status5xx
-            ]
-        );
-        assert_eq!(
-            run_breaker("failure_rate: {threshold: 1.5}\n").1,
-            "f:1:27: threshold is a fraction greater than 0 and at most 1, found 1.5"
-        );
-        assert_eq!(
-            run_breaker("consecutive_failures: 0\n").1.lines().count(),
-            1
         );
     }
 }
