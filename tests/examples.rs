@@ -571,7 +571,8 @@ fn dockerfile_builds_what_ci_tests() {
 /// Family names registered in filters/src/metrics.rs and
 /// proxy/src/metrics.rs (one registry), plus process_*.
 fn registered_families() -> BTreeSet<String> {
-    let src = read(&repo().join("filters/src/metrics.rs")) + &read(&repo().join("proxy/src/metrics.rs"));
+    let src =
+        read(&repo().join("filters/src/metrics.rs")) + &read(&repo().join("proxy/src/metrics.rs"));
     let re = regex::Regex::new(r#""(kaname_[a-z_]+)""#).expect("regex");
     re.captures_iter(&src).map(|c| c[1].to_string()).collect()
 }

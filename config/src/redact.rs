@@ -624,6 +624,7 @@ impl Render {
             FilterKind::Retry(r) => self.retry(r, ks),
             FilterKind::CircuitBreaker(b) => self.breaker(b, ks),
             FilterKind::ConcurrencyLimit(c) => self.concurrency(c, ks),
+            FilterKind::Authorize(a) => self.authorize(a, ks),
         };
         M::default().put(kind, settings).done()
     }
@@ -850,6 +851,115 @@ impl Render {
                 "failure_on",
                 self.conditions(failure_on, src.key("failure_on")),
             )
+            .done()
+    }
+
+    fn authorize(&self, a: &crate::authorize::Authorize, src: Src) -> Y {
+        use crate::authorize::{AuthzDecision, AuthzMode, ClaimValue, Conditions};
+        let crate::authorize::Authorize {
+            mode,
+            default,
+            rules,
+            external,
+        } = a;
+        let word = |d: &AuthzDecision| match d {
+            AuthzDecision::Allow => "allow",
+            AuthzDecision::Deny => "deny",
+        };
+        let rs = src.key("rules");
+        let rules = Y::Seq(
+            rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let rsrc = rs.item(i, rules.len());
+                    let c = rsrc.key(word(&r.decision));
+                    let Conditions {
+                        methods,
+                        hosts,
+                        paths,
+                        headers,
+                        identities,
+                        claims,
+                        authenticated,
+                        source_ips,
+                    } = &r.conditions;
+                    let list = |items: &[String], key: &str| {
+                        (!items.is_empty()).then(|| self.strs(items, c.key(key)))
+                    };
+                    let pairs =
+                        |items: Vec<(String, Y)>| (!items.is_empty()).then_some(Y::Map(items));
+                    let headers = pairs(
+                        headers
+                            .iter()
+                            .map(|(h, v)| (h.clone(), self.strs(v, c.key("headers").key(h))))
+                            .collect(),
+                    );
+                    let claims = pairs(
+                        claims
+                            .iter()
+                            .map(|(name, values)| {
+                                let csrc = c.key("claims").key(name);
+                                let vals = values
+                                    .iter()
+                                    .map(|v| match v {
+                                        ClaimValue::Str(t) => self.s(t, csrc),
+                                        ClaimValue::Number(n) => self.p(n.to_string(), csrc),
+                                        ClaimValue::Bool(b) => self.p(b.to_string(), csrc),
+                                    })
+                                    .collect();
+                                (name.clone(), Y::Seq(vals))
+                            })
+                            .collect(),
+                    );
+                    let ips: Vec<String> = source_ips.iter().map(|n| n.to_string()).collect();
+                    let conditions = M::default()
+                        .opt("methods", list(methods, "methods"))
+                        .opt("hosts", list(hosts, "hosts"))
+                        .opt("paths", list(paths, "paths"))
+                        .opt("headers", headers)
+                        .opt("identities", list(identities, "identities"))
+                        .opt("claims", claims)
+                        .opt(
+                            "authenticated",
+                            authenticated.map(|b| self.p(b.to_string(), c.key("authenticated"))),
+                        )
+                        .opt("source_ips", list(&ips, "source_ips"))
+                        .done();
+                    M::default()
+                        .put("name", self.s(&r.name, rsrc.key("name")))
+                        .put(word(&r.decision), conditions)
+                        .done()
+                })
+                .collect(),
+        );
+        let external = external.as_ref().map(|e| {
+            let es = src.key("external");
+            M::default()
+                .put("url", self.s(&e.url, es.key("url")))
+                .put("timeout", self.p(duration(e.timeout), es.key("timeout")))
+                .put("on_error", self.p(word(&e.on_error), es.key("on_error")))
+                .put("cache", self.p(duration(e.cache), es.key("cache")))
+                .put(
+                    "include_headers",
+                    self.strs(&e.include_headers, es.key("include_headers")),
+                )
+                .done()
+        });
+        M::default()
+            .put(
+                "mode",
+                self.p(
+                    match mode {
+                        AuthzMode::Enforce => "enforce",
+                        AuthzMode::Audit => "audit",
+                    },
+                    src.key("mode"),
+                ),
+            )
+            .put("default", self.p(word(default), src.key("default")))
+            .put("rules", rules)
+            .opt("external", external)
             .done()
     }
 

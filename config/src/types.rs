@@ -303,6 +303,7 @@ pub enum FilterKind {
     Retry(Retry),
     CircuitBreaker(CircuitBreaker),
     ConcurrencyLimit(ConcurrencyLimit),
+    Authorize(crate::authorize::Authorize),
 }
 
 /// The one list of filter kinds, each [`FilterKind`] variant with its YAML
@@ -349,6 +350,7 @@ filter_kinds! {
     Retry => "retry",
     CircuitBreaker => "circuit_breaker",
     ConcurrencyLimit => "concurrency_limit",
+    Authorize => "authorize",
 }
 
 impl FilterKindName {

@@ -62,6 +62,18 @@ pub fn cross_check(cfg: &Config, marks: &Marks, errs: &mut Errors) {
                             }
                         }
                     }
+                    Some(FilterKind::Authorize(a)) => {
+                        let uses_claims = a.rules.iter().any(|r| !r.conditions.claims.is_empty());
+                        if uses_claims && !seen_jwt {
+                            errs.at(
+                                *mark,
+                                format!(
+                                    "authorize filter {name:?} has rules on claims but route {:?} has no jwt filter before it",
+                                    route.name
+                                ),
+                            );
+                        }
+                    }
                     Some(FilterKind::ConcurrencyLimit(c)) => {
                         // A route's own priority replaces the filter's source there.
                         if let Some(crate::types::PrioritySource::Claim(claim)) = &c.priority {
@@ -155,6 +167,7 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
         }
     }
     client_priority_headers(cfg, &mut out);
+    identities_without_client_ca(cfg, &mut out);
     out
 }
 
@@ -185,6 +198,37 @@ fn looks_like_grpc_service(prefix: &str) -> bool {
         && service
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+}
+
+/// An authorize rule on `identities` on a route whose listener verifies no
+/// client certificate: no request there has an identity, so the rule never
+/// matches.
+fn identities_without_client_ca(cfg: &Config, out: &mut Vec<String>) {
+    for l in &cfg.listeners {
+        if l.tls.as_ref().is_some_and(|t| t.client_ca.is_some()) {
+            continue;
+        }
+        let mut warned: Vec<&str> = Vec::new();
+        for r in &l.routes {
+            for f in r.filters.iter().filter_map(|name| cfg.filter(name)) {
+                let FilterKind::Authorize(a) = &f.kind else {
+                    continue;
+                };
+                let Some(rule) = a.rules.iter().find(|r| !r.conditions.identities.is_empty())
+                else {
+                    continue;
+                };
+                if warned.contains(&f.name.as_str()) {
+                    continue;
+                }
+                warned.push(&f.name);
+                out.push(format!(
+                    "authorize filter {:?} rule {:?} matches identities, but listener {:?} has no tls.client_ca, so its requests have none",
+                    f.name, rule.name, l.name
+                ));
+            }
+        }
+    }
 }
 
 /// A concurrency_limit filter reading its priority from a header, on a

@@ -73,5 +73,6 @@ pub fn build(filter: &Filter, ctx: &BuildContext<'_>) -> Result<Arc<dyn BuiltFil
         FilterKind::ConcurrencyLimit(cfg) => Arc::new(
             crate::concurrency_limit::ConcurrencyLimit::new(name, cfg, m)?,
         ),
+        FilterKind::Authorize(cfg) => Arc::new(crate::authorize::Authorize::new(name, cfg, ctx)?),
     })
 }

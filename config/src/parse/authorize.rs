@@ -25,13 +25,22 @@ const CONDITIONS: &[&str] = &[
 
 pub fn authorize(name: &str, node: &Node, errs: &mut Errors) -> Option<Authorize> {
     let place = format!("in authorize filter {name:?}");
-    let m = Map::new(node, &place, &["mode", "default", "rules", "external"], errs)?;
+    let m = Map::new(
+        node,
+        &place,
+        &["mode", "default", "rules", "external"],
+        errs,
+    )?;
     let mode = m
-        .opt("mode", errs, |n, e| read::choice(n, &["enforce", "audit"], e))
+        .opt("mode", errs, |n, e| {
+            read::choice(n, &["enforce", "audit"], e)
+        })
         .map_or(AuthzMode::Enforce, |i| {
             [AuthzMode::Enforce, AuthzMode::Audit][i]
         });
-    let default = m.opt("default", errs, decision).unwrap_or(AuthzDecision::Deny);
+    let default = m
+        .opt("default", errs, decision)
+        .unwrap_or(AuthzDecision::Deny);
     let rules = match m.get("rules") {
         Some(n) => rules(name, n, errs)?,
         None => Vec::new(),
@@ -52,7 +61,8 @@ pub fn authorize(name: &str, node: &Node, errs: &mut Errors) -> Option<Authorize
 }
 
 fn decision(node: &Node, errs: &mut Errors) -> Option<AuthzDecision> {
-    read::choice(node, &["allow", "deny"], errs).map(|i| [AuthzDecision::Allow, AuthzDecision::Deny][i])
+    read::choice(node, &["allow", "deny"], errs)
+        .map(|i| [AuthzDecision::Allow, AuthzDecision::Deny][i])
 }
 
 fn rules(filter: &str, node: &Node, errs: &mut Errors) -> Option<Vec<AuthzRule>> {
@@ -70,7 +80,10 @@ fn rules(filter: &str, node: &Node, errs: &mut Errors) -> Option<Vec<AuthzRule>>
             (Some(b), None) => (AuthzDecision::Allow, b),
             (None, Some(b)) => (AuthzDecision::Deny, b),
             (Some(_), Some(_)) => {
-                errs.at(m.mark, format!("rule {name:?} has both allow and deny; a rule has one"));
+                errs.at(
+                    m.mark,
+                    format!("rule {name:?} has both allow and deny; a rule has one"),
+                );
                 continue;
             }
             (None, None) => {
@@ -102,12 +115,16 @@ fn conditions(rule: &str, node: &Node, errs: &mut Errors) -> Option<Conditions> 
             .collect(),
         paths: m.opt("paths", errs, globs).unwrap_or_default(),
         headers: m.opt("headers", errs, headers).unwrap_or_default(),
-        identities: m.opt("identities", errs, read::one_or_more).unwrap_or_default(),
+        identities: m
+            .opt("identities", errs, read::one_or_more)
+            .unwrap_or_default(),
         claims: m.opt("claims", errs, claims).unwrap_or_default(),
         authenticated: m.opt("authenticated", errs, read::boolean),
         source_ips: m.opt("source_ips", errs, cidrs).unwrap_or_default(),
     };
-    if c.is_empty() {
+    // By the keys written: a condition whose values were all refused has
+    // its own error already.
+    if !CONDITIONS.iter().any(|k| m.get(k).is_some()) {
         errs.at(
             node.mark,
             format!(
@@ -117,7 +134,7 @@ fn conditions(rule: &str, node: &Node, errs: &mut Errors) -> Option<Conditions> 
         );
         return None;
     }
-    Some(c)
+    (!c.is_empty()).then_some(c)
 }
 
 fn globs(node: &Node, errs: &mut Errors) -> Option<Vec<String>> {
@@ -182,7 +199,10 @@ fn claim_value(node: &Node, errs: &mut Errors) -> Option<ClaimValue> {
     let Some(s) = node.scalar().filter(|_| !node.is_null()) else {
         errs.at(
             node.mark,
-            format!("expected a claim value (a string, number or boolean), found {}", node.describe()),
+            format!(
+                "expected a claim value (a string, number or boolean), found {}",
+                node.describe()
+            ),
         );
         return None;
     };
@@ -208,12 +228,21 @@ fn external(filter: &str, node: &Node, errs: &mut Errors) -> Option<ExternalPoli
     let timeout = m
         .opt("timeout", errs, read::positive_duration)
         .unwrap_or(Duration::from_millis(100));
-    let on_error = m.opt("on_error", errs, decision).unwrap_or(AuthzDecision::Deny);
-    let cache = m.opt("cache", errs, read::duration).unwrap_or(Duration::ZERO);
+    let on_error = m
+        .opt("on_error", errs, decision)
+        .unwrap_or(AuthzDecision::Deny);
+    let cache = m
+        .opt("cache", errs, read::duration)
+        .unwrap_or(Duration::ZERO);
     let include_headers = m
         .opt("include_headers", errs, |n, e| {
             let items = read::list(n, e)?;
-            Some(items.iter().filter_map(|i| read::header_name(i, e)).collect())
+            Some(
+                items
+                    .iter()
+                    .filter_map(|i| read::header_name(i, e))
+                    .collect(),
+            )
         })
         .unwrap_or_default();
     Some(ExternalPolicy {
@@ -240,5 +269,108 @@ fn url(node: &Node, errs: &mut Errors) -> Option<String> {
             );
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::authorize::{AuthzDecision, ClaimValue};
+    use crate::types::FilterKind;
+
+    const HEAD: &str = "listeners:
+  main:
+    listen: 127.0.0.1:8080
+    routes:
+      - { match: { path_prefix: / }, upstream: app, filters: [auth, policy] }
+upstreams:
+  app: { endpoints: [127.0.0.1:3000] }
+filters:
+  auth: { jwt: { algorithms: [HS256], secret: 0123456789abcdef0123456789abcdef } }
+  policy:
+    authorize:
+";
+
+    fn errors(body: &str) -> String {
+        match crate::parse("f.yaml", &format!("{HEAD}{body}")) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_policy_reads_back_typed() {
+        let cfg = crate::parse(
+            "f.yaml",
+            &format!(
+                "{HEAD}      mode: audit
+      rules:
+        - {{ name: readers, allow: {{ methods: [get], paths: [/api/**], claims: {{ scope: orders:read, level: [1, 2] }} }} }}
+        - deny: {{ source_ips: [10.0.0.0/8], hosts: [API.example.com] }}
+      external: {{ url: http://127.0.0.1:8181/v1/data/allow, cache: 10s, include_headers: [X-Tenant] }}
+"
+            ),
+        )
+        .expect("valid");
+        let FilterKind::Authorize(a) = &cfg.filter("policy").unwrap().kind else {
+            unreachable!()
+        };
+        assert_eq!(a.default, AuthzDecision::Deny);
+        assert_eq!(a.rules[0].conditions.methods, ["GET"]);
+        assert_eq!(
+            a.rules[0].conditions.claims[1].1,
+            [ClaimValue::Number(1.0), ClaimValue::Number(2.0)]
+        );
+        assert_eq!(a.rules[1].name, "rule-2");
+        assert_eq!(a.rules[1].conditions.hosts, ["api.example.com"]);
+        let e = a.external.as_ref().unwrap();
+        assert_eq!(e.timeout, std::time::Duration::from_millis(100));
+        assert_eq!(e.include_headers, ["x-tenant"]);
+    }
+
+    #[test]
+    fn mistakes_are_errors_with_their_place() {
+        assert_eq!(
+            errors("      rules: [{ allow: { path: [/a] } }]\n"),
+            "f.yaml:12:24: rule \"rule-1\" has no condition; give at least one of methods, hosts, paths, headers, identities, claims, authenticated, source_ips\n\
+             f.yaml:12:26: unknown key \"path\" in rule \"rule-1\"; did you mean \"paths\"?"
+        );
+        assert_eq!(
+            errors("      rules: [{ allow: { paths: [\"/a/**b\"] } }]\n"),
+            "f.yaml:12:34: invalid path glob \"/a/**b\": ** must be a whole segment (/a/**/b)"
+        );
+        assert!(
+            errors("      rules: [{ allow: { source_ips: [10.0.0.0/33] } }]\n")
+                .starts_with("f.yaml:12:39: invalid CIDR \"10.0.0.0/33\"")
+        );
+        assert!(
+            errors("      rules: [{ allow: { paths: [/a] }, deny: { paths: [/b] } }]\n")
+                .contains("has both allow and deny")
+        );
+        assert!(errors("      defualt: allow\n").contains("did you mean \"default\"?"));
+    }
+
+    #[test]
+    fn claims_need_a_jwt_filter_before() {
+        let body = "      rules: [{ allow: { claims: { scope: read } } }]\n";
+        assert_eq!(errors(body), "");
+        let swapped = format!("{HEAD}{body}").replace("[auth, policy]", "[policy, auth]");
+        let e = crate::parse("f.yaml", &swapped).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "f.yaml:5:63: authorize filter \"policy\" has rules on claims but route \"main-1\" has no jwt filter before it"
+        );
+    }
+
+    #[test]
+    fn identities_without_client_ca_are_warned() {
+        let cfg = crate::parse(
+            "f.yaml",
+            &format!("{HEAD}      rules: [{{ name: web, allow: {{ identities: [\"spiffe://c/web\"] }} }}]\n"),
+        )
+        .expect("valid");
+        assert_eq!(
+            crate::warnings(&cfg),
+            ["authorize filter \"policy\" rule \"web\" matches identities, but listener \"main\" has no tls.client_ca, so its requests have none"]
+        );
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{circuit_breaker, jwt, retry};
+use super::{authorize, circuit_breaker, jwt, retry};
 use crate::error::Errors;
 use crate::node::{Mark, Node};
 use crate::read::{self, Map};
@@ -82,6 +82,7 @@ fn filter_of(
         FilterKindName::ConcurrencyLimit => {
             FilterKind::ConcurrencyLimit(concurrency(name, body, errs)?)
         }
+        FilterKindName::Authorize => FilterKind::Authorize(authorize::authorize(name, body, errs)?),
     };
     Some(Filter {
         name: name.to_string(),
@@ -187,7 +188,7 @@ mod tests {
     #[test]
     fn kinds() {
         assert_eq!(run("rate_limt: {}").1, "f:1:1: unknown filter kind \"rate_limt\" in filter \"x\"; did you mean \"rate_limit\"?");
-        assert_eq!(run("{}").1, "f:1:1: filter \"x\" has no kind; expected one of jwt, rate_limit, retry, circuit_breaker, concurrency_limit");
+        assert_eq!(run("{}").1, "f:1:1: filter \"x\" has no kind; expected one of jwt, rate_limit, retry, circuit_breaker, concurrency_limit, authorize");
         assert_eq!(
             run("retry: {}\njwt: {}\n").1,
             "f:2:1: filter \"x\" has two kinds, \"retry\" and \"jwt\"; a filter has exactly one"
@@ -202,6 +203,7 @@ mod tests {
             FilterKindName::Retry => "{}",
             FilterKindName::CircuitBreaker => "{}",
             FilterKindName::ConcurrencyLimit => "{max_in_flight: 1}",
+            FilterKindName::Authorize => "{rules: [{allow: {methods: [GET]}}]}",
         }
     }
 

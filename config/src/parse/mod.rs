@@ -5,6 +5,7 @@
 //! discarded anyway. Positions needed by the cross-checks are kept in
 //! [`Marks`].
 
+mod authorize;
 mod circuit_breaker;
 mod condition;
 mod filter;
