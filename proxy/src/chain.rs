@@ -257,7 +257,13 @@ impl Runtime {
         forwards: &mut HashMap<String, RouteService>,
     ) -> Result<RouteService, BuildError> {
         let mut service: Option<RouteService> = None;
-        for step in steps.iter().rev() {
+        let mut outward = steps.iter().rev().peekable();
+        while let Some(step) = outward.next() {
+            // Rescue right inside observe is built by observe itself (one
+            // service, one boxed future).
+            if matches!(step, Step::Rescue) && matches!(outward.peek(), Some(Step::Observe)) {
+                continue;
+            }
             match self.build_step(step, target, metrics, forwards)? {
                 Built::Terminal(t) => service = Some(t),
                 Built::Layer(layer) => {
@@ -274,6 +280,18 @@ impl Runtime {
         })
     }
 
+    fn observe_layer(&self, t: &StackTarget<'_>, metrics: &Metrics) -> pipeline::ObserveLayer {
+        pipeline::ObserveLayer {
+            metrics: t.metrics.clone(),
+            in_flight: metrics
+                .requests_in_flight
+                .with_label_values(&[&*t.info.listener]),
+            access_log: self.config.log.access_log,
+            route: t.info.route.clone(),
+            upstream: t.info.upstream.clone(),
+        }
+    }
+
     fn build_step(
         &self,
         step: &Step<'_>,
@@ -283,15 +301,8 @@ impl Runtime {
     ) -> Result<Built, BuildError> {
         let info = &t.info;
         Ok(Built::Layer(match step {
-            Step::Observe => RouteLayer::boxed(pipeline::ObserveLayer {
-                metrics: t.metrics.clone(),
-                in_flight: metrics
-                    .requests_in_flight
-                    .with_label_values(&[&*info.listener]),
-                access_log: self.config.log.access_log,
-                route: info.route.clone(),
-                upstream: info.upstream.clone(),
-            }),
+            // With the rescue layer inside it (see `stack`).
+            Step::Observe => RouteLayer::boxed(self.observe_layer(t, metrics)),
             Step::Rescue => RouteLayer::new(pipeline::RescueLayer),
             Step::IdentityCheck(_) => RouteLayer::boxed(pipeline::IdentityCheckLayer {
                 listener: info.listener.clone(),

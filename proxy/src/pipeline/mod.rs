@@ -34,7 +34,7 @@ pub use ingress::{
     NotRouted, PeerIdentityLayer, RequestIdLayer, RequestModelLayer, Router, Unrouted,
 };
 pub use observe::ObserveLayer;
-pub use rescue::RescueLayer;
+pub use rescue::{Rescue, RescueLayer};
 
 /// One step of a request's path, outermost first.
 pub enum Step<'a> {

@@ -18,6 +18,12 @@ pub struct RescueLayer;
 #[derive(Clone)]
 pub struct Rescue(RouteService);
 
+impl Rescue {
+    pub fn new(inner: RouteService) -> Self {
+        Rescue(inner)
+    }
+}
+
 impl Layer<RouteService> for RescueLayer {
     type Service = Rescue;
     fn layer(&self, inner: RouteService) -> Rescue {
