@@ -8,6 +8,29 @@
 #![forbid(unsafe_code)]
 
 pub mod authorize;
+
+/// gRPC status names by code, lower case, as `retry_on` and `failure_on`
+/// take them (`unavailable` is 14). The one table: the parser, `/config`
+/// and the proxy's metric labels (upper case) read it.
+pub const GRPC_CODE_NAMES: [&str; 17] = [
+    "ok",
+    "cancelled",
+    "unknown",
+    "invalid_argument",
+    "deadline_exceeded",
+    "not_found",
+    "already_exists",
+    "permission_denied",
+    "resource_exhausted",
+    "failed_precondition",
+    "aborted",
+    "out_of_range",
+    "unimplemented",
+    "internal",
+    "unavailable",
+    "data_loss",
+    "unauthenticated",
+];
 mod env;
 mod error;
 mod locate;

@@ -23,27 +23,7 @@ use crate::types::{
 
 pub(crate) const REDACTED: &str = "<redacted>";
 
-/// gRPC status names by code, as `retry_on` / `failure_on` take them (the
-/// parser's table; a round-trip test holds the two equal).
-const GRPC_CODES: &[&str] = &[
-    "ok",
-    "cancelled",
-    "unknown",
-    "invalid_argument",
-    "deadline_exceeded",
-    "not_found",
-    "already_exists",
-    "permission_denied",
-    "resource_exhausted",
-    "failed_precondition",
-    "aborted",
-    "out_of_range",
-    "unimplemented",
-    "internal",
-    "unavailable",
-    "data_loss",
-    "unauthenticated",
-];
+use crate::GRPC_CODE_NAMES as GRPC_CODES;
 
 /// `cfg` as YAML; `root` is the tree it was read from (after `${VAR}`
 /// substitution), used only to find which values were substituted.

@@ -50,7 +50,7 @@ struct Served {
     /// `kaname_requests_total` per (method, code), keyed
     /// `method_index * 1000 + code`; filled in order, each key in one slot.
     counters: [OnceLock<(u16, IntCounter)>; COUNTER_SLOTS],
-    grpc_counters: [OnceLock<IntCounter>; GRPC_CODES.len()],
+    grpc_counters: [OnceLock<IntCounter>; GRPC_SLOTS],
 }
 
 impl RouteMetrics {
@@ -103,37 +103,28 @@ impl RouteMetrics {
 
     /// Counts a finished gRPC call by its final `grpc-status` number.
     pub fn observe_grpc(&self, code: u32) {
-        let i = (code as usize).min(GRPC_CODES.len() - 1);
+        let i = (code as usize).min(GRPC_SLOTS - 1);
         self.served().grpc_counters[i]
             .get_or_init(|| {
                 let [l, r, u] = &self.labels;
-                self.grpc.with_label_values(&[l, r, u, GRPC_CODES[i]])
+                self.grpc
+                    .with_label_values(&[&**l, &**r, &**u, GRPC_LABELS[i].as_str()])
             })
             .inc();
     }
 }
 
-/// gRPC status names by number; anything above 16 is counted as UNKNOWN.
-pub const GRPC_CODES: [&str; 18] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-    "UNKNOWN",
-];
+/// gRPC status names by number, upper case (the metric's labels), from
+/// the config's one table; anything above 16 is counted as UNKNOWN.
+static GRPC_LABELS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+    kaname_config::GRPC_CODE_NAMES
+        .iter()
+        .map(|n| n.to_ascii_uppercase())
+        .chain(["UNKNOWN".to_string()])
+        .collect()
+});
+/// How many label slots: the 17 codes and one for anything above.
+const GRPC_SLOTS: usize = kaname_config::GRPC_CODE_NAMES.len() + 1;
 
 #[cfg(test)]
 mod tests {

@@ -8,26 +8,7 @@ use crate::read;
 use crate::suggest::did_you_mean;
 use crate::types::Condition;
 
-/// gRPC status names, lower case, by code.
-pub const GRPC_CODES: &[&str] = &[
-    "ok",
-    "cancelled",
-    "unknown",
-    "invalid_argument",
-    "deadline_exceeded",
-    "not_found",
-    "already_exists",
-    "permission_denied",
-    "resource_exhausted",
-    "failed_precondition",
-    "aborted",
-    "out_of_range",
-    "unimplemented",
-    "internal",
-    "unavailable",
-    "data_loss",
-    "unauthenticated",
-];
+pub use crate::GRPC_CODE_NAMES as GRPC_CODES;
 
 const NAMED: &[&str] = &["connect_failure", "reset", "timeout", "5xx"];
 
@@ -54,7 +35,7 @@ fn condition(node: &Node, errs: &mut Errors) -> Option<Condition> {
         },
     };
     if found.is_none() {
-        let hint = did_you_mean(&text, NAMED.iter().chain(GRPC_CODES).copied());
+        let hint = did_you_mean(&text, NAMED.iter().chain(GRPC_CODES.iter()).copied());
         errs.at(
             node.mark,
             format!("expected a condition: connect_failure, reset, timeout, 5xx, an HTTP status or a gRPC status name, found {text:?}{hint}"),
