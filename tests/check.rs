@@ -87,7 +87,7 @@ fn valid_file_prints_a_summary() {
     assert_eq!(out.stderr, "");
     assert_eq!(
         out.stdout,
-        "kaname.yaml: ok (1 listeners, 1 routes, 1 upstreams, 3 filters)\n"
+        "kaname.yaml: ok (1 listener, 1 route, 1 upstream, 3 filters)\n"
     );
     assert_eq!(out.code, Some(0));
 }
@@ -345,7 +345,7 @@ filters:
     assert_eq!(out.stderr, "");
     assert_eq!(
         out.stdout,
-        "kaname.yaml: ok (1 listeners, 2 routes, 1 upstreams, 1 filters)\n"
+        "kaname.yaml: ok (1 listener, 2 routes, 1 upstream, 1 filter)\n"
     );
     assert_eq!(out.code, Some(0));
 }

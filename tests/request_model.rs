@@ -942,6 +942,34 @@ async fn response_with_content_length_and_chunked_loses_its_content_length() {
     );
 }
 
+/// An HTTP/1.0 upstream (Python's http.server) does not make kaname answer
+/// an HTTP/1.1 client in HTTP/1.0: kaname answers in its own version and
+/// the client's connection stays open for the next request.
+#[tokio::test]
+async fn an_http_1_0_upstream_is_answered_in_http_1_1() {
+    let up = RawUpstream::start(|_| Reply::close("HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+        .await;
+    let k = Kaname::start(&one_route_config(up.addr, "", "")).await;
+    let mut wire = Wire::connect(k.port("main")).await;
+    for i in 0..2 {
+        wire.send(b"GET /old HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+            .await
+            .expect("write");
+        let resp = wire.response(DEADLINE).await;
+        assert!(
+            resp.head.starts_with("HTTP/1.1 200"),
+            "request {i}: {}",
+            resp.head
+        );
+        assert_eq!(resp.body, b"ok");
+        assert!(
+            !resp.closed,
+            "request {i}: the connection was closed: {}",
+            resp.summary()
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn response_body_shorter_than_content_length_ends_the_connection() {
     let up =

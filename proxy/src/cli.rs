@@ -112,13 +112,23 @@ fn check(file: &str) -> ExitCode {
             }
             let routes: usize = cfg.listeners.iter().map(|l| l.routes.len()).sum();
             println!(
-                "{file}: ok ({} listeners, {routes} routes, {} upstreams, {} filters)",
-                cfg.listeners.len(),
-                cfg.upstreams.len(),
-                cfg.filters.len()
+                "{file}: ok ({}, {}, {}, {})",
+                count(cfg.listeners.len(), "listener"),
+                count(routes, "route"),
+                count(cfg.upstreams.len(), "upstream"),
+                count(cfg.filters.len(), "filter")
             );
             ExitCode::SUCCESS
         }
         Err(errors) => report(&errors),
+    }
+}
+
+/// `1 listener`, `2 routes`.
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
     }
 }

@@ -358,6 +358,12 @@ impl ForwardTo {
                 if parts.headers.contains_key(header::TRANSFER_ENCODING) {
                     parts.headers.remove(header::CONTENT_LENGTH);
                 }
+                // kaname answers in its own version (RFC 9110 §6.2): an
+                // HTTP/1.0 upstream must not make a 1.1 client's answer 1.0
+                // (and its keep-alive go).
+                if parts.version == Version::HTTP_10 {
+                    parts.version = Version::HTTP_11;
+                }
                 strip_hop_by_hop(&mut parts.headers, switching);
                 parts.extensions.insert(tried);
                 let body = body.map_err(|e| Box::new(e) as BoxError).boxed();
