@@ -679,3 +679,45 @@ async fn the_authorize_example_works_as_its_readme_says() {
     assert_eq!(up.hits(), 2);
     assert!(k.stderr().contains("no-delete"), "{}", k.stderr());
 }
+
+/// A deny rule on a host is not walked past by another spelling of it:
+/// upper case, a port, or an absolute-form target naming it while `Host`
+/// names another. What the rule saw is what the upstream receives.
+#[tokio::test]
+async fn a_host_rule_holds_for_every_spelling_of_the_host() {
+    use support::request_model::Wire;
+    let up = TestUpstream::start("app").await;
+    let filters = "  auth:
+    jwt: { algorithms: [HS256], secret: authorize-test-secret-0123456789abcdef }
+  policy:
+    authorize:
+      default: allow
+      rules: [{ name: no-admin-host, deny: { hosts: [admin.shop.test] } }]
+";
+    let k = Kaname::start(&config(&up, filters, "")).await;
+    let t = token(json!({"sub": "x"}));
+    for host in ["ADMIN.Shop.Test", "admin.shop.test:8443"] {
+        send(&k, "GET", "/x", Some(&t), &[("host", host)])
+            .await
+            .assert_kaname_error(403, "forbidden");
+    }
+    assert_eq!(
+        send(&k, "GET", "/x", Some(&t), &[("host", "www.shop.test")])
+            .await
+            .status,
+        200
+    );
+    let mut wire = Wire::connect(k.port("main")).await;
+    let req = format!(
+        "GET http://admin.shop.test/x HTTP/1.1\r\nhost: www.shop.test\r\nauthorization: Bearer {t}\r\n\r\n"
+    );
+    wire.send(req.as_bytes()).await.expect("write");
+    let resp = wire.response(Duration::from_secs(10)).await;
+    assert!(
+        resp.head.starts_with("HTTP/1.1 403"),
+        "absolute form: {}",
+        resp.head
+    );
+    assert_eq!(up.hits(), 1, "only the www request reached the upstream");
+    assert_eq!(up.last().header("host"), Some("www.shop.test"));
+}

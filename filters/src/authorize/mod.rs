@@ -65,6 +65,9 @@ struct Decider {
 struct Policy {
     filter: Arc<str>,
     audit: bool,
+    /// A rule matches on `hosts`, or the external service is sent the host:
+    /// only then is the request's host read (and lower-cased).
+    needs_host: bool,
     rules: Vec<(Rule, Decider)>,
     default: (AuthzDecision, Decider),
     external: Option<(external::External, Decider, Decider)>,
@@ -104,6 +107,8 @@ impl Authorize {
             layer: AuthorizeLayer(Arc::new(Policy {
                 filter: name.into(),
                 audit: cfg.mode == AuthzMode::Audit,
+                needs_host: cfg.external.is_some()
+                    || cfg.rules.iter().any(|r| !r.conditions.hosts.is_empty()),
                 rules: cfg
                     .rules
                     .iter()
@@ -182,7 +187,11 @@ impl Service<Request<Body>> for AuthorizeService {
 
     fn call(&mut self, req: Request<Body>) -> RouteFuture {
         let p = &self.policy;
-        let host = host_of(&req);
+        let host = if p.needs_host {
+            host_of(&req)
+        } else {
+            String::new()
+        };
         let decided = {
             let f = facts(&req, &host);
             p.rules
