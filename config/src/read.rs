@@ -327,7 +327,7 @@ pub fn methods(node: &Node, errs: &mut Errors) -> Option<Vec<String>> {
 }
 
 /// RFC 9110 token characters.
-fn is_tchar(c: char) -> bool {
+pub(crate) fn is_tchar(c: char) -> bool {
     c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
 }
 

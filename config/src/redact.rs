@@ -248,14 +248,14 @@ impl Render {
                 self.p(log.access_log.to_string(), l.key("access_log")),
             )
             .done();
+        let ts = src.key("tracing");
+        let crate::types::Tracing { start_traces, otlp } = tracing;
         let tracing = M::default()
             .put(
                 "start_traces",
-                self.p(
-                    tracing.start_traces.to_string(),
-                    src.key("tracing").key("start_traces"),
-                ),
+                self.p(start_traces.to_string(), ts.key("start_traces")),
             )
+            .opt("otlp", otlp.as_ref().map(|o| self.otlp(o, ts.key("otlp"))))
             .done();
         let ls = src.key("listeners");
         let listeners = Y::Map(
@@ -607,6 +607,52 @@ impl Render {
             FilterKind::Authorize(a) => self.authorize(a, ks),
         };
         M::default().put(kind, settings).done()
+    }
+
+    fn otlp(&self, o: &crate::types::Otlp, src: Src) -> Y {
+        let crate::types::Otlp {
+            endpoint,
+            protocol,
+            headers,
+            timeout,
+            service_name,
+            resource,
+            sampling,
+            max_queue,
+        } = o;
+        // Export headers carry credentials (tracing.md): every value hidden.
+        let headers = Y::Map(
+            headers
+                .iter()
+                .map(|(k, _)| (k.clone(), Y::Redacted))
+                .collect(),
+        );
+        let rs = src.key("resource");
+        let resource = Y::Map(
+            resource
+                .iter()
+                .map(|(k, v)| (k.clone(), self.s(v, rs.key(k))))
+                .collect(),
+        );
+        M::default()
+            .put("endpoint", self.s(endpoint, src.key("endpoint")))
+            .put("protocol", self.p(protocol.word(), src.key("protocol")))
+            .put("headers", headers)
+            .put("timeout", self.p(duration(*timeout), src.key("timeout")))
+            .put(
+                "service_name",
+                self.s(service_name, src.key("service_name")),
+            )
+            .put("resource", resource)
+            .put(
+                "sampling",
+                self.p(sampling.to_string(), src.key("sampling")),
+            )
+            .put(
+                "max_queue",
+                self.p(max_queue.to_string(), src.key("max_queue")),
+            )
+            .done()
     }
 
     fn jwt(&self, j: &Jwt, src: Src) -> Y {
@@ -1184,7 +1230,16 @@ mod tests {
 admin: { listen: "[::1]:9902", header_timeout: 1500ms, allowed_hosts: [Orders, orders.shop.svc] }
 shutdown_grace: 90s
 log: { level: "kaname=debug,hyper=info", format: text, access_log: false }
-tracing: { start_traces: true }
+tracing:
+  start_traces: true
+  otlp:
+    endpoint: http://collector:4318
+    protocol: http/protobuf
+    timeout: 2s
+    service_name: orders-sidecar
+    resource: { deployment.environment: prod, "team": "a: b" }
+    sampling: 0.25
+    max_queue: 100
 listeners:
   "in bound":
     listen: 0.0.0.0:8443
@@ -1327,6 +1382,10 @@ admin:
   listen: 127.0.0.1:9901
   token: ${ADMIN_TOKEN}
 shutdown_grace: ${GRACE}
+tracing:
+  otlp:
+    endpoint: http://collector:4317
+    headers: { Authorization: "Bearer literal-otlp-token-9f" }
 listeners:
   main:
     listen: 127.0.0.1:8080
@@ -1370,6 +1429,7 @@ filters:
             "frag-secret",
             "hc-query-secret",
             "private",
+            "literal-otlp-token",
         ] {
             assert!(!yaml.contains(secret), "{secret:?} shown:\n{yaml}");
         }
@@ -1385,11 +1445,13 @@ filters:
             "https://<redacted>@issuer.example/#<redacted>",
             "path: \"/health?<redacted>\"",
             "cert: /c.pem",
+            "authorization: \"<redacted>\"",
         ] {
             assert!(yaml.contains(shown), "{shown:?} not shown:\n{yaml}");
         }
         // Debug does not print the token either.
         assert!(!format!("{cfg:?}").contains("admin-token-from-env"));
+        assert!(!format!("{cfg:?}").contains("literal-otlp-token"));
     }
 
     #[test]

@@ -326,3 +326,78 @@ fn tracing_start_traces_is_off_by_default_and_checked() {
     assert!(e.contains("kaname.yaml:1:12"), "{e}");
     assert!(e.contains("start_traces"), "did-you-mean: {e}");
 }
+
+#[test]
+fn tracing_otlp_defaults_and_errors() {
+    let base = "listeners:\n  l:\n    listen: 127.0.0.1:1\n    routes:\n      - upstream: u\nupstreams:\n  u:\n    endpoints: [127.0.0.1:2]\n";
+    let t = ok(&format!(
+        "tracing: {{ otlp: {{ endpoint: \"http://127.0.0.1:4317\" }} }}\n{base}"
+    ))
+    .tracing;
+    assert!(t.start_traces, "on by default with otlp");
+    let o = t.otlp.unwrap();
+    assert_eq!(o.protocol, OtlpProtocol::Grpc);
+    assert_eq!(o.timeout, Duration::from_secs(5));
+    assert_eq!(o.service_name, "kaname");
+    assert_eq!(o.sampling, 1.0);
+    assert_eq!(o.max_queue, 2048);
+    let t = ok(&format!(
+        "tracing:\n  start_traces: false\n  otlp:\n    endpoint: http://c:4318\n    protocol: http/protobuf\n    headers: {{ X-Tenant: a }}\n{base}"
+    ))
+    .tracing;
+    assert!(!t.start_traces);
+    let o = t.otlp.unwrap();
+    assert_eq!(o.endpoint, "http://c:4318/v1/traces", "the standard path");
+    assert_eq!(o.headers, [("x-tenant".to_string(), "a".to_string())]);
+
+    // `at` is the text the error points at.
+    for (otlp, at, says) in [
+        ("{ endpoint: c:4317 }", "c:4317", "http:// or https://"),
+        (
+            "{ endpoint: \"http://c:4317/v1/traces\" }",
+            "\"http",
+            "no path",
+        ),
+        (
+            "{ endpoint: \"http://u:p@c:4317\" }",
+            "\"http",
+            "no user-info",
+        ),
+        (
+            "{ endpoint: \"http://c\", sampling: 2 }",
+            "2",
+            "ratio from 0 to 1",
+        ),
+        (
+            "{ endpoint: \"http://c\", max_queue: 0 }",
+            "0",
+            "at least 1",
+        ),
+        (
+            "{ endpoint: \"http://c\", protocol: http }",
+            "http }",
+            "http/protobuf",
+        ),
+        (
+            "{ endpoint: \"http://c\", samplng: 1 }",
+            "samplng",
+            "did you mean \"sampling\"",
+        ),
+        (
+            "{ sampling: 0.5 }",
+            "{ sampling",
+            "missing key \"endpoint\"",
+        ),
+        (
+            "{ endpoint: \"http://c\", headers: { \"a b\": x } }",
+            "\"a b",
+            "invalid header name",
+        ),
+    ] {
+        let line = format!("tracing: {{ otlp: {otlp} }}");
+        let col = line.find(at).unwrap() + 1;
+        let e = errors(&format!("{line}\n{base}"));
+        assert!(e.contains(&format!("kaname.yaml:1:{col}:")), "{otlp}: {e}");
+        assert!(e.contains(says), "{otlp}: {e}");
+    }
+}

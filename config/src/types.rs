@@ -87,13 +87,72 @@ pub struct Log {
     pub access_log: bool,
 }
 
-/// W3C trace context. A `traceparent` the client sent is always passed on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// W3C trace context and spans (tracing.md). A `traceparent` the client
+/// sent is always passed on.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Tracing {
-    /// Make a new `traceparent` (sampled) for a request that has none, or
-    /// whose header is malformed, so the upstream's tracer can start the
-    /// trace there. Default false: kaname exports no spans itself.
+    /// A request without a valid `traceparent` starts a trace. Default:
+    /// true when `otlp` is set, false otherwise.
     pub start_traces: bool,
+    /// Absent: no spans exported (propagation still works).
+    pub otlp: Option<Otlp>,
+}
+
+/// Where and how spans are exported.
+#[derive(Clone, PartialEq)]
+pub struct Otlp {
+    /// `http://host:4317` for gRPC; for HTTP the full URL
+    /// (`…:4318/v1/traces`; `/v1/traces` is added when the path is empty).
+    pub endpoint: String,
+    /// Default gRPC.
+    pub protocol: OtlpProtocol,
+    /// Sent with every export (lower-case names), e.g. an authorization.
+    pub headers: Vec<(String, String)>,
+    /// One export call. Default 5s.
+    pub timeout: Duration,
+    /// The `service.name` resource attribute. Default "kaname".
+    pub service_name: String,
+    /// More resource attributes, in file order.
+    pub resource: Vec<(String, String)>,
+    /// Ratio of new traces recorded, 0..=1. Default 1.0. A request whose
+    /// `traceparent` says sampled is always recorded, one that says not
+    /// sampled never is.
+    pub sampling: f64,
+    /// Spans waiting for export; beyond it spans are dropped and counted.
+    /// Default 2048.
+    pub max_queue: usize,
+}
+
+/// Header values are credentials: never printed.
+impl std::fmt::Debug for Otlp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<&str> = self.headers.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("Otlp")
+            .field("endpoint", &self.endpoint)
+            .field("protocol", &self.protocol)
+            .field("headers", &headers)
+            .field("timeout", &self.timeout)
+            .field("service_name", &self.service_name)
+            .field("resource", &self.resource)
+            .field("sampling", &self.sampling)
+            .field("max_queue", &self.max_queue)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+impl OtlpProtocol {
+    pub fn word(self) -> &'static str {
+        match self {
+            OtlpProtocol::Grpc => "grpc",
+            OtlpProtocol::HttpProtobuf => "http/protobuf",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

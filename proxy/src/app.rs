@@ -466,6 +466,10 @@ impl App {
         {
             tracing::warn!("shutdown grace elapsed with requests still in flight");
         }
+        // The spans of the last requests, exported before the process goes.
+        if let Some(t) = self.runtime.load().tracing.clone() {
+            t.finish(std::time::Duration::from_secs(2)).await;
+        }
         tracing::info!("stopped");
     }
 }

@@ -18,6 +18,7 @@ use kaname_filters::{BuiltFilter, RouteInfo, RouteLayer, RouteService};
 use tower::Layer;
 
 use crate::forward::{AttemptMetrics, Forward};
+use crate::otel::Tracing;
 use crate::pipeline::{self, Step};
 use crate::request_metrics::RouteMetrics;
 use crate::request_model::RequestModel;
@@ -31,6 +32,9 @@ pub struct Runtime {
     upstreams: HashMap<String, Arc<Upstream>>,
     filters: HashMap<String, (Filter, Arc<dyn BuiltFilter>)>,
     route_metrics: HashMap<[String; 3], Arc<RouteMetrics>>,
+    /// The `tracing` section's tracer and exporter; kept across reloads
+    /// that leave the section as it is.
+    pub tracing: Option<Arc<Tracing>>,
 }
 
 /// One listener's pipeline.
@@ -73,6 +77,8 @@ struct StackTarget<'a> {
 enum Built {
     Layer(RouteLayer),
     Terminal(RouteService),
+    /// Nothing to do here after all.
+    Skip,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +90,8 @@ pub enum BuildError {
         route: String,
         source: crate::router::MatcherError,
     },
+    #[error(transparent)]
+    Tracing(#[from] crate::otel::TracingError),
     #[error("route \"{route}\" names unknown {what} \"{name}\"")]
     Unknown {
         route: String,
@@ -126,12 +134,17 @@ impl Runtime {
             };
             filters.insert(f.name.clone(), (f.clone(), layer));
         }
+        let tracing = match previous.map(|p| &p.tracing) {
+            Some(Some(t)) if t.config == config.tracing => Some(t.clone()),
+            _ => Tracing::build(&config.tracing, metrics)?,
+        };
         let mut rt = Runtime {
             config: config.clone(),
             listeners: HashMap::new(),
             upstreams,
             filters,
             route_metrics: HashMap::new(),
+            tracing,
         };
         for l in &config.listeners {
             let routes = rt.build_listener(l, metrics, previous)?;
@@ -266,6 +279,7 @@ impl Runtime {
             }
             match self.build_step(step, target, metrics, forwards)? {
                 Built::Terminal(t) => service = Some(t),
+                Built::Skip => {}
                 Built::Layer(layer) => {
                     if let Some(inner) = service.take() {
                         service = Some(layer.layer(inner));
@@ -307,9 +321,15 @@ impl Runtime {
             Step::IdentityCheck(_) => RouteLayer::boxed(pipeline::IdentityCheckLayer {
                 listener: info.listener.clone(),
             }),
-            Step::Forwarded { start_traces } => RouteLayer::boxed(pipeline::ForwardedLayer {
-                start_traces: *start_traces,
-            }),
+            Step::Forwarded => RouteLayer::boxed(pipeline::ForwardedLayer),
+            Step::Trace(_) => match &self.tracing {
+                Some(tracing) => RouteLayer::boxed(pipeline::TraceLayer {
+                    tracing: tracing.clone(),
+                    listener: info.listener.clone(),
+                    route: info.route.clone(),
+                }),
+                None => return Ok(Built::Skip),
+            },
             Step::BodyLimit(limit) => RouteLayer::boxed(pipeline::BodyLimitLayer { limit: *limit }),
             Step::Deadline(timeout) => RouteLayer::boxed(pipeline::DeadlineLayer {
                 timeout: *timeout,

@@ -19,6 +19,7 @@ use prometheus::{Histogram, IntCounter};
 use tokio::time::Instant;
 
 use crate::headers::{strip_hop_by_hop, wants_upgrade};
+use crate::otel::{RecordedTrace, TrySpan};
 use crate::upstream::{Endpoint, TryError, Upstream};
 
 /// Per-upstream handles of the attempt metrics, resolved once.
@@ -108,6 +109,8 @@ struct AttemptRecord<'a> {
     started: Instant,
     deadline: Option<Deadline>,
     body: Option<ClientBodyWatch>,
+    /// The try's CLIENT span, when the request's trace is recorded.
+    span: Option<TrySpan>,
     done: bool,
 }
 
@@ -126,17 +129,36 @@ impl AttemptRecord<'_> {
     }
 }
 
+impl AttemptRecord<'_> {
+    fn end_span(&mut self, status: Option<StatusCode>, error_type: Option<&'static str>) {
+        if let Some(mut span) = self.span.take() {
+            if let Some(status) = status {
+                span.answered(status);
+            }
+            if let Some(e) = error_type {
+                span.failed(e);
+            }
+            span.end();
+        }
+    }
+}
+
 impl Drop for AttemptRecord<'_> {
     fn drop(&mut self) {
         if self.done {
             return;
         }
         let client_slow = self.body.as_ref().is_some_and(ClientBodyWatch::incomplete);
-        if Deadline::expired(self.deadline) && !client_slow {
+        let timed_out = Deadline::expired(self.deadline) && !client_slow;
+        if timed_out {
             self.upstream.report(self.endpoint, true);
             self.metrics.timeout.inc();
         } else {
             self.metrics.cancelled.inc();
+        }
+        if let Some(mut span) = self.span.take() {
+            span.failed(if timed_out { "timeout" } else { "cancelled" });
+            span.end();
         }
         self.metrics
             .duration
@@ -279,8 +301,14 @@ impl ForwardTo {
             started: Instant::now(),
             deadline: req.extensions().get::<Deadline>().copied(),
             body: ClientBodyWatch::of(req.extensions()).cloned(),
+            span: None,
             done: false,
         };
+        if let Some(trace) = req.extensions().get::<RecordedTrace>().cloned() {
+            let method = req.method().clone();
+            record.span =
+                Some(trace.start_try(req.headers_mut(), &method, &up.name, endpoint.addr));
+        }
         let replay = (upgrade.is_none() && replayable(&req)).then(|| head_copy(&req));
         let mut result = up.send(&endpoint, req).await;
         if let Some(again) = replay {
@@ -303,6 +331,7 @@ impl ForwardTo {
             // that (an error, a 400 of its own) says nothing about it.
             if result.is_err() {
                 record.finish(Some(&self.metrics.cancelled), false);
+                record.end_span(None, Some("cancelled"));
                 if failure == ClientBodyFailure::Stalled {
                     self.metrics.body_stalled.inc();
                 }
@@ -315,6 +344,7 @@ impl ForwardTo {
                 // client's connection must never become a tunnel it did not
                 // ask for (request-model.md).
                 record.finish(Some(&self.metrics.http_error), true);
+                record.end_span(Some(res.status()), Some("reset"));
                 Err(ProxyError::upstream(
                     ErrorKind::UpstreamUnavailable,
                     UpstreamFailure::Reset,
@@ -341,6 +371,13 @@ impl ForwardTo {
                     &self.metrics.success
                 };
                 record.finish((!in_trailers).then_some(outcome), failed);
+                let span = record.span.take().map(|mut span| {
+                    span.answered(status);
+                    if let Some(code) = grpc_code {
+                        span.grpc_status(code);
+                    }
+                    span
+                });
                 let switching = status == StatusCode::SWITCHING_PROTOCOLS;
                 if let (true, Some(client_side)) = (switching, upgrade) {
                     let upstream_side = hyper::upgrade::on(&mut res);
@@ -373,6 +410,20 @@ impl ForwardTo {
                 } else {
                     body
                 };
+                // The try's span ends with its body (a gRPC status may be
+                // in the trailers).
+                let body = match span {
+                    Some(span) => OnEnd::wrap(body, move |end| {
+                        let mut span = span;
+                        if let (true, BodyEnd::Trailers(t)) = (in_trailers, &end) {
+                            if let Some(code) = grpc_status(t) {
+                                span.grpc_status(code);
+                            }
+                        }
+                        span.end()
+                    }),
+                    None => body,
+                };
                 // The connection is the endpoint's until the body is read.
                 let body = match slot {
                     Some(slot) => OnEnd::wrap(body, move |_| drop(slot)),
@@ -387,6 +438,13 @@ impl ForwardTo {
                     _ => &self.metrics.reset,
                 };
                 record.finish(Some(outcome), true);
+                record.end_span(
+                    None,
+                    Some(match why {
+                        UpstreamFailure::Connect => "connect_failure",
+                        _ => "reset",
+                    }),
+                );
                 let message = format!(
                     "upstream \"{}\" endpoint {}: {}",
                     up.name,

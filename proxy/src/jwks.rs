@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper_rustls::{ConfigBuilderExt, HttpsConnector};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -64,24 +64,8 @@ impl HttpFetcher {
         let url: Uri = url
             .parse()
             .map_err(|e| format!("invalid JWKS URL {url}: {e}"))?;
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+        let connector = crate::tls::client::web_connector(roots, CONNECT_TIMEOUT)
             .map_err(|e| format!("TLS setup for JWKS: {e}"))?;
-        let tls = match roots {
-            Some(roots) => builder.with_root_certificates(roots),
-            None => builder.with_webpki_roots(),
-        }
-        .with_no_client_auth();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new()).build(connector);
         Ok(HttpFetcher { url, client })
     }

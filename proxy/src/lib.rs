@@ -25,6 +25,7 @@ pub mod listener;
 pub mod logging;
 pub mod metrics;
 mod normalize;
+pub mod otel;
 pub mod pipeline;
 mod policy;
 pub mod request_metrics;

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use kaname_filters::metrics::{counter, gauge, histogram, retain_series, Metrics as FilterMetrics};
-use prometheus::{Gauge, GaugeVec, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
+use prometheus::{Gauge, GaugeVec, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts};
 
 pub struct Metrics {
     /// The filters' families and the one registry.
@@ -26,6 +26,8 @@ pub struct Metrics {
     pub config_reloads_total: IntCounterVec,
     pub config_last_reload_success_timestamp_seconds: Gauge,
     pub build_info: IntGaugeVec,
+    pub tracing_spans_exported_total: IntCounter,
+    pub tracing_spans_dropped_total: IntCounterVec,
 }
 
 impl std::ops::Deref for Metrics {
@@ -60,7 +62,21 @@ impl Metrics {
         .expect("valid metric definition");
         r.register(Box::new(last_reload.clone()))
             .expect("metric registered once");
+        let exported = IntCounter::new(
+            "kaname_tracing_spans_exported_total",
+            "Spans the collector accepted.",
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(exported.clone()))
+            .expect("metric registered once");
         let m = Metrics {
+            tracing_spans_exported_total: exported,
+            tracing_spans_dropped_total: counter(
+                r,
+                "kaname_tracing_spans_dropped_total",
+                "Spans lost: queue_full (more waiting than tracing.otlp.max_queue), export_failed.",
+                &["reason"],
+            ),
             requests_total: counter(
                 r,
                 "kaname_requests_total",
@@ -155,6 +171,9 @@ impl Metrics {
         // would never alert.
         for result in ["success", "failure"] {
             m.config_reloads_total.with_label_values(&[result]);
+        }
+        for reason in ["queue_full", "export_failed"] {
+            m.tracing_spans_dropped_total.with_label_values(&[reason]);
         }
         m
     }

@@ -16,6 +16,7 @@ pub mod kaname;
 pub mod limits;
 pub mod metrics;
 pub mod net;
+pub mod otlp;
 pub mod request_model;
 pub mod resilience;
 pub mod tls;

@@ -12,6 +12,7 @@ mod filter;
 mod jwt;
 mod listener;
 mod retry;
+mod tracing;
 mod upstream;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -111,10 +112,8 @@ pub fn config(file: &str, root: &Node, errs: &mut Errors) -> (Config, Marks) {
         log(node, &mut cfg.log, errs);
     }
     if let Some(node) = top.get("tracing") {
-        if let Some(m) = Map::new(node, "in tracing", &["start_traces"], errs) {
-            if let Some(b) = m.opt("start_traces", errs, read::boolean) {
-                cfg.tracing.start_traces = b;
-            }
+        if let Some(t) = tracing::tracing(node, errs) {
+            cfg.tracing = t;
         }
     }
     if let Some(node) = top.required("listeners", errs) {

@@ -1,6 +1,5 @@
 //! What the upstream learns of the hop: `x-forwarded-for` and
-//! `x-forwarded-proto`, and with `tracing.start_traces` a W3C
-//! `traceparent` where the request has none.
+//! `x-forwarded-proto` (the trace context is the trace step's).
 
 use std::task::{Context, Poll};
 
@@ -8,26 +7,20 @@ use http::{Request, Response};
 use kaname_filters::{Body, ProxyError, RequestContext, RouteFuture, RouteService};
 use tower::{Layer, Service};
 
-use crate::headers::{add_forwarded, ensure_traceparent};
+use crate::headers::add_forwarded;
 
 #[derive(Clone)]
-pub struct ForwardedLayer {
-    pub start_traces: bool,
-}
+pub struct ForwardedLayer;
 
 #[derive(Clone)]
 pub struct Forwarded {
     inner: RouteService,
-    start_traces: bool,
 }
 
 impl Layer<RouteService> for ForwardedLayer {
     type Service = Forwarded;
     fn layer(&self, inner: RouteService) -> Forwarded {
-        Forwarded {
-            inner,
-            start_traces: self.start_traces,
-        }
+        Forwarded { inner }
     }
 }
 
@@ -47,9 +40,6 @@ impl Service<Request<Body>> for Forwarded {
             .map(|c| (c.client_ip.clone(), c.tls));
         if let Some((ip, tls)) = client {
             add_forwarded(req.headers_mut(), &ip, tls);
-        }
-        if self.start_traces {
-            ensure_traceparent(req.headers_mut());
         }
         self.inner.call(req)
     }

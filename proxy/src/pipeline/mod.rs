@@ -17,6 +17,7 @@ mod identity;
 mod ingress;
 mod observe;
 mod rescue;
+mod trace;
 
 use std::time::Duration;
 
@@ -35,6 +36,7 @@ pub use ingress::{
 };
 pub use observe::ObserveLayer;
 pub use rescue::{Rescue, RescueLayer};
+pub use trace::TraceLayer;
 
 /// One step of a request's path, outermost first.
 pub enum Step<'a> {
@@ -48,14 +50,16 @@ pub enum Step<'a> {
     /// The first matching route's stack, or the no-route stack.
     Router(usize),
     // --- a route's ---
+    /// The trace context (`traceparent`) and, with `otlp`, the SERVER span.
+    Trace(&'a kaname_config::Tracing),
     /// Metrics, gRPC status counts, access log, `x-request-id` on the answer.
     Observe,
     /// Errors become answers.
     Rescue,
     /// `allowed_identities`, per request (403).
     IdentityCheck(&'a [String]),
-    /// `x-forwarded-for`, `x-forwarded-proto`, `traceparent`.
-    Forwarded { start_traces: bool },
+    /// `x-forwarded-for`, `x-forwarded-proto`.
+    Forwarded,
     /// `max_request_body` (413).
     BodyLimit(u64),
     /// The route's `timeout` and the gRPC `grpc-timeout`.
@@ -83,13 +87,15 @@ pub fn listener_steps(l: &Listener) -> Vec<Step<'_>> {
 /// A route's steps, outermost first; `None` for a filter or upstream the
 /// config does not have (validation refuses that, so it is never seen).
 pub fn route_steps<'a>(cfg: &'a Config, l: &'a Listener, r: &'a Route) -> Option<Vec<Step<'a>>> {
-    let mut steps = vec![Step::Observe, Step::Rescue];
+    let mut steps = Vec::with_capacity(8 + r.filters.len());
+    if cfg.tracing.otlp.is_some() || cfg.tracing.start_traces {
+        steps.push(Step::Trace(&cfg.tracing));
+    }
+    steps.extend([Step::Observe, Step::Rescue]);
     if let Some(tls) = l.tls.as_ref().filter(|t| !t.allowed_identities.is_empty()) {
         steps.push(Step::IdentityCheck(&tls.allowed_identities));
     }
-    steps.push(Step::Forwarded {
-        start_traces: cfg.tracing.start_traces,
-    });
+    steps.push(Step::Forwarded);
     if let Some(limit) = r.max_request_body.or(l.max_request_body) {
         steps.push(Step::BodyLimit(limit));
     }
@@ -134,6 +140,7 @@ impl Step<'_> {
                 "router",
                 format!("the first of {n} route{} that matches", plural(*n)),
             ),
+            Step::Trace(t) => ("trace", trace_words(t)),
             Step::Observe => (
                 "observe",
                 format!(
@@ -150,17 +157,7 @@ impl Step<'_> {
                 "identity_check",
                 format!("allowed_identities: [{}]", ids.join(", ")),
             ),
-            Step::Forwarded { start_traces } => (
-                "forwarded",
-                format!(
-                    "x-forwarded-for, x-forwarded-proto{}",
-                    if *start_traces {
-                        ", traceparent (start_traces)"
-                    } else {
-                        ""
-                    }
-                ),
-            ),
+            Step::Forwarded => ("forwarded", "x-forwarded-for, x-forwarded-proto".into()),
             Step::BodyLimit(n) => (
                 "body_limit",
                 format!("max_request_body: {}", size_words(*n)),
@@ -201,6 +198,24 @@ impl Step<'_> {
                 "404 no_route, or the request model's refusal".into(),
             ),
         }
+    }
+}
+
+fn trace_words(t: &kaname_config::Tracing) -> String {
+    let start = if t.start_traces {
+        "traceparent kept or started (start_traces)"
+    } else {
+        "traceparent passed on"
+    };
+    match &t.otlp {
+        None => start.into(),
+        Some(o) => format!(
+            "{start}; SERVER span, CLIENT span per try, exported by otlp {} to {}, sampling: {}, max_queue: {}",
+            o.protocol.word(),
+            kaname_config::redact_url(&o.endpoint),
+            o.sampling,
+            o.max_queue
+        ),
     }
 }
 

@@ -18,6 +18,7 @@ use tower::{Layer, Service};
 
 use super::rescue::Rescue;
 use crate::headers::X_REQUEST_ID;
+use crate::otel::TraceIds;
 use crate::request_metrics::RouteMetrics;
 
 /// What one route's requests are counted and logged as.
@@ -111,6 +112,7 @@ struct AccessLog {
     path: String,
     request_id: Option<http::HeaderValue>,
     client: Option<std::net::SocketAddr>,
+    trace: Option<TraceIds>,
 }
 
 impl AccessLog {
@@ -122,6 +124,12 @@ impl AccessLog {
                 .extensions()
                 .get::<RequestContext>()
                 .map(|c| c.client_addr),
+            // The trace step's, else (tracing off) the caller's own.
+            trace: req
+                .extensions()
+                .get::<TraceIds>()
+                .copied()
+                .or_else(|| TraceIds::of_header(req.headers())),
         }
     }
 
@@ -136,6 +144,8 @@ impl AccessLog {
         let refused_by = rescued.and_then(|r| r.refused_by.as_deref()).unwrap_or("");
         let rule = rescued.and_then(|r| r.rule.as_deref()).unwrap_or("");
         let request_id = self.request_id.as_ref().and_then(|v| v.to_str().ok());
+        let trace_id = self.trace.map(|t| t.trace_id.to_string());
+        let span_id = self.trace.and_then(|t| t.span_id).map(|s| s.to_string());
         tracing::info!(
             target: "kaname::access",
             method = %method,
@@ -149,6 +159,8 @@ impl AccessLog {
             bytes = declared_length(res.headers()),
             request_id = request_id.unwrap_or(""),
             client = %self.client.map(|c| c.to_string()).unwrap_or_default(),
+            trace_id = trace_id.as_deref(),
+            span_id = span_id.as_deref(),
         );
     }
 }

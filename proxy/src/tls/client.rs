@@ -21,6 +21,34 @@ use tokio_rustls::TlsConnector;
 
 use super::files;
 
+/// The connector of kaname's own calls out (a JWKS, an OTLP/HTTP
+/// collector): http:// or https:// against `roots` (Mozilla's without),
+/// HTTP/1.1 or HTTP/2 by ALPN.
+pub fn web_connector(
+    roots: Option<rustls::RootCertStore>,
+    connect_timeout: Duration,
+) -> Result<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    rustls::Error,
+> {
+    let builder = ClientConfig::builder_with_provider(super::provider())
+        .with_safe_default_protocol_versions()?;
+    let tls = match roots {
+        Some(roots) => builder.with_root_certificates(roots),
+        None => builder.with_webpki_roots(),
+    }
+    .with_no_client_auth();
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http))
+}
+
 /// The TLS side of one upstream, shared by its connection pool.
 pub struct ClientTls {
     upstream: String,
