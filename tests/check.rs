@@ -588,3 +588,32 @@ fn explain_hides_the_user_info_and_query_of_a_jwks_url() {
         assert!(!out.stdout.contains(hidden), "{hidden:?}: {}", out.stdout);
     }
 }
+
+/// With `tracing.otlp`, every route's stack starts with the trace step,
+/// saying where spans go and how many.
+#[test]
+fn explain_shows_the_trace_step_outermost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!(
+        "tracing:\n  otlp: {{ endpoint: \"http://127.0.0.1:4317\", sampling: 0.01, headers: {{ authorization: \"Bearer explain-secret\" }} }}\n{BASE}"
+    );
+    std::fs::write(dir.path().join("kaname.yaml"), text).expect("write config");
+    let out = run_in(dir.path(), &["explain", "-c", "kaname.yaml"], true);
+    assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
+    let route = out
+        .stdout
+        .lines()
+        .position(|l| l.starts_with("  route api"))
+        .expect("route api");
+    let first = out.stdout.lines().nth(route + 1).expect("a step");
+    assert!(
+        first.trim_start().starts_with("1. trace "),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        first.contains("otlp grpc to http://127.0.0.1:4317, sampling: 0.01"),
+        "{first}"
+    );
+    assert!(!out.stdout.contains("explain-secret"), "{}", out.stdout);
+}

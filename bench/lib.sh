@@ -1,0 +1,110 @@
+# Shared by the hand-run benchmarks (authorize.sh, instructions.sh,
+# tracing.sh): sourced after the caller sets ROOT and BENCH. Every process
+# started is killed and the scratch directory removed on exit.
+RUN=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$RUN"; }
+trap cleanup EXIT
+
+need() { for tool in "$@"; do command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 2; }; done; }
+wait_port() { for _ in $(seq 1 600); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "nothing on $1" >&2; exit 3; }
+
+# nginx, the upstream (18080), on core 0 with one worker.
+start_nginx() {
+  mkdir -p "$RUN/nginx/tmp"
+  taskset -c 0 nginx -e stderr -p "$RUN/nginx" -c "$BENCH/peers/nginx-upstream.conf" -g 'daemon off; worker_processes 1;' 2>"$RUN/nginx.log" & PIDS+=($!)
+  wait_port 18080
+}
+
+# The bench tokens (HS256 and more) in $RUN; HS is the HS256 one.
+mint_tokens() { python3 "$BENCH/mint.py" "$RUN"; HS=$(cat "$RUN/hs256.jwt"); }
+
+# start_kaname NAME CONFIG PORT ADMIN: one worker on core 0; PID_<NAME>.
+start_kaname() {
+  env KANAME_WORKERS=1 JWT_SECRET=bench-shared-secret-0123456789abcdef LISTEN_PORT="$3" ADMIN_PORT="$4" \
+    taskset -c 0 "$KANAME" run -c "$2" 2>"$RUN/$1.log" & PIDS+=($!)
+  eval "PID_$1=$!"
+  wait_port "$3"
+}
+
+# TARGETS entries are "name|port|PID_var". Each must answer 200 first (a
+# 401 would be fast and wrong).
+check_targets() {
+  local t name port code
+  for t in "${TARGETS[@]}"; do
+    IFS='|' read -r name port _ <<<"$t"
+    code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $HS" "http://127.0.0.1:$port/")
+    [ "$code" = 200 ] || { echo "$name answered $code" >&2; exit 4; }
+  done
+}
+
+TICK=$(getconf CLK_TCK)
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# run_one PORT PIDVAR -> "rps cpu_us_per_req": wrk on core 1 for DUR s.
+run_one() {
+  local pid=${!2} before after out line n us
+  before=$(ticks "$pid")
+  out=$(AUTH_TOKEN="$HS" DELAY_MS=0 taskset -c 1 wrk -t1 -c"$CONNS" -d"${DUR}s" -s "$BENCH/percentiles.lua" "http://127.0.0.1:$1/" 2>&1)
+  after=$(ticks "$pid")
+  line=$(grep KANAME_BENCH <<<"$out")
+  n=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$line")
+  us=$(sed -E 's/.*duration_us=([0-9]+).*/\1/' <<<"$line")
+  awk -v n="$n" -v us="$us" -v a="$after" -v b="$before" -v t="$TICK" 'BEGIN{printf "%.0f %.2f\n", n/(us/1e6), (a-b)/t*1e6/n}'
+}
+
+median() { tr ';' '\n' | awk -v f="$1" 'NF{print $f}' | sort -n | awk '{a[NR]=$1} END{ if (NR%2) print a[(NR+1)/2]; else printf "%.2f\n", (a[NR/2]+a[NR/2+1])/2 }'; }
+
+# Every target REPS times, interleaved (rotated each round), after a 2 s
+# warm-up each; prints the medians as a markdown table.
+interleave() {
+  local t rep i n name port pv
+  for t in "${TARGETS[@]}"; do IFS='|' read -r _ port pv <<<"$t"; DUR=2 run_one "$port" "$pv" >/dev/null; done
+  declare -A R
+  n=${#TARGETS[@]}
+  for rep in $(seq 1 "$REPS"); do
+    for i in $(seq 0 $((n - 1))); do
+      IFS='|' read -r name port pv <<<"${TARGETS[$(( (i + rep - 1) % n ))]}"
+      echo "   rep $rep/$REPS: $name" >&2
+      R["$name"]+="$(run_one "$port" "$pv");"
+    done
+  done
+  printf '| target | req/s | CPU µs/req |\n| --- | --- | --- |\n'
+  for t in "${TARGETS[@]}"; do
+    IFS='|' read -r name _ _ <<<"$t"
+    printf '| %s | %s | %s |\n' "$name" "$(median 1 <<<"${R[$name]}")" "$(median 2 <<<"${R[$name]}")"
+  done
+}
+
+# callgrind_ir NAME CONFIG PORT ADMIN: instructions per request under
+# callgrind with one worker; a keep-alive client sends WARM, then N
+# requests, and only the N are counted.
+callgrind_ir() {
+  local out pid a b
+  out="$RUN/cg.$(tr -c 'a-z0-9' '_' <<<"$1")"
+  [ -f "$RUN/client.py" ] || cat >"$RUN/client.py" <<'PY'
+import http.client, sys
+port, count, token = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+c = http.client.HTTPConnection("127.0.0.1", port)
+h = {"Authorization": "Bearer " + token} if token else {}
+for _ in range(count):
+    c.request("GET", "/", headers=h)
+    r = c.getresponse(); r.read()
+    assert r.status == 200, r.status
+PY
+  env KANAME_WORKERS=1 JWT_SECRET=bench-shared-secret-0123456789abcdef LISTEN_PORT="$3" ADMIN_PORT="$4" \
+    valgrind --tool=callgrind --callgrind-out-file="$out.%p" "$KANAME" run -c "$2" 2>"$RUN/$1.log" & pid=$!
+  PIDS+=($pid)
+  wait_port "$3"
+  python3 "$RUN/client.py" "$3" "$WARM" "$HS"
+  a=$(total_ir "$pid" "$out")
+  python3 "$RUN/client.py" "$3" "$N" "$HS"
+  b=$(total_ir "$pid" "$out")
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  awk -v a="$a" -v b="$b" -v n="$N" -v name="$1" 'BEGIN{printf "| %s | %.0f |\n", name, (b-a)/n}'
+}
+# Total instructions so far of the callgrind run of pid $1 writing to $2.
+total_ir() {
+  callgrind_control -d "$1" >/dev/null 2>&1
+  sleep 1
+  awk '/^summary:|^totals:/{print $2; exit}' $(ls -t "$2".* 2>/dev/null | head -1)
+}
