@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod authorize;
+pub mod queue;
 
 /// gRPC status names by code, lower case, as `retry_on` and `failure_on`
 /// take them (`unavailable` is 14). The one table: the parser, `/config`
@@ -38,6 +39,7 @@ mod node;
 mod parse;
 mod read;
 mod redact;
+mod redact_queue;
 mod suggest;
 pub mod types;
 mod units;

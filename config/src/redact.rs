@@ -131,20 +131,20 @@ fn collect_substituted(node: &Node, out: &mut Vec<String>) {
 
 /// An ordered mapping under construction.
 #[derive(Default)]
-struct M(Vec<(String, Y)>);
+pub(crate) struct M(Vec<(String, Y)>);
 
 impl M {
-    fn put(&mut self, key: &str, value: Y) -> &mut Self {
+    pub(crate) fn put(&mut self, key: &str, value: Y) -> &mut Self {
         self.0.push((key.to_string(), value));
         self
     }
-    fn opt(&mut self, key: &str, value: Option<Y>) -> &mut Self {
+    pub(crate) fn opt(&mut self, key: &str, value: Option<Y>) -> &mut Self {
         if let Some(v) = value {
             self.put(key, v);
         }
         self
     }
-    fn done(&mut self) -> Y {
+    pub(crate) fn done(&mut self) -> Y {
         Y::Map(std::mem::take(&mut self.0))
     }
 }
@@ -164,7 +164,7 @@ impl Render {
     }
 
     /// Free text read from `src`.
-    fn s(&self, text: &str, src: Src) -> Y {
+    pub(crate) fn s(&self, text: &str, src: Src) -> Y {
         if src.substituted() || self.derived_from_substituted(text) {
             return Y::Redacted;
         }
@@ -172,14 +172,14 @@ impl Render {
     }
 
     /// A number, boolean or fixed word read from `src`.
-    fn p(&self, text: impl Into<String>, src: Src) -> Y {
+    pub(crate) fn p(&self, text: impl Into<String>, src: Src) -> Y {
         if src.substituted() {
             return Y::Redacted;
         }
         Y::Plain(text.into())
     }
 
-    fn strs(&self, items: &[String], src: Src) -> Y {
+    pub(crate) fn strs(&self, items: &[String], src: Src) -> Y {
         Y::Seq(
             items
                 .iter()
@@ -208,6 +208,8 @@ impl Render {
             listeners,
             upstreams,
             filters,
+            data_dir,
+            queues,
             redacted_yaml: _,
             words: _,
         } = cfg;
@@ -271,6 +273,13 @@ impl Render {
                 .map(|u| (u.name.clone(), self.upstream(u, us.key(&u.name))))
                 .collect(),
         );
+        let qs = src.key("queues");
+        let queues_y = Y::Map(
+            queues
+                .iter()
+                .map(|q| (q.name.clone(), self.queue(q, qs.key(&q.name))))
+                .collect(),
+        );
         let fs = src.key("filters");
         let filters = Y::Map(
             filters
@@ -289,6 +298,8 @@ impl Render {
             .put("listeners", listeners)
             .put("upstreams", upstreams)
             .put("filters", filters)
+            .put("data_dir", self.s(data_dir, src.key("data_dir")))
+            .put("queues", queues_y)
             .done()
     }
 
@@ -419,6 +430,7 @@ impl Render {
             max_request_body,
             case_sensitive,
             priority,
+            queue,
         } = r;
         let matcher = (*matcher != RouteMatch::default())
             .then(|| self.route_match(matcher, src.key("match")));
@@ -443,6 +455,7 @@ impl Render {
                 "priority",
                 priority.map(|p| self.p(priority_word(p), src.key("priority"))),
             )
+            .opt("queue", queue.as_ref().map(|q| self.s(q, src.key("queue"))))
             .done()
     }
 
@@ -748,7 +761,7 @@ impl Render {
             .done()
     }
 
-    fn conditions(&self, list: &[Condition], src: Src) -> Y {
+    pub(crate) fn conditions(&self, list: &[Condition], src: Src) -> Y {
         Y::Seq(
             list.iter()
                 .enumerate()
@@ -989,6 +1002,17 @@ impl Render {
             .done()
     }
 
+    pub(crate) fn priority_source(&self, p: &PrioritySource, ps: Src) -> Y {
+        match p {
+            PrioritySource::Header(h) => M::default()
+                .put("header", self.s(h, ps.key("header")))
+                .done(),
+            PrioritySource::Claim(c) => {
+                M::default().put("claim", self.s(c, ps.key("claim"))).done()
+            }
+        }
+    }
+
     fn concurrency(&self, c: &ConcurrencyLimit, src: Src) -> Y {
         let ConcurrencyLimit {
             max_in_flight,
@@ -996,15 +1020,9 @@ impl Render {
             queue_timeout,
             priority,
         } = c;
-        let ps = src.key("priority");
-        let priority = priority.as_ref().map(|p| match p {
-            PrioritySource::Header(h) => M::default()
-                .put("header", self.s(h, ps.key("header")))
-                .done(),
-            PrioritySource::Claim(c) => {
-                M::default().put("claim", self.s(c, ps.key("claim"))).done()
-            }
-        });
+        let priority = priority
+            .as_ref()
+            .map(|p| self.priority_source(p, src.key("priority")));
         M::default()
             .put(
                 "max_in_flight",
@@ -1240,6 +1258,15 @@ tracing:
     resource: { deployment.environment: prod, "team": "a: b" }
     sampling: 0.25
     max_queue: 100
+data_dir: /var/lib/kaname
+queues:
+  reports:
+    max_depth: 7
+    max_body_bytes: 2KiB
+    priority: { claim: tier }
+    delivery: { concurrency: 3, attempts: 4, per_try_timeout: 2s, backoff: { base: 10ms, max: 1s }, retry_on: [5xx, 429, reset] }
+    keep_finished: 2h
+    max_result_bytes: 100
 listeners:
   "in bound":
     listen: 0.0.0.0:8443
@@ -1268,6 +1295,7 @@ listeners:
         priority: low
       - match: { path: /exact }
         upstream: orders
+        queue: reports
       - upstream: orders
   out:
     listen: 127.0.0.1:15001
@@ -1386,6 +1414,9 @@ tracing:
   otlp:
     endpoint: http://collector:4317
     headers: { Authorization: "Bearer literal-otlp-token-9f" }
+queues:
+  q:
+    callback: { allowed_hosts: [hooks], secret: literal-callback-secret-77 }
 listeners:
   main:
     listen: 127.0.0.1:8080
@@ -1430,6 +1461,7 @@ filters:
             "hc-query-secret",
             "private",
             "literal-otlp-token",
+            "literal-callback-secret",
         ] {
             assert!(!yaml.contains(secret), "{secret:?} shown:\n{yaml}");
         }

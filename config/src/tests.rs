@@ -401,3 +401,32 @@ fn tracing_otlp_defaults_and_errors() {
         assert!(e.contains(says), "{otlp}: {e}");
     }
 }
+
+#[test]
+fn queue_routes_are_checked() {
+    let base = "queues:\n  reports: { delivery: { concurrency: 2 } }\nfilters:\n  r: { retry: { attempts: 2 } }\n  b: { circuit_breaker: { consecutive_failures: 3 } }\nupstreams:\n  u:\n    endpoints: [127.0.0.1:2]\n";
+    let cfg = ok(&format!(
+        "{base}listeners:\n  l:\n    listen: 127.0.0.1:1\n    routes:\n      - {{ upstream: u, queue: reports }}\n"
+    ));
+    assert_eq!(cfg.listeners[0].routes[0].queue.as_deref(), Some("reports"));
+    assert_eq!(cfg.queues[0].delivery.concurrency, 2);
+    assert_eq!(cfg.data_dir, "./kaname-data");
+    let e = errors(&format!(
+        "{base}listeners:\n  l:\n    listen: 127.0.0.1:1\n    routes:\n      - {{ upstream: u, queue: report }}\n"
+    ));
+    assert!(
+        e.contains("kaname.yaml:13:31: route \"l-1\" names unknown queue \"report\""),
+        "{e}"
+    );
+    assert!(e.contains("did you mean \"reports\""), "{e}");
+    let e = errors(&format!(
+        "{base}listeners:\n  l:\n    listen: 127.0.0.1:1\n    routes:\n      - {{ upstream: u, queue: reports, filters: [r, b] }}\n"
+    ));
+    assert!(e.contains("kaname.yaml:13:50: route \"l-1\" hands requests to queue \"reports\": its retry filter"), "{e}");
+    assert!(e.contains("its circuit_breaker filter \"b\""), "{e}");
+    let e = errors(&format!("queues:\n  q: {{ store: shared }}\n{base}listeners:\n  l:\n    listen: 127.0.0.1:1\n    routes: [{{ upstream: u }}]\n").replacen("queues:\n  reports: { delivery: { concurrency: 2 } }\n", "", 1));
+    assert!(
+        e.contains("kaname.yaml:2:15: queue \"q\" names store \"shared\""),
+        "{e}"
+    );
+}

@@ -20,6 +20,10 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     /// In file order.
     pub filters: Vec<Filter>,
+    /// Where embedded stores keep their files. Default `./kaname-data`.
+    pub data_dir: String,
+    /// In file order.
+    pub queues: Vec<crate::queue::Queue>,
     /// The running config rendered as YAML with secrets and every `${VAR}`
     /// value replaced by `<redacted>` (for the admin `/config` endpoint).
     pub redacted_yaml: String,
@@ -235,6 +239,8 @@ pub struct Route {
     /// route in each `concurrency_limit` filter it names (the filter's own
     /// `priority` source is not read on this route). None = the filter decides.
     pub priority: Option<PriorityClass>,
+    /// `queue: NAME`: the route answers 202 and the queue delivers later.
+    pub queue: Option<String>,
 }
 
 /// A request's class in a `concurrency_limit` queue.

@@ -37,6 +37,9 @@ pub fn cross_check(cfg: &Config, marks: &Marks, errs: &mut Errors) {
                     ),
                 );
             }
+            if let Some(q) = &route.queue {
+                queue_route(cfg, marks, route, rm, q, errs);
+            }
             let mut seen_jwt = false;
             for (name, mark) in route.filters.iter().zip(&rm.filters) {
                 if !marks.filter_names.contains(name) {
@@ -92,6 +95,41 @@ pub fn cross_check(cfg: &Config, marks: &Marks, errs: &mut Errors) {
                 }
             }
         }
+    }
+}
+
+/// A queue route names a queue that exists, and leaves delivery policy
+/// (retries, breaking) to it (async.md).
+fn queue_route(
+    cfg: &Config,
+    marks: &Marks,
+    route: &crate::types::Route,
+    rm: &crate::parse::RouteMarks,
+    queue: &str,
+    errs: &mut Errors,
+) {
+    let at = rm.queue.unwrap_or(rm.name);
+    if !marks.queue_names.iter().any(|q| q == queue) {
+        let hint = did_you_mean(queue, marks.queue_names.iter().map(String::as_str));
+        errs.at(
+            at,
+            format!("route {:?} names unknown queue {queue:?}{hint}", route.name),
+        );
+        return;
+    }
+    for (name, mark) in route.filters.iter().zip(&rm.filters) {
+        let kind = match cfg.filter(name).map(|f| &f.kind) {
+            Some(FilterKind::Retry(_)) => "retry",
+            Some(FilterKind::CircuitBreaker(_)) => "circuit_breaker",
+            _ => continue,
+        };
+        errs.at(
+            *mark,
+            format!(
+                "route {:?} hands requests to queue {queue:?}: its {kind} filter {name:?} would never run (delivery retries are the queue's delivery settings); remove it from the route",
+                route.name
+            ),
+        );
     }
 }
 

@@ -26,6 +26,14 @@ pub enum ErrorKind {
     MethodNotAllowed,
     /// The client's request body stalled past `request_body_timeout`.
     RequestTimeout,
+    /// `/.kaname/jobs/<id>`: no such job, or it expired (async.md).
+    NoJob,
+    /// A job that cannot be cancelled now (delivering, finished, cancelled).
+    JobConflict,
+    /// An `Idempotency-Key` reused for another request.
+    IdempotencyMismatch,
+    /// A callback URL whose host the queue does not allow.
+    CallbackNotAllowed,
 }
 
 impl ErrorKind {
@@ -45,6 +53,10 @@ impl ErrorKind {
             ErrorKind::InvalidRequest => "invalid_request",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::RequestTimeout => "request_timeout",
+            ErrorKind::NoJob => "no_job",
+            ErrorKind::JobConflict => "job_conflict",
+            ErrorKind::IdempotencyMismatch => "idempotency_mismatch",
+            ErrorKind::CallbackNotAllowed => "callback_not_allowed",
         }
     }
 
@@ -62,6 +74,10 @@ impl ErrorKind {
             ErrorKind::BadRequest | ErrorKind::InvalidRequest => StatusCode::BAD_REQUEST,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ErrorKind::NoJob => StatusCode::NOT_FOUND,
+            ErrorKind::JobConflict => StatusCode::CONFLICT,
+            ErrorKind::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorKind::CallbackNotAllowed => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -76,6 +92,9 @@ impl ErrorKind {
             ErrorKind::CircuitOpen | ErrorKind::UpstreamUnavailable => 14, // UNAVAILABLE
             ErrorKind::UpstreamTimeout | ErrorKind::RequestTimeout => 4,   // DEADLINE_EXCEEDED
             ErrorKind::HeaderTooLarge | ErrorKind::BadRequest => 13,       // INTERNAL
+            ErrorKind::NoJob => 5,                                         // NOT_FOUND
+            ErrorKind::JobConflict => 9,                                   // FAILED_PRECONDITION
+            ErrorKind::IdempotencyMismatch | ErrorKind::CallbackNotAllowed => 3, // INVALID_ARGUMENT
         }
     }
 

@@ -325,6 +325,7 @@ impl Runtime {
             Step::Trace(_) => match &self.tracing {
                 Some(tracing) => RouteLayer::boxed(pipeline::TraceLayer {
                     tracing: tracing.clone(),
+                    access_log: self.config.log.access_log,
                     listener: info.listener.clone(),
                     route: info.route.clone(),
                 }),

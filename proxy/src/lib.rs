@@ -28,6 +28,7 @@ mod normalize;
 pub mod otel;
 pub mod pipeline;
 mod policy;
+pub mod queue;
 pub mod request_metrics;
 mod request_model;
 pub mod router;

@@ -151,7 +151,7 @@ fn concurrency(name: &str, node: &Node, errs: &mut Errors) -> Option<Concurrency
 }
 
 /// `{ header: NAME }` or `{ claim: NAME }`.
-fn priority_source(node: &Node, errs: &mut Errors) -> Option<PrioritySource> {
+pub(crate) fn priority_source(node: &Node, errs: &mut Errors) -> Option<PrioritySource> {
     if let crate::node::Value::Map(entries) = &node.value {
         if let [(key, value)] = entries.as_slice() {
             match key.scalar().map(|s| s.text.as_str()) {

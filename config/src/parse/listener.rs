@@ -212,6 +212,7 @@ const ROUTE_KEYS: &[&str] = &[
     "max_request_body",
     "case_sensitive",
     "priority",
+    "queue",
 ];
 
 fn route(listener: &str, n: usize, node: &Node, errs: &mut Errors) -> Option<(Route, RouteMarks)> {
@@ -244,6 +245,8 @@ fn route(listener: &str, n: usize, node: &Node, errs: &mut Errors) -> Option<(Ro
             use crate::types::PriorityClass as P;
             [P::High, P::Normal, P::Low][i]
         });
+    let queue_node = m.get("queue");
+    let queue = queue_node.and_then(|n| read::nonempty(n, errs));
     let mut filters = Vec::new();
     let mut filter_marks = Vec::new();
     if let Some(items) = m.opt("filters", errs, read::list) {
@@ -271,11 +274,13 @@ fn route(listener: &str, n: usize, node: &Node, errs: &mut Errors) -> Option<(Ro
         max_request_body,
         case_sensitive,
         priority,
+        queue,
     };
     let marks = RouteMarks {
         name: m.key_mark("name").unwrap_or(m.mark),
         upstream: upstream_node.map_or(m.mark, |n| n.mark),
         filters: filter_marks,
+        queue: queue_node.map(|n| n.mark),
     };
     Some((route, marks))
 }

@@ -11,6 +11,7 @@ mod condition;
 mod filter;
 mod jwt;
 mod listener;
+mod queue;
 mod retry;
 mod tracing;
 mod upstream;
@@ -31,6 +32,7 @@ pub struct Marks {
     /// Every upstream and filter name defined, even those with errors.
     pub upstream_names: Vec<String>,
     pub filter_names: Vec<String>,
+    pub queue_names: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -48,6 +50,8 @@ pub struct RouteMarks {
     pub upstream: Mark,
     /// One per filter name of the route.
     pub filters: Vec<Mark>,
+    /// The `queue` key's value, when there is one.
+    pub queue: Option<Mark>,
 }
 
 const TOP_KEYS: &[&str] = &[
@@ -58,6 +62,8 @@ const TOP_KEYS: &[&str] = &[
     "listeners",
     "upstreams",
     "filters",
+    "data_dir",
+    "queues",
 ];
 
 /// Reads the whole file. `redacted_yaml` is left empty for the caller.
@@ -81,6 +87,8 @@ pub fn config(file: &str, root: &Node, errs: &mut Errors) -> (Config, Marks) {
         listeners: Vec::new(),
         upstreams: Vec::new(),
         filters: Vec::new(),
+        data_dir: "./kaname-data".into(),
+        queues: Vec::new(),
         redacted_yaml: String::new(),
         words: Default::default(),
     };
@@ -151,6 +159,20 @@ pub fn config(file: &str, root: &Node, errs: &mut Errors) -> (Config, Marks) {
             marks.filter_names.push(name.to_string());
             if let Some(f) = filter::filter(name, name_mark, body, errs) {
                 cfg.filters.push(f);
+            }
+        }
+    }
+    if let Some(d) = top.opt("data_dir", errs, queue::data_dir) {
+        cfg.data_dir = d;
+    }
+    if let Some(map) = top
+        .get("queues")
+        .and_then(|n| Map::any(n, "in queues", errs))
+    {
+        for (name, name_mark, body) in map.entries() {
+            marks.queue_names.push(name.to_string());
+            if let Some(q) = queue::queue(name, name_mark, body, errs) {
+                cfg.queues.push(q);
             }
         }
     }

@@ -58,26 +58,15 @@ pub fn retry(name: &str, node: &Node, errs: &mut Errors) -> Option<Retry> {
         })
         .unwrap_or(RetryMethods::Idempotent);
     let per_try_timeout = m.opt("per_try_timeout", errs, read::positive_duration);
-    let (mut base, mut max) = (Duration::from_millis(25), Duration::from_millis(250));
-    if let Some(b) = m.get("backoff") {
-        if let Some(bm) = Map::new(
+    let (base, max) = match m.get("backoff") {
+        Some(b) => backoff(
             b,
             &format!("in backoff of retry filter {name:?}"),
-            &["base", "max"],
+            (Duration::from_millis(25), Duration::from_millis(250)),
             errs,
-        ) {
-            base = bm
-                .opt("base", errs, read::positive_duration)
-                .unwrap_or(base);
-            max = bm.opt("max", errs, read::positive_duration).unwrap_or(max);
-            if base > max {
-                errs.at(
-                    bm.mark,
-                    format!("backoff base {base:?} is more than max {max:?}"),
-                );
-            }
-        }
-    }
+        ),
+        None => (Duration::from_millis(25), Duration::from_millis(250)),
+    };
     let (mut ratio, mut min_per_second) = (0.2, 10);
     if let Some(b) = m.get("budget") {
         let place = format!("in budget of retry filter {name:?}");
@@ -114,6 +103,29 @@ pub fn retry(name: &str, node: &Node, errs: &mut Errors) -> Option<Retry> {
         max_body_bytes,
         max_buffered_bytes,
     })
+}
+
+/// `backoff: { base, max }`, each defaulting to `defaults`.
+pub fn backoff(
+    node: &Node,
+    place: &str,
+    defaults: (Duration, Duration),
+    errs: &mut Errors,
+) -> (Duration, Duration) {
+    let (mut base, mut max) = defaults;
+    if let Some(bm) = Map::new(node, place, &["base", "max"], errs) {
+        base = bm
+            .opt("base", errs, read::positive_duration)
+            .unwrap_or(base);
+        max = bm.opt("max", errs, read::positive_duration).unwrap_or(max);
+        if base > max {
+            errs.at(
+                bm.mark,
+                format!("backoff base {base:?} is more than max {max:?}"),
+            );
+        }
+    }
+    (base, max)
 }
 
 #[cfg(test)]

@@ -18,6 +18,8 @@ use crate::otel::{ServerRequest, ServerSpan, Started, Tracing};
 #[derive(Clone)]
 pub struct TraceLayer {
     pub tracing: Arc<Tracing>,
+    /// The ids go into the request only for the access log's line.
+    pub access_log: bool,
     pub listener: Arc<str>,
     pub route: Arc<str>,
 }
@@ -51,7 +53,9 @@ impl Service<Request<Body>> for Trace {
         let mut span = match self.layer.tracing.start(req.headers_mut()) {
             Started::Untraced => return self.inner.call(req),
             Started::Ids(ids) => {
-                req.extensions_mut().insert(ids);
+                if self.layer.access_log {
+                    req.extensions_mut().insert(ids);
+                }
                 return self.inner.call(req);
             }
             Started::Recorded(span) => span,
@@ -72,7 +76,9 @@ impl Service<Request<Body>> for Trace {
             route: &l.route,
         });
         let grpc = RequestContext::grpc_of(&req);
-        req.extensions_mut().insert(span.ids);
+        if l.access_log {
+            req.extensions_mut().insert(span.ids);
+        }
         req.extensions_mut().insert(span.trace.clone());
         let answer = self.inner.call(req);
         Box::pin(async move {

@@ -1,0 +1,171 @@
+use super::*;
+use crate::queue::job::{JobResult, HIGH, LOW, NORMAL};
+
+fn job(queue: &str, priority: u8, key: Option<(&str, u8)>) -> Job {
+    Job {
+        queue: queue.into(),
+        method: "POST".into(),
+        target: "/r".into(),
+        headers: vec![("x-a".into(), b"1".to_vec())],
+        priority,
+        seq: 0,
+        due_ms: 0,
+        created_ms: 1_000,
+        updated_ms: 1_000,
+        status: JobStatus::Queued,
+        attempts: 0,
+        result: None,
+        error: None,
+        callback: None,
+        idempotency: key.map(|(k, d)| (k.to_string(), [d; 32])),
+    }
+}
+
+async fn put(s: &LocalStore, j: Job, max_depth: u64) -> (JobId, Accepted) {
+    let id = JobId::random();
+    let r = s
+        .accept(NewJob {
+            id,
+            job: j,
+            body: Bytes::from_static(b"payload"),
+            max_depth,
+        })
+        .await
+        .unwrap();
+    (id, r)
+}
+
+#[tokio::test]
+async fn priority_then_age_and_depth_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = LocalStore::open(dir.path()).unwrap();
+    let (low, _) = put(&s, job("q", LOW, None), 10).await;
+    let (n1, _) = put(&s, job("q", NORMAL, None), 10).await;
+    let (n2, _) = put(&s, job("q", NORMAL, None), 10).await;
+    let (high, _) = put(&s, job("q", HIGH, None), 10).await;
+    put(&s, job("other", HIGH, None), 10).await;
+    assert_eq!(s.depth("q").waiting, [1, 2, 1]);
+    let mut order = vec![];
+    while let Some(t) = s.take("q", 5_000).await.unwrap() {
+        assert_eq!(t.job.status, JobStatus::Delivering);
+        assert_eq!(t.job.attempts, 1);
+        assert_eq!(&t.body[..], b"payload");
+        order.push(t.id);
+    }
+    assert_eq!(order, [high, n1, n2, low]);
+    assert_eq!(s.depth("q").waiting, [0, 0, 0]);
+    assert_eq!(s.depth("q").delivering, 4);
+    assert_eq!(s.depth("other").waiting, [1, 0, 0]);
+}
+
+#[tokio::test]
+async fn full_duplicate_and_mismatch() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = LocalStore::open(dir.path()).unwrap();
+    let (first, r) = put(&s, job("q", NORMAL, Some(("k", 1))), 2).await;
+    assert!(matches!(r, Accepted::New { .. }));
+    let (_, r) = put(&s, job("q", NORMAL, Some(("k", 1))), 2).await;
+    assert!(matches!(r, Accepted::Duplicate { id, status: JobStatus::Queued } if id == first));
+    let (_, r) = put(&s, job("q", NORMAL, Some(("k", 2))), 2).await;
+    assert!(matches!(r, Accepted::Mismatch));
+    // The same key on another queue is another key.
+    let (_, r) = put(&s, job("p", NORMAL, Some(("k", 2))), 2).await;
+    assert!(matches!(r, Accepted::New { .. }));
+    put(&s, job("q", NORMAL, None), 2).await;
+    let (_, r) = put(&s, job("q", NORMAL, None), 2).await;
+    assert!(matches!(r, Accepted::Full));
+    assert_eq!(s.depth("q").total_waiting(), 2);
+}
+
+#[tokio::test]
+async fn retries_wait_their_turn_and_cancel_works_in_backoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = LocalStore::open(dir.path()).unwrap();
+    let (a, _) = put(&s, job("q", NORMAL, None), 10).await;
+    let t = s.take("q", 1_000).await.unwrap().unwrap();
+    s.finish(
+        t.id,
+        Outcome::RetryAt {
+            due_ms: 9_000,
+            error: "503".into(),
+        },
+        1_000,
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.depth("q").total_waiting(), 1, "backoff counts as waiting");
+    assert!(s.take("q", 8_999).await.unwrap().is_none(), "not due yet");
+    assert_eq!(s.next_due("q").await.unwrap(), Some(9_000));
+    let again = s.take("q", 9_000).await.unwrap().unwrap();
+    assert_eq!((again.id, again.job.attempts), (a, 2));
+    s.finish(
+        a,
+        Outcome::RetryAt {
+            due_ms: 20_000,
+            error: "503".into(),
+        },
+        9_000,
+    )
+    .await
+    .unwrap();
+    match s.cancel(a, 99_000, 10_000).await.unwrap() {
+        Cancel::Cancelled(j) => assert_eq!(j.status, JobStatus::Cancelled),
+        _ => panic!("cancelled in backoff"),
+    }
+    assert_eq!(s.depth("q").total_waiting(), 0);
+    assert!(s.take("q", 30_000).await.unwrap().is_none());
+    assert!(matches!(s.cancel(a, 0, 0).await.unwrap(), Cancel::Conflict));
+    assert!(matches!(
+        s.cancel(JobId::random(), 0, 0).await.unwrap(),
+        Cancel::NotFound
+    ));
+}
+
+#[tokio::test]
+async fn a_reopen_puts_cut_deliveries_back_and_finished_jobs_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let (done, cut, waiting);
+    {
+        let s = LocalStore::open(dir.path()).unwrap();
+        done = put(&s, job("q", NORMAL, Some(("k", 1))), 10).await.0;
+        cut = put(&s, job("q", NORMAL, None), 10).await.0;
+        waiting = put(&s, job("q", LOW, None), 10).await.0;
+        let t = s.take("q", 2_000).await.unwrap().unwrap();
+        assert_eq!(t.id, done);
+        s.finish(
+            done,
+            Outcome::Finished {
+                status: JobStatus::Done,
+                result: Some(JobResult {
+                    status: 200,
+                    headers: vec![],
+                    body: b"ok".to_vec(),
+                    truncated: false,
+                }),
+                error: None,
+                expire_ms: 50_000,
+            },
+            2_000,
+        )
+        .await
+        .unwrap();
+        assert_eq!(s.take("q", 2_000).await.unwrap().unwrap().id, cut);
+        // Dropped here with `cut` being delivered: a crash, as far as the
+        // file knows.
+    }
+    let s = LocalStore::open(dir.path()).unwrap();
+    assert_eq!(s.depth("q").waiting, [0, 1, 1]);
+    let again = s.take("q", 3_000).await.unwrap().unwrap();
+    assert_eq!(again.id, cut, "the cut delivery is first in line again");
+    assert_eq!(again.job.attempts, 2, "and its cut attempt counted");
+    assert_eq!(s.take("q", 3_000).await.unwrap().unwrap().id, waiting);
+    let kept = s.get(done).await.unwrap().unwrap();
+    assert_eq!(kept.status, JobStatus::Done);
+    assert_eq!(kept.result.unwrap().body, b"ok");
+    assert_eq!(s.expire(49_999).await.unwrap(), 0);
+    assert_eq!(s.expire(50_000).await.unwrap(), 1);
+    assert!(s.get(done).await.unwrap().is_none());
+    // Its idempotency key is free again.
+    let (_, r) = put(&s, job("q", NORMAL, Some(("k", 9))), 10).await;
+    assert!(matches!(r, Accepted::New { .. }));
+}
