@@ -113,7 +113,8 @@ fn is_rsa_pkcs8(der: &[u8]) -> bool {
 
 /// What signs a token: an HMAC secret or a private key.
 pub enum Signer {
-    Secret(hmac::Key),
+    /// Boxed: aws-lc's HMAC key is over a kilobyte.
+    Secret(Box<hmac::Key>),
     Key(PrivateKey),
 }
 
@@ -126,7 +127,7 @@ impl Signer {
             Alg::HS512 => hmac::HMAC_SHA512,
             _ => return None,
         };
-        Some(Signer::Secret(hmac::Key::new(h, secret)))
+        Some(Signer::Secret(Box::new(hmac::Key::new(h, secret))))
     }
 
     /// The signature of `msg` with `alg`. None when `alg` does not fit the
