@@ -25,8 +25,14 @@ const RUN_DEADLINE: Duration = Duration::from_secs(30);
 
 /// `kaname ARGS…` with `env`; KANAME_CONFIG and RUST_LOG removed first.
 async fn kaname(args: &[&str], env: &[(&str, &str)]) -> Output {
+    kaname_in(Path::new("."), args, env).await
+}
+
+/// `kaname` run in directory `dir`.
+async fn kaname_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = tokio::process::Command::new(KANAME);
     cmd.args(args)
+        .current_dir(dir)
         .env_remove("KANAME_CONFIG")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
@@ -898,4 +904,104 @@ async fn the_demo_prints_a_kaname_token_line_that_makes_an_accepted_token() {
     assert_eq!((&a["sub"], &a["iss"]), (&b["sub"], &b["iss"]));
     assert_eq!(a["sub"], "demo-user");
     let _ = demo.start_kill();
+}
+
+// === docs/configuration.md "First JWT in one minute", as written ===
+
+/// The section's commands this test runs; the docs must show them as is.
+const DOC_KEYS: &str = "kaname keys --alg ES256 --kid k1 --out keys";
+const DOC_TOKEN: &str = r#"kaname token -c kaname.yaml --filter auth --key keys/k1.pem --kid k1 --sub alice --claim 'roles=["admin","ops"]'"#;
+const DOC_ROTATE: &str = "kaname keys --alg ES256 --kid k2 --out keys";
+
+/// Words of a shell line with single quotes at most (the docs' lines).
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut quoted = false;
+    for c in line.chars() {
+        match c {
+            '\'' => {
+                quoted = !quoted;
+                word.get_or_insert_with(String::new);
+            }
+            ' ' if !quoted => words.extend(word.take()),
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    assert!(!quoted, "unbalanced quote in {line:?}");
+    words.extend(word);
+    words
+}
+
+/// Runs a `kaname …` line of the docs in `dir`; its stdout.
+async fn run_doc_line(dir: &Path, line: &str) -> String {
+    let words = shell_words(line);
+    assert_eq!(words[0], "kaname", "{line}");
+    let args: Vec<&str> = words[1..].iter().map(String::as_str).collect();
+    let out = kaname_in(dir, &args, &[]).await;
+    assert!(out.status.success(), "{line}: {}", stderr(&out));
+    stdout(&out)
+}
+
+#[tokio::test]
+async fn the_docs_first_jwt_section_works_as_written() {
+    let docs = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md"),
+    )
+    .expect("read docs/configuration.md");
+    let section = docs
+        .split("#### First JWT in one minute")
+        .nth(1)
+        .and_then(|rest| rest.split("\n### ").next())
+        .expect("the First JWT section");
+    for line in [DOC_KEYS, DOC_TOKEN, DOC_ROTATE] {
+        assert!(section.contains(line), "the docs no longer show {line:?}");
+    }
+    let yaml = section
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the section's config");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::write(d.join("kaname.yaml"), yaml).expect("write kaname.yaml");
+    run_doc_line(d, DOC_KEYS).await;
+    let token = run_doc_line(d, DOC_TOKEN).await.trim().to_string();
+
+    // The same config run by the test: a port the kernel picks, the JWKS
+    // by its full path, the service at APP_ADDR.
+    let up = TestUpstream::start("app").await;
+    let jwks = path(&d.join("keys/jwks.json"));
+    let body = yaml
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("keys/jwks.json", &jwks);
+    let addr = up.addr.to_string();
+    let k = Kaname::start_with_env(&body, &[("APP_ADDR", &addr)]).await;
+    let client = HttpClient::http1();
+    let url = k.url("inbound", "/api/hello");
+    let get = |t: Option<String>| {
+        let mut req = Request::get(&url);
+        if let Some(t) = t {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        client.send(req.body(empty()).expect("request"))
+    };
+    let resp = get(Some(token)).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let seen = up.last();
+    assert_eq!(seen.header("x-user-id"), Some("alice"));
+    assert_eq!(seen.header("x-roles"), Some("admin ops"));
+    resp_is_401(&get(None).await);
+
+    // Rotation as the docs say: another run, and k2's tokens pass at once.
+    run_doc_line(d, DOC_ROTATE).await;
+    let k2 = run_doc_line(d, &DOC_TOKEN.replace("k1", "k2")).await;
+    let resp = get(Some(k2.trim().to_string())).await;
+    assert_eq!(resp.status, 200, "after rotation: {}", resp.text());
+}
+
+fn resp_is_401(resp: &TestResponse) {
+    resp.assert_kaname_error(401, "unauthenticated");
+    assert_eq!(resp.header("www-authenticate"), Some("Bearer"));
 }
