@@ -52,7 +52,7 @@ pub enum KeysError {
     DuplicateKid { path: PathBuf, kid: String },
     #[error("{path} is not a JWKS document ({reason}); expected {{\"keys\": [...]}}")]
     BadJwks { path: PathBuf, reason: String },
-    #[error("cannot {what} {path}: {source}")]
+    #[error("cannot {what} {path}: {}", super::io_reason(.source))]
     Io {
         what: &'static str,
         path: PathBuf,

@@ -18,3 +18,13 @@ pub mod token;
 
 pub use keys::KeysArgs;
 pub use token::TokenArgs;
+
+/// An I/O error without its `(os error N)` tail, as kaname's other messages
+/// print it: "No such file or directory".
+fn io_reason(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}

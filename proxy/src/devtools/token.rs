@@ -83,7 +83,7 @@ pub enum TokenError {
     SecretEnvUnset(String),
     #[error("the secret is {len} bytes; {alg} needs at least {min} (RFC 7518 §3.2)")]
     ShortSecret { alg: Alg, len: usize, min: usize },
-    #[error("cannot read the key file {path}: {source}")]
+    #[error("cannot read the key file {path}: {}", super::io_reason(.source))]
     KeyRead {
         path: PathBuf,
         source: std::io::Error,
@@ -695,6 +695,11 @@ mod tests {
         )
         .expect_err("absent");
         assert!(matches!(e, TokenError::KeyRead { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .ends_with("absent.pem: No such file or directory"),
+            "{e}"
+        );
     }
 
     const CONFIG: &str = "listeners:
