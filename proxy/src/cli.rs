@@ -1,10 +1,10 @@
-//! The `kaname` command line: run, check, explain, demo.
+//! The `kaname` command line: run, check, explain, demo, token, keys.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::{app, demo, explain, fd_budget, tls, EXIT_INVALID_CONFIG};
+use crate::{app, demo, devtools, explain, fd_budget, tls, EXIT_INVALID_CONFIG};
 
 /// kaname (要): a sidecar proxy configured by one YAML file.
 #[derive(Parser)]
@@ -43,6 +43,10 @@ enum Command {
     Explain(ConfigArg),
     /// Start an echo upstream and a sidecar with every filter on, on loopback.
     Demo,
+    /// Print a signed JWT for development and tests (HS*, RS*, PS*, ES*, EdDSA).
+    Token(devtools::TokenArgs),
+    /// Make a key pair: DIR/KID.pem (private) and its public JWK added to DIR/jwks.json.
+    Keys(devtools::KeysArgs),
 }
 
 /// Parses the command line and runs the command.
@@ -68,6 +72,8 @@ pub fn main() -> ExitCode {
             Err(errors) => report(&errors),
         },
         Command::Demo => demo::run(),
+        Command::Token(a) => devtools::token::main(&a),
+        Command::Keys(a) => devtools::keys::main(&a),
     }
 }
 

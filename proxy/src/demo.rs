@@ -14,6 +14,7 @@ use kaname_filters::body::{self, Body};
 use tokio::net::TcpListener;
 
 use crate::app::App;
+use crate::devtools::token::{self, TokenArgs};
 use crate::{EXIT_INVALID_CONFIG, EXIT_RUNTIME};
 
 /// The demo config; `{PROXY}`, `{ADMIN}` and `{ECHO}` become the ports.
@@ -66,7 +67,7 @@ pub fn run() -> ExitCode {
             }
         };
         print_banner(proxy, admin, echo);
-        print_jwt_banner(proxy, token.as_deref());
+        print_jwt_banner(proxy, token.as_ref());
         app.run_until_signalled().await
     })
 }
@@ -107,26 +108,50 @@ Ctrl-C stops it."#
     );
 }
 
-/// A token for the demo's `auth` filter (HS256 with the secret of the
-/// embedded config), valid for ten years, so the printed curl just works.
-fn demo_token(config: &kaname_config::Config) -> Option<String> {
+/// The variable the demo's `kaname token` line reads the secret from.
+const DEMO_SECRET_ENV: &str = "KANAME_DEMO_SECRET";
+
+/// A token for the demo's `auth` filter, and the `kaname token` command
+/// line that makes one like it.
+struct DemoToken {
+    token: String,
+    command: String,
+}
+
+/// The token is made by `kaname token`'s own code from the arguments the
+/// printed command line shows (HS256 with the secret of the embedded
+/// config, valid for ten years), so the line and the curl just work.
+fn demo_token(config: &kaname_config::Config) -> Option<DemoToken> {
     let jwt = config.filters.iter().find_map(|f| match &f.kind {
         kaname_config::FilterKind::Jwt(j) => Some(j),
         _ => None,
     })?;
-    let now = jsonwebtoken::get_current_timestamp();
-    let claims = serde_json::json!({
-        "sub": "demo-user",
-        "iss": jwt.issuers.first()?,
-        "iat": now,
-        "exp": now + 10 * 365 * 24 * 3600,
-    });
-    let key = jsonwebtoken::EncodingKey::from_secret(jwt.secret.as_ref()?.as_bytes());
-    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).ok()
+    let secret = jwt.secret.clone()?;
+    let args = TokenArgs {
+        secret_env: Some(DEMO_SECRET_ENV.into()),
+        sub: Some("demo-user".into()),
+        iss: Some(jwt.issuers.first()?.clone()),
+        ttl: Some("3650d".into()),
+        ..TokenArgs::default()
+    };
+    let env = |name: &str| (name == DEMO_SECRET_ENV).then(|| secret.clone());
+    let minted = token::mint(&args, &env, jsonwebtoken::get_current_timestamp()).ok()?;
+    // As the demo was started (`kaname`, `./target/release/kaname`), so the
+    // line pastes where the demo's command did.
+    let program = std::env::args().next().unwrap_or_else(|| "kaname".into());
+    let command = format!(
+        "{DEMO_SECRET_ENV}={} {}",
+        token::shell_quote(&secret),
+        args.command_line(&program)
+    );
+    Some(DemoToken {
+        token: minted.token,
+        command,
+    })
 }
 
-fn print_jwt_banner(proxy: u16, token: Option<&str>) {
-    let Some(token) = token else {
+fn print_jwt_banner(proxy: u16, token: Option<&DemoToken>) {
+    let Some(DemoToken { token, command }) = token else {
         return;
     };
     println!(
@@ -137,7 +162,9 @@ JWT authentication on /secure/ (filter "auth", HS256):
   # no token: 401 with WWW-Authenticate: Bearer
   curl -i http://127.0.0.1:{proxy}/secure/hello
   # a tampered token: 401, error_description="invalid signature"
-  curl -i http://127.0.0.1:{proxy}/secure/hello -H 'Authorization: Bearer {token}x'"#
+  curl -i http://127.0.0.1:{proxy}/secure/hello -H 'Authorization: Bearer {token}x'
+  # a token like the one above, from kaname token (docs/configuration.md "First JWT in one minute"):
+  {command}"#
     );
 }
 

@@ -11,6 +11,7 @@ pub mod chain;
 pub mod cli;
 mod conn;
 pub mod demo;
+pub mod devtools;
 mod drain;
 pub mod explain;
 pub mod fd_budget;
@@ -42,4 +43,5 @@ pub use sidecar::{BoundAddrs, Sidecar};
 
 /// Exit codes of the contract.
 pub const EXIT_INVALID_CONFIG: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_RUNTIME: u8 = 3;

@@ -1,10 +1,16 @@
 use crate::store::*;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 pub struct SqliteStore {
     conn: Connection,
     synchronous_full: bool,
+    /// background checkpointer (SQLITE_CHECKPOINT=auto keeps SQLite's default: the committing
+    /// connection checkpoints every 1000 WAL pages, inside the commit that crosses the limit)
+    checkpointer: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
 }
 
 pub fn open(dir: &Path, cache_kib: i64) -> Res<SqliteStore> {
@@ -23,7 +29,28 @@ pub fn open(dir: &Path, cache_kib: i64) -> Res<SqliteStore> {
          CREATE TABLE IF NOT EXISTS results(id BLOB PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
          CREATE TABLE IF NOT EXISTS expiry(expire_at INTEGER NOT NULL, seq INTEGER NOT NULL, id BLOB NOT NULL, PRIMARY KEY(expire_at, seq)) WITHOUT ROWID;"
     ))?;
-    Ok(SqliteStore { conn, synchronous_full: true })
+    let bg = std::env::var("SQLITE_CHECKPOINT").map(|v| v != "auto").unwrap_or(true);
+    let checkpointer = if bg {
+        conn.execute_batch("PRAGMA wal_autocheckpoint=0")?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let c = Connection::open(dir.join("jobs.sqlite"))?;
+        c.execute_batch("PRAGMA synchronous=FULL")?;
+        let st = stop.clone();
+        let h = std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || {
+                while !st.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50));
+                    // PASSIVE: copies committed WAL frames into the db without blocking the writer;
+                    // the writer restarts the WAL from the beginning once it is fully checkpointed.
+                    let _ = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                }
+            })?;
+        Some((stop, h))
+    } else {
+        None
+    };
+    Ok(SqliteStore { conn, synchronous_full: true, checkpointer })
 }
 
 impl Store for SqliteStore {
@@ -136,6 +163,10 @@ impl Store for SqliteStore {
     }
 
     fn close(self: Box<Self>) -> Res<()> {
+        if let Some((stop, h)) = self.checkpointer {
+            stop.store(true, Ordering::Relaxed);
+            let _ = h.join();
+        }
         self.conn.close().map_err(|(_, e)| e)?;
         Ok(())
     }
