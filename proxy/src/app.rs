@@ -153,6 +153,7 @@ impl App {
         let runtime = Runtime::build(config.clone(), &metrics, None)
             .await
             .map_err(|e| StartError::Config(format!("{file}: {e}")))?;
+        runtime.queues.activate(None, &metrics);
         let admin = TcpListener::bind(config.admin.listen)
             .await
             .map_err(|source| StartError::Bind {
@@ -411,6 +412,7 @@ impl App {
         }
         let admin_listen = new.admin.listen;
         next.prune_gauges(&self.metrics);
+        next.queues.activate(Some(&previous.queues), &self.metrics);
         self.runtime.store(Arc::new(next));
         self.metrics
             .config_last_reload_success_timestamp_seconds
@@ -460,12 +462,18 @@ impl App {
         for b in self.listeners.lock().await.values() {
             let _ = b.stop.send(true);
         }
-        if tokio::time::timeout(grace, self.drain.drain())
-            .await
-            .is_err()
-        {
-            tracing::warn!("shutdown grace elapsed with requests still in flight");
-        }
+        // Deliveries in flight finish within the same grace; no new one
+        // starts, and the jobs not delivered stay stored.
+        let queues = self.runtime.load().queues.clone();
+        let requests = async {
+            if tokio::time::timeout(grace, self.drain.drain())
+                .await
+                .is_err()
+            {
+                tracing::warn!("shutdown grace elapsed with requests still in flight");
+            }
+        };
+        tokio::join!(requests, queues.shutdown(grace));
         // The spans of the last requests, exported before the process goes.
         if let Some(t) = self.runtime.load().tracing.clone() {
             t.finish(std::time::Duration::from_secs(2)).await;

@@ -20,6 +20,7 @@ use tower::Layer;
 use crate::forward::{AttemptMetrics, Forward};
 use crate::otel::Tracing;
 use crate::pipeline::{self, Step};
+use crate::queue::QueueSet;
 use crate::request_metrics::RouteMetrics;
 use crate::request_model::RequestModel;
 use crate::router::{Matcher, RouteIndex, RouteIndexBuilder};
@@ -35,6 +36,8 @@ pub struct Runtime {
     /// The `tracing` section's tracer and exporter; kept across reloads
     /// that leave the section as it is.
     pub tracing: Option<Arc<Tracing>>,
+    /// The queues, their store and dispatchers.
+    pub queues: Arc<QueueSet>,
 }
 
 /// One listener's pipeline.
@@ -56,6 +59,8 @@ pub struct RouteTable {
     index: RouteIndex,
     /// Where requests no route takes go: observed, rescued, answered.
     pub no_route: RouteService,
+    /// `/.kaname/jobs/<id>`, on a listener with queue routes.
+    pub jobs: Option<RouteService>,
 }
 
 pub struct RouteEntry {
@@ -92,6 +97,8 @@ pub enum BuildError {
     },
     #[error(transparent)]
     Tracing(#[from] crate::otel::TracingError),
+    #[error("queues: {0}")]
+    Queues(String),
     #[error("route \"{route}\" names unknown {what} \"{name}\"")]
     Unknown {
         route: String,
@@ -138,6 +145,8 @@ impl Runtime {
             Some(Some(t)) if t.config == config.tracing => Some(t.clone()),
             _ => Tracing::build(&config.tracing, metrics)?,
         };
+        let queues = QueueSet::build(&config, previous.map(|p| &*p.queues), &upstreams, metrics)
+            .map_err(BuildError::Queues)?;
         let mut rt = Runtime {
             config: config.clone(),
             listeners: HashMap::new(),
@@ -145,6 +154,7 @@ impl Runtime {
             filters,
             route_metrics: HashMap::new(),
             tracing,
+            queues: Arc::new(queues),
         };
         for l in &config.listeners {
             let routes = rt.build_listener(l, metrics, previous)?;
@@ -233,10 +243,30 @@ impl Runtime {
             metrics,
             &mut forwards,
         )?;
+        let jobs = match pipeline::jobs_steps(l) {
+            Some(steps) => {
+                let target = StackTarget {
+                    info: RouteInfo {
+                        listener: listener.clone(),
+                        route: crate::queue::api::ROUTE.into(),
+                        upstream: unrouted.clone(),
+                    },
+                    metrics: self.route_metrics(
+                        metrics,
+                        previous,
+                        [&l.name, crate::queue::api::ROUTE, ""],
+                    ),
+                    listener: l,
+                };
+                Some(self.stack(&steps, &target, metrics, &mut forwards)?)
+            }
+            None => None,
+        };
         let table = Arc::new(RouteTable {
             routes,
             index,
             no_route,
+            jobs,
         });
         let router = RouteService::from_boxed(pipeline::Router(table));
         let pipeline = pipeline::listener_steps(l)
@@ -368,6 +398,31 @@ impl Runtime {
                     }
                 };
                 return Ok(Built::Terminal(forward));
+            }
+            Step::Enqueue(q, u) => {
+                let queue =
+                    self.queues
+                        .get(&q.name)
+                        .cloned()
+                        .ok_or_else(|| BuildError::Unknown {
+                            route: info.route.to_string(),
+                            what: "queue",
+                            name: q.name.clone(),
+                        })?;
+                return Ok(Built::Terminal(RouteService::from_boxed(
+                    crate::queue::accept::Enqueue {
+                        queue,
+                        upstream: u.name.as_str().into(),
+                    },
+                )));
+            }
+            Step::Jobs(names) => {
+                return Ok(Built::Terminal(RouteService::from_boxed(
+                    crate::queue::api::JobsApi {
+                        queues: self.queues.clone(),
+                        names: names.iter().map(|n| n.to_string()).collect(),
+                    },
+                )))
             }
             Step::Unrouted => {
                 return Ok(Built::Terminal(RouteService::from_boxed(

@@ -28,6 +28,12 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     pub tracing_spans_exported_total: IntCounter,
     pub tracing_spans_dropped_total: IntCounterVec,
+    pub jobs_waiting: IntGaugeVec,
+    pub jobs_delivering: IntGaugeVec,
+    pub jobs_oldest_age_seconds: GaugeVec,
+    pub jobs_total: IntCounterVec,
+    pub job_deliveries_total: IntCounterVec,
+    pub job_callbacks_total: IntCounterVec,
 }
 
 impl std::ops::Deref for Metrics {
@@ -70,6 +76,41 @@ impl Metrics {
         r.register(Box::new(exported.clone()))
             .expect("metric registered once");
         let m = Metrics {
+            jobs_waiting: gauge(
+                r,
+                "kaname_jobs_waiting",
+                "Jobs queued now (retry backoff included).",
+                &["queue", "priority"],
+            ),
+            jobs_delivering: gauge(
+                r,
+                "kaname_jobs_delivering",
+                "Deliveries in flight.",
+                &["queue"],
+            ),
+            jobs_oldest_age_seconds: float_gauge(
+                "kaname_jobs_oldest_age_seconds",
+                "Age of the oldest waiting job (0 when none).",
+                &["queue"],
+            ),
+            jobs_total: counter(
+                r,
+                "kaname_jobs_total",
+                "Jobs by result: accepted, duplicate, rejected_full, done, failed, cancelled.",
+                &["queue", "result"],
+            ),
+            job_deliveries_total: counter(
+                r,
+                "kaname_job_deliveries_total",
+                "Deliveries of jobs, by outcome (as kaname_upstream_attempts_total).",
+                &["queue", "outcome"],
+            ),
+            job_callbacks_total: counter(
+                r,
+                "kaname_job_callbacks_total",
+                "Callbacks of finished jobs: success, failure.",
+                &["queue", "result"],
+            ),
             tracing_spans_exported_total: exported,
             tracing_spans_dropped_total: counter(
                 r,

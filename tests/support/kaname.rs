@@ -378,6 +378,12 @@ impl Kaname {
         send_signal(self.pid, "TERM");
     }
 
+    /// SIGKILL, and waits for the process to be gone: a crash at any moment.
+    pub async fn kill9(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+
     /// Waits for the process to exit, at most `deadline`.
     pub async fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
         match tokio::time::timeout(deadline, self.child.wait()).await {

@@ -704,7 +704,7 @@ fn all(args: &[String]) -> Res<()> {
         "| engine | 32 consumers via group committer, fsync (jobs/s) | 1 consumer, fsync per op (jobs/s) | 1 thread, own txn per op, no fsync (jobs/s) |\n|---|---|---|---|\n",
     );
     for e in &engines {
-        let mut c = |k: usize| {
+        let c = |k: usize| {
             let mut v = drain_res[&(e.clone(), k)].clone();
             let (lo, hi) = (v.iter().cloned().fold(f64::MAX, f64::min), v.iter().cloned().fold(0.0, f64::max));
             format!("**{:.0}** ({lo:.0}–{hi:.0})", median(&mut v))
@@ -781,6 +781,14 @@ fn main() -> Res<()> {
         Some("verify") => verify(&args[2], &p(3), &p(4)),
         Some("bulk-write") => bulk_write(&args[2], &p(3), args[4].parse()?, args[5].parse()?),
         Some("reopen") => reopen(&args[2], &p(3), args[4].parse()?),
+        Some("drain") => {
+            // drain ENGINE N DIR: the no-fsync single-thread drain alone (FJALL_NO_HINT=1 to compare)
+            let d = fresh_dir(&p(4), &format!("{}-drain", args[2]));
+            let r = bench_drain_direct(&args[2], &d, args[3].parse()?)?;
+            println!("{} drain direct: {r:.0} jobs/s", args[2]);
+            let _ = std::fs::remove_dir_all(&d);
+            Ok(())
+        }
         Some("puts") => {
             // puts ENGINE PRODUCERS SECS DIR: one put measurement (for strace / perf)
             let d = fresh_dir(&p(5), &format!("{}-puts", args[2]));

@@ -66,10 +66,6 @@ pub trait Store: Send {
     /// Clean close (fjall/sqlite flush on drop; here explicit).
     fn close(self: Box<Self>) -> Res<()>;
 
-    fn put(&mut self, job: Job) -> Res<()> {
-        self.apply(vec![Op::Put(job)], true)?;
-        Ok(())
-    }
     fn take_next(&mut self, durable: bool) -> Res<Option<Taken>> {
         match self.apply(vec![Op::Take], durable)?.pop() {
             Some(OpResult::Taken(t)) => Ok(t),

@@ -179,6 +179,11 @@ impl Service<Request<Body>> for Router {
             .extensions()
             .get::<Arc<ConnTls>>()
             .is_some_and(|t| !t.allowed);
+        if let Some(jobs) = table.jobs.as_ref().filter(|_| !denied) {
+            if req.uri().path().starts_with(crate::queue::api::PREFIX) {
+                return jobs.clone().call(req);
+            }
+        }
         let (parts, body) = req.into_parts();
         let found = table.find(&parts);
         req = Request::from_parts(parts, body);

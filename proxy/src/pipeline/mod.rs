@@ -70,6 +70,12 @@ pub enum Step<'a> {
     Filter(&'a Filter),
     /// The terminal: one try to the upstream.
     Forward(&'a Upstream),
+    /// A queue route's terminal: the request stored as a job, 202; the
+    /// queue delivers it to the upstream later.
+    Enqueue(&'a kaname_config::queue::Queue, &'a Upstream),
+    /// The jobs stack's terminal: `GET`/`DELETE /.kaname/jobs/<id>` for
+    /// these queues.
+    Jobs(Vec<&'a str>),
     /// The no-route stack's terminal.
     Unrouted,
 }
@@ -106,8 +112,20 @@ pub fn route_steps<'a>(cfg: &'a Config, l: &'a Listener, r: &'a Route) -> Option
     for name in &r.filters {
         steps.push(Step::Filter(cfg.filter(name)?));
     }
-    steps.push(Step::Forward(cfg.upstream(&r.upstream)?));
+    let upstream = cfg.upstream(&r.upstream)?;
+    steps.push(match &r.queue {
+        Some(q) => Step::Enqueue(cfg.queues.iter().find(|x| x.name == *q)?, upstream),
+        None => Step::Forward(upstream),
+    });
     Some(steps)
+}
+
+/// The steps of a listener's jobs stack, when it has queue routes.
+pub fn jobs_steps<'a>(l: &'a Listener) -> Option<Vec<Step<'a>>> {
+    let mut names: Vec<&str> = l.routes.iter().filter_map(|r| r.queue.as_deref()).collect();
+    names.sort_unstable();
+    names.dedup();
+    (!names.is_empty()).then(|| vec![Step::Observe, Step::Rescue, Step::Jobs(names)])
 }
 
 /// The steps of a listener's no-route stack.
@@ -191,6 +209,23 @@ impl Step<'_> {
                     w.upstreams
                         .get(&u.name)
                         .map_or_else(String::new, |uw| uw.all())
+                ),
+            ),
+            Step::Enqueue(q, u) => (
+                "enqueue",
+                format!(
+                    "queue {} stores the request and answers 202; delivered to upstream {} {}",
+                    q.name,
+                    u.name,
+                    crate::queue::describe(q)
+                ),
+            ),
+            Step::Jobs(names) => (
+                "jobs",
+                format!(
+                    "GET and DELETE /.kaname/jobs/<id> of queue{} {}",
+                    plural(names.len()),
+                    names.join(", ")
                 ),
             ),
             Step::Unrouted => (

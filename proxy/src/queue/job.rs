@@ -87,6 +87,8 @@ pub fn priority_word(p: Priority) -> &'static str {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Job {
     pub queue: String,
+    /// Delivered through this upstream's balancer and pool.
+    pub upstream: String,
     pub method: String,
     /// Path and query, as forwarded.
     pub target: String,
@@ -241,6 +243,7 @@ mod tests {
     fn a_view_shows_a_binary_body_as_base64_and_repeated_headers_as_a_list() {
         let job = Job {
             queue: "q".into(),
+            upstream: "u".into(),
             method: "POST".into(),
             target: "/x".into(),
             headers: vec![],

@@ -4,6 +4,7 @@ use crate::queue::job::{JobResult, HIGH, LOW, NORMAL};
 fn job(queue: &str, priority: u8, key: Option<(&str, u8)>) -> Job {
     Job {
         queue: queue.into(),
+        upstream: "u".into(),
         method: "POST".into(),
         target: "/r".into(),
         headers: vec![("x-a".into(), b"1".to_vec())],

@@ -1,0 +1,622 @@
+//! The asynchronous hand-off end to end (async.md): the real binary with
+//! its embedded store in a temporary data_dir, a real upstream that records
+//! every delivery and can be scripted or held, real JWTs, SIGTERM and
+//! SIGKILL.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use serde_json::Value;
+use support::metrics::{metric, wait_metric};
+use support::net::{accept_each, bind_loopback};
+use support::{full, HttpClient, Kaname, TestResponse};
+use tokio::sync::Semaphore;
+
+/// One delivery as the upstream saw it.
+#[derive(Debug, Clone)]
+struct Delivery {
+    job: String,
+    attempt: u32,
+    path: String,
+    body: Bytes,
+    headers: http::HeaderMap,
+}
+
+/// An upstream that records deliveries, answers by `script(n)` (n counts
+/// deliveries from 0) and, while `hold` has no permits, holds each one.
+struct JobUpstream {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Delivery>>>,
+    hold: Arc<Semaphore>,
+    arrived: Arc<tokio::sync::Notify>,
+}
+
+type Script = Arc<dyn Fn(usize) -> (u16, &'static str) + Send + Sync>;
+
+impl JobUpstream {
+    async fn start(script: impl Fn(usize) -> (u16, &'static str) + Send + Sync + 'static) -> Self {
+        Self::start_held(script, usize::MAX >> 4).await
+    }
+
+    async fn start_held(
+        script: impl Fn(usize) -> (u16, &'static str) + Send + Sync + 'static,
+        permits: usize,
+    ) -> Self {
+        let listener = bind_loopback("job upstream").await;
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let hold = Arc::new(Semaphore::new(permits));
+        let arrived = Arc::new(tokio::sync::Notify::new());
+        let script: Script = Arc::new(script);
+        let n = Arc::new(AtomicUsize::new(0));
+        let (s, h, a) = (seen.clone(), hold.clone(), arrived.clone());
+        accept_each(listener, move |stream| {
+            let (seen, hold, arrived, script, n) =
+                (s.clone(), h.clone(), a.clone(), script.clone(), n.clone());
+            async move {
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let (seen, hold, arrived, script, n) = (
+                        seen.clone(),
+                        hold.clone(),
+                        arrived.clone(),
+                        script.clone(),
+                        n.clone(),
+                    );
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let header = |k: &str| {
+                            parts
+                                .headers
+                                .get(k)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_string()
+                        };
+                        let i = n.fetch_add(1, Ordering::SeqCst);
+                        seen.lock().unwrap().push(Delivery {
+                            job: header("kaname-job-id"),
+                            attempt: header("kaname-delivery-attempt").parse().unwrap_or(0),
+                            path: parts.uri.to_string(),
+                            body,
+                            headers: parts.headers.clone(),
+                        });
+                        arrived.notify_waiters();
+                        let permit = hold.acquire().await;
+                        drop(permit);
+                        let (status, text) = script(i);
+                        let mut res = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+                        *res.status_mut() = StatusCode::from_u16(status).unwrap();
+                        Ok::<_, std::convert::Infallible>(res)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            }
+        });
+        JobUpstream {
+            addr,
+            seen,
+            hold,
+            arrived,
+        }
+    }
+
+    fn seen(&self) -> Vec<Delivery> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` deliveries arrived (within 15 s).
+    async fn wait_deliveries(&self, n: usize) -> Vec<Delivery> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let arrived = self.arrived.notified();
+            let seen = self.seen();
+            if seen.len() >= n {
+                return seen;
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                panic!("{} of {n} deliveries within 15 s: {:#?}", seen.len(), seen);
+            }
+        }
+    }
+}
+
+fn config(data_dir: &std::path::Path, up: SocketAddr, queue: &str, extra: &str) -> String {
+    format!(
+        "data_dir: {}
+queues:
+  reports:
+{queue}
+listeners:
+  main:
+    listen: 127.0.0.1:0
+    routes:
+      - match: {{ path_prefix: /reports/ }}
+        upstream: app
+        queue: reports
+{extra}      - match: {{ path_prefix: / }}
+        upstream: app
+upstreams:
+  app:
+    endpoints: [{up}]
+",
+        data_dir.display()
+    )
+}
+
+fn post(k: &Kaname, path: &str, body: &'static str) -> Request<support::client::Body> {
+    Request::post(k.url("main", path)).body(full(body)).unwrap()
+}
+
+async fn status(k: &Kaname, id: &str) -> Value {
+    let res = HttpClient::http1()
+        .get(&k.url("main", &format!("/.kaname/jobs/{id}")))
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    res.json()
+}
+
+/// Polls the job until its status is `want` (within 15 s).
+async fn wait_status(k: &Kaname, id: &str, want: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let v = status(k, id).await;
+        if v["status"] == want {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job {id} not {want} within 15 s: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn accepted(res: &TestResponse) -> String {
+    assert_eq!(res.status, 202, "{}", res.text());
+    let v = res.json();
+    let id = v["job"].as_str().expect("job id").to_string();
+    assert_eq!(id.len(), 22);
+    assert_eq!(v["status_url"], format!("/.kaname/jobs/{id}"));
+    assert_eq!(
+        res.header("location"),
+        Some(format!("/.kaname/jobs/{id}").as_str())
+    );
+    id
+}
+
+#[tokio::test]
+async fn a_job_is_accepted_delivered_and_its_result_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = JobUpstream::start(|_| (201, "report ready")).await;
+    let k = Kaname::start(&config(
+        dir.path(),
+        up.addr,
+        "    delivery: { concurrency: 2 }",
+        "",
+    ))
+    .await;
+    let mut req = post(&k, "/reports/q1?year=2026", "make it");
+    req.headers_mut()
+        .insert("x-custom", "kept".parse().unwrap());
+    let res = HttpClient::http1().send(req).await;
+    let id = accepted(&res);
+    assert_eq!(res.json()["status"], "queued");
+
+    let d = up.wait_deliveries(1).await.remove(0);
+    assert_eq!(d.job, id);
+    assert_eq!(d.attempt, 1);
+    assert_eq!(d.path, "/reports/q1?year=2026");
+    assert_eq!(&d.body[..], b"make it");
+    assert_eq!(d.headers.get("x-custom").unwrap(), "kept");
+    assert!(
+        d.headers.get("x-forwarded-for").is_some(),
+        "headers as forwarded"
+    );
+    let v = wait_status(&k, &id, "done").await;
+    assert_eq!(v["attempts"], 1);
+    assert_eq!(v["result"]["status"], 201);
+    assert_eq!(v["result"]["body"], "report ready");
+    assert_eq!(v["result"]["body_encoding"], "utf8");
+    assert_eq!(v["result"]["truncated"], false);
+    assert!(v["created"].as_str().unwrap().ends_with('Z'));
+    // Other paths are forwarded as usual; unknown ids are not found.
+    let res = HttpClient::http1().get(&k.url("main", "/other")).await;
+    assert_eq!(res.status, 201, "forwarded at once");
+    for bad in ["AAAAAAAAAAAAAAAAAAAAAA", "nope", "AAAAAAAAAAAAAAAAAAAAAA/x"] {
+        let res = HttpClient::http1()
+            .get(&k.url("main", &format!("/.kaname/jobs/{bad}")))
+            .await;
+        res.assert_kaname_error(404, "no_job");
+    }
+    wait_metric(
+        &k,
+        "kaname_jobs_total{queue=\"reports\",result=\"done\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        metric(
+            &k,
+            "kaname_jobs_total{queue=\"reports\",result=\"accepted\"}"
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn retries_to_success_to_failure_and_a_final_4xx() {
+    let dir = tempfile::tempdir().unwrap();
+    // Fails twice, then answers.
+    let up = JobUpstream::start(|i| match i {
+        0 | 1 => (503, "busy"),
+        _ => (200, "finally"),
+    })
+    .await;
+    let k = Kaname::start(&config(
+        dir.path(),
+        up.addr,
+        "    delivery: { concurrency: 1, attempts: 3, backoff: { base: 10ms, max: 50ms } }",
+        "",
+    ))
+    .await;
+    let id = accepted(
+        &HttpClient::http1()
+            .send(post(&k, "/reports/flaky", "x"))
+            .await,
+    );
+    let v = wait_status(&k, &id, "done").await;
+    assert_eq!(v["attempts"], 3);
+    assert_eq!(v["result"]["status"], 200);
+    let seen = up.seen();
+    assert_eq!(
+        seen.iter().map(|d| d.attempt).collect::<Vec<_>>(),
+        [1, 2, 3],
+        "kaname-delivery-attempt counts"
+    );
+    drop(k);
+
+    // Always failing: failed once the attempts are spent, the last answer kept.
+    let dir = tempfile::tempdir().unwrap();
+    let up = JobUpstream::start(|_| (503, "down")).await;
+    let k = Kaname::start(&config(
+        dir.path(),
+        up.addr,
+        "    delivery: { attempts: 2, backoff: { base: 10ms, max: 20ms } }",
+        "",
+    ))
+    .await;
+    let id = accepted(
+        &HttpClient::http1()
+            .send(post(&k, "/reports/down", "x"))
+            .await,
+    );
+    let v = wait_status(&k, &id, "failed").await;
+    assert_eq!(v["attempts"], 2);
+    assert_eq!(v["result"]["status"], 503);
+    assert!(
+        v["error"].as_str().unwrap().contains("attempts spent"),
+        "{v}"
+    );
+    drop(k);
+
+    let dir = tempfile::tempdir().unwrap();
+    let up = JobUpstream::start(|_| (404, "no such report")).await;
+    let k = Kaname::start(&config(dir.path(), up.addr, "    max_depth: 10", "")).await;
+    let id = accepted(
+        &HttpClient::http1()
+            .send(post(&k, "/reports/gone", "x"))
+            .await,
+    );
+    let v = wait_status(&k, &id, "done").await;
+    assert_eq!(v["attempts"], 1, "a 4xx not in retry_on is final");
+    assert_eq!(v["result"]["status"], 404);
+    assert_eq!(up.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn an_idempotency_key_stores_one_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = JobUpstream::start(|_| (200, "ok")).await;
+    let k = Kaname::start(&config(dir.path(), up.addr, "    max_depth: 10", "")).await;
+    let keyed = |body: &'static str| {
+        let mut r = post(&k, "/reports/k", body);
+        r.headers_mut()
+            .insert("idempotency-key", "order-77".parse().unwrap());
+        r
+    };
+    let first = accepted(&HttpClient::http1().send(keyed("same")).await);
+    let again = accepted(&HttpClient::http1().send(keyed("same")).await);
+    assert_eq!(first, again, "the first job's id");
+    let res = HttpClient::http1().send(keyed("other body")).await;
+    res.assert_kaname_error(422, "idempotency_mismatch");
+    wait_status(&k, &first, "done").await;
+    let again = accepted(&HttpClient::http1().send(keyed("same")).await);
+    assert_eq!(first, again, "still the first job while it is kept");
+    assert_eq!(up.seen().len(), 1, "delivered once");
+    assert!(
+        up.seen()[0].headers.get("idempotency-key").is_none(),
+        "consumed"
+    );
+    assert_eq!(
+        metric(
+            &k,
+            "kaname_jobs_total{queue=\"reports\",result=\"duplicate\"}"
+        )
+        .await,
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn priorities_are_served_strictly_and_limits_refuse_before_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    // Deliveries are held until released: the first one occupies the only
+    // consumer while the others queue up.
+    let up = JobUpstream::start_held(|_| (200, "ok"), 0).await;
+    let k = Kaname::start(&config(
+        dir.path(),
+        up.addr,
+        "    max_depth: 4\n    max_body_bytes: 16\n    priority: { header: x-priority }\n    delivery: { concurrency: 1 }",
+        "",
+    ))
+    .await;
+    let client = HttpClient::http1();
+    let send = |prio: &'static str, body: &'static str| {
+        let mut r = post(&k, "/reports/p", body);
+        r.headers_mut().insert("x-priority", prio.parse().unwrap());
+        r
+    };
+    let first = accepted(&client.send(send("low", "first")).await);
+    up.wait_deliveries(1).await;
+    let low = accepted(&client.send(send("low", "low")).await);
+    let normal = accepted(&client.send(send("whatever", "normal")).await);
+    let high = accepted(&client.send(send("HIGH", "high")).await);
+    let normal2 = accepted(&client.send(send("normal", "normal2")).await);
+    // Four waiting: the fifth is refused, and so is a body over 16 bytes.
+    let res = client.send(send("high", "over")).await;
+    res.assert_kaname_error(503, "overloaded");
+    assert_eq!(res.header("retry-after"), Some("1"));
+    let res = client
+        .send(post(&k, "/reports/big", "seventeen bytes!!"))
+        .await;
+    res.assert_kaname_error(413, "payload_too_large");
+    wait_metric(
+        &k,
+        "kaname_jobs_waiting{priority=\"normal\",queue=\"reports\"}",
+        2.0,
+    )
+    .await;
+    assert_eq!(
+        metric(&k, "kaname_jobs_delivering{queue=\"reports\"}").await,
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &k,
+            "kaname_jobs_total{queue=\"reports\",result=\"rejected_full\"}"
+        )
+        .await,
+        1.0
+    );
+    up.hold.add_permits(1000);
+    let seen = up.wait_deliveries(5).await;
+    let order: Vec<&str> = seen.iter().map(|d| d.job.as_str()).collect();
+    assert_eq!(order, [first.as_str(), &high, &normal, &normal2, &low]);
+    assert!(seen[1].headers.get("x-priority").is_none(), "consumed");
+}
+
+#[tokio::test]
+async fn a_queued_job_can_be_cancelled_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = JobUpstream::start_held(|_| (200, "ok"), 0).await;
+    let k = Kaname::start(&config(
+        dir.path(),
+        up.addr,
+        "    delivery: { concurrency: 1 }",
+        "",
+    ))
+    .await;
+    let client = HttpClient::http1();
+    let busy = accepted(&client.send(post(&k, "/reports/1", "a")).await);
+    up.wait_deliveries(1).await;
+    let waiting = accepted(&client.send(post(&k, "/reports/2", "b")).await);
+    let delete = |id: &str| {
+        Request::delete(k.url("main", &format!("/.kaname/jobs/{id}")))
+            .body(support::empty())
+            .unwrap()
+    };
+    assert_eq!(client.send(delete(&waiting)).await.status, 204);
+    assert_eq!(status(&k, &waiting).await["status"], "cancelled");
+    client
+        .send(delete(&waiting))
+        .await
+        .assert_kaname_error(409, "job_conflict");
+    client
+        .send(delete(&busy))
+        .await
+        .assert_kaname_error(409, "job_conflict");
+    client
+        .send(delete("AAAAAAAAAAAAAAAAAAAAAA"))
+        .await
+        .assert_kaname_error(404, "no_job");
+    up.hold.add_permits(1000);
+    wait_status(&k, &busy, "done").await;
+    assert_eq!(up.seen().len(), 1, "the cancelled job is never delivered");
+}
+
+#[tokio::test]
+async fn filters_refuse_before_anything_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = JobUpstream::start(|_| (200, "ok")).await;
+    let secret = "queue-test-secret-0123456789abcdefgh";
+    let text = format!(
+        "{}filters:\n  auth:\n    jwt: {{ algorithms: [HS256], secret: {secret}, forward_claims: {{ sub: x-user }} }}\n",
+        config(dir.path(), up.addr, "    max_depth: 10", "        filters: [auth]\n")
+    );
+    let k = Kaname::start(&text).await;
+    let client = HttpClient::http1();
+    let res = client.send(post(&k, "/reports/x", "no token")).await;
+    res.assert_kaname_error(401, "unauthenticated");
+    let token = support::jwt::hs256_with_secret(
+        "k",
+        &serde_json::json!({"sub": "ana", "exp": support::jwt::now() + 600}),
+        secret.as_bytes(),
+    );
+    let mut req = post(&k, "/reports/x", "with token");
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let id = accepted(&client.send(req).await);
+    let d = up.wait_deliveries(1).await.remove(0);
+    assert_eq!(d.job, id, "only the verified request became a job");
+    assert_eq!(
+        d.headers.get("x-user").unwrap(),
+        "ana",
+        "claim headers are stored"
+    );
+    assert!(d.headers.get("authorization").is_none(), "the token is not");
+    assert_eq!(
+        metric(
+            &k,
+            "kaname_jobs_total{queue=\"reports\",result=\"accepted\"}"
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_callback_to_a_host_not_allowed_is_refused_at_acceptance() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = JobUpstream::start(|_| (200, "ok")).await;
+    let k = Kaname::start(&config(
+        dir.path(),
+        up.addr,
+        "    callback: { allowed_hosts: [hooks.internal], secret: callback-secret-0123456789 }",
+        "",
+    ))
+    .await;
+    for url in [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://hooks.internal.evil.com/",
+        "ftp://hooks.internal/",
+    ] {
+        let mut req = post(&k, "/reports/cb", "x");
+        req.headers_mut()
+            .insert("x-callback-url", url.parse().unwrap());
+        HttpClient::http1()
+            .send(req)
+            .await
+            .assert_kaname_error(400, "callback_not_allowed");
+    }
+    assert_eq!(up.seen().len(), 0);
+}
+
+#[tokio::test]
+async fn sigterm_leaves_waiting_jobs_stored_and_a_restart_delivers_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = JobUpstream::start_held(|_| (200, "ok"), 0).await;
+    let yaml = config(dir.path(), up.addr, "    delivery: { concurrency: 1 }", "");
+    let mut k = Kaname::start(&format!("shutdown_grace: 5s\n{yaml}")).await;
+    let client = HttpClient::http1();
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(accepted(&client.send(post(&k, "/reports/s", "x")).await));
+    }
+    up.wait_deliveries(1).await;
+    k.sigterm();
+    // The delivery in flight finishes within the grace; no new one starts.
+    up.hold.add_permits(1);
+    let exit = k.wait_exit(Duration::from_secs(10)).await;
+    assert!(exit.success(), "{exit:?}");
+    assert_eq!(up.seen().len(), 1);
+    up.hold.add_permits(1000);
+    let k = Kaname::start(&yaml).await;
+    let seen = up.wait_deliveries(4).await;
+    let delivered: HashSet<&str> = seen.iter().map(|d| d.job.as_str()).collect();
+    assert_eq!(delivered.len(), 4, "{seen:#?}");
+    for id in &ids {
+        wait_status(&k, id, "done").await;
+    }
+}
+
+#[tokio::test]
+async fn no_accepted_job_is_lost_across_twenty_kills() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = JobUpstream::start(|_| (200, "ok")).await;
+    let yaml = config(
+        dir.path(),
+        up.addr,
+        "    max_depth: 100000\n    delivery: { concurrency: 4 }",
+        "",
+    );
+    let mut accepted_ids: HashSet<String> = HashSet::new();
+    for round in 0..20u64 {
+        let mut k = Kaname::start(&yaml).await;
+        let port = k.port("main");
+        // Clients keep sending while the process is killed under them.
+        let sender = tokio::spawn(async move {
+            let client = HttpClient::http1();
+            let mut ids = Vec::new();
+            for i in 0..1000 {
+                let req = Request::post(format!("http://127.0.0.1:{port}/reports/{i}"))
+                    .body(full("job"))
+                    .unwrap();
+                match client.try_send(req, Duration::from_secs(2)).await {
+                    Ok(res) if res.status == 202 => {
+                        ids.push(res.json()["job"].as_str().unwrap().to_string())
+                    }
+                    _ => break,
+                }
+            }
+            ids
+        });
+        // Kill at a different moment each round: during acceptance and
+        // during delivery.
+        tokio::time::sleep(Duration::from_millis(20 + (round * 37) % 200)).await;
+        k.kill9().await;
+        accepted_ids.extend(sender.await.unwrap());
+    }
+    assert!(
+        accepted_ids.len() > 100,
+        "only {} accepted in all",
+        accepted_ids.len()
+    );
+    let _k = Kaname::start(&yaml).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let delivered: HashSet<String> = up.seen().into_iter().map(|d| d.job).collect();
+        let missing: Vec<&String> = accepted_ids.difference(&delivered).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {} accepted jobs never delivered, e.g. {:?}",
+            missing.len(),
+            accepted_ids.len(),
+            &missing[..missing.len().min(3)]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let counts: HashMap<String, usize> = up.seen().into_iter().fold(HashMap::new(), |mut m, d| {
+        *m.entry(d.job).or_default() += 1;
+        m
+    });
+    assert!(counts.values().all(|n| *n >= 1));
+}
