@@ -620,3 +620,160 @@ async fn no_accepted_job_is_lost_across_twenty_kills() {
     });
     assert!(counts.values().all(|n| *n >= 1));
 }
+
+/// A callback receiver: answers 500 to its first `fail` posts, then 200;
+/// keeps each post's headers and body.
+async fn callback_receiver(fail: usize) -> (SocketAddr, Arc<Mutex<Vec<(http::HeaderMap, Bytes)>>>) {
+    let listener = bind_loopback("callback receiver").await;
+    let addr = listener.local_addr().unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let n = Arc::new(AtomicUsize::new(0));
+    let g = got.clone();
+    accept_each(listener, move |stream| {
+        let (got, n) = (g.clone(), n.clone());
+        async move {
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let (got, n) = (got.clone(), n.clone());
+                async move {
+                    let (parts, body) = req.into_parts();
+                    let body = body
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    got.lock().unwrap().push((parts.headers, body));
+                    let status = if n.fetch_add(1, Ordering::SeqCst) < fail {
+                        500
+                    } else {
+                        200
+                    };
+                    let mut res = Response::new(Full::new(Bytes::new()));
+                    *res.status_mut() = StatusCode::from_u16(status).unwrap();
+                    Ok::<_, std::convert::Infallible>(res)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+        }
+    });
+    (addr, got)
+}
+
+#[tokio::test]
+async fn a_finished_job_is_called_back_signed_and_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = JobUpstream::start(|_| (200, "the result")).await;
+    let (hooks, got) = callback_receiver(1).await;
+    let secret = "callback-secret-0123456789abcdef";
+    let k = Kaname::start(&config(
+        dir.path(),
+        up.addr,
+        &format!("    callback: {{ allowed_hosts: [127.0.0.1], secret: {secret}, attempts: 3 }}"),
+        "",
+    ))
+    .await;
+    let mut req = post(&k, "/reports/cb", "x");
+    req.headers_mut().insert(
+        "x-callback-url",
+        format!("http://{hooks}/done?token=t").parse().unwrap(),
+    );
+    let id = accepted(&HttpClient::http1().send(req).await);
+    assert!(
+        up.wait_deliveries(1).await[0]
+            .headers
+            .get("x-callback-url")
+            .is_none(),
+        "consumed"
+    );
+    wait_metric(
+        &k,
+        "kaname_job_callbacks_total{queue=\"reports\",result=\"success\"}",
+        1.0,
+    )
+    .await;
+    let got = got.lock().unwrap().clone();
+    assert_eq!(
+        got.len(),
+        2,
+        "the first post failed (500) and was sent again"
+    );
+    let (headers, body) = &got[1];
+    let v: Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(v["job"], id);
+    assert_eq!(v["status"], "done");
+    assert_eq!(v["result"]["body"], "the result");
+    // The receiver's check: HMAC-SHA256 of "<timestamp>.<body>".
+    let ts = headers["kaname-timestamp"].to_str().unwrap();
+    let now = support::jwt::now();
+    let sent: u64 = ts.parse().unwrap();
+    assert!(
+        sent <= now && now - sent < 60,
+        "a fresh timestamp: {sent} vs {now}"
+    );
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes());
+    let mut signed = ts.as_bytes().to_vec();
+    signed.push(b'.');
+    signed.extend_from_slice(body);
+    let tag = aws_lc_rs::hmac::sign(&key, &signed);
+    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        headers["kaname-signature"],
+        format!("sha256={hex}").as_str()
+    );
+    let forged = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, b"another secret");
+    let other: String = aws_lc_rs::hmac::sign(&forged, &signed)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_ne!(
+        headers["kaname-signature"],
+        format!("sha256={other}").as_str()
+    );
+}
+
+#[tokio::test]
+async fn a_reload_changes_the_number_of_consumers() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = JobUpstream::start_held(|_| (200, "ok"), 0).await;
+    let yaml = |c: u32| {
+        config(
+            dir.path(),
+            up.addr,
+            &format!("    delivery: {{ concurrency: {c} }}"),
+            "",
+        )
+    };
+    let k = Kaname::start(&yaml(1)).await;
+    let client = HttpClient::http1();
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(accepted(&client.send(post(&k, "/reports/r", "x")).await));
+    }
+    up.wait_deliveries(1).await;
+    // A job's worth of time for a second consumer to show itself, were there one.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(up.seen().len(), 1, "one consumer");
+    std::fs::write(&k.config_path, support::config_file(&yaml(3))).unwrap();
+    let reload = client
+        .send(
+            Request::post(k.admin_url("/reload"))
+                .body(support::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(reload.status, 200, "{}", reload.text());
+    // The delivery in flight counts against the new three.
+    up.wait_deliveries(3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(up.seen().len(), 3, "three consumers, the held one included");
+    assert_eq!(
+        metric(&k, "kaname_jobs_delivering{queue=\"reports\"}").await,
+        3.0
+    );
+    up.hold.add_permits(1000);
+    for id in &ids {
+        wait_status(&k, id, "done").await;
+    }
+}

@@ -21,8 +21,13 @@ pub struct FjallStore {
 
 pub fn open(dir: &Path, cache_bytes: u64) -> Res<FjallStore> {
     std::fs::create_dir_all(dir)?;
-    let db = SingleWriterTxDatabase::builder(dir).cache_size(cache_bytes).open()?;
-    let ks = |n: &str| db.keyspace(n, KeyspaceCreateOptions::default);
+    // Bounded memory: 64 MiB block cache (as the others), 16 MiB memtables per keyspace and at
+    // most 64 MiB of journal (the minimum), which also bounds the replay after a crash.
+    let db = SingleWriterTxDatabase::builder(dir)
+        .cache_size(cache_bytes)
+        .max_journaling_size(64 * 1024 * 1024)
+        .open()?;
+    let ks = |n: &str| db.keyspace(n, || KeyspaceCreateOptions::default().max_memtable_size(16 * 1024 * 1024));
     let jobs = ks("jobs")?;
     let waiting = ks("waiting")?;
     let delivering = ks("delivering")?;

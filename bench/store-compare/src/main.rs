@@ -33,7 +33,11 @@ const MAX_BATCH: usize = 4096;
 fn open_store(engine: &str, dir: &Path) -> Res<Box<dyn Store>> {
     Ok(match engine {
         #[cfg(feature = "redb")]
-        "redb" => Box::new(redb_store::open(dir, CACHE_BYTES)?),
+        "redb" => Box::new(redb_store::open(dir, CACHE_BYTES, true, false)?),
+        #[cfg(feature = "redb")]
+        "redb-qr" => Box::new(redb_store::open(dir, CACHE_BYTES, true, true)?),
+        #[cfg(feature = "redb")]
+        "redb-id" => Box::new(redb_store::open(dir, CACHE_BYTES, false, false)?),
         #[cfg(feature = "fjall")]
         "fjall" => Box::new(fjall_store::open(dir, CACHE_BYTES as u64)?),
         #[cfg(feature = "sqlite")]
@@ -132,6 +136,8 @@ struct PutResult {
     commit_p50: f64,
     commit_p99: f64,
     commits: u64,
+    cpu_us_per_job: f64,
+    write_bytes_per_job: f64,
 }
 
 fn bench_puts(engine: &str, dir: &Path, producers: usize, secs: f64) -> Res<PutResult> {
@@ -140,6 +146,7 @@ fn bench_puts(engine: &str, dir: &Path, producers: usize, secs: f64) -> Res<PutR
     let rt = runtime();
     let bodies = Arc::new(BodySource::new());
     let seqs = Arc::new(AtomicU64::new(0));
+    let (cpu0, io0) = cpu_and_io();
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(secs);
     let mut lats: Vec<u32> = rt.block_on(async {
@@ -165,9 +172,11 @@ fn bench_puts(engine: &str, dir: &Path, producers: usize, secs: f64) -> Res<PutR
         all
     });
     let elapsed = start.elapsed().as_secs_f64();
+    let (cpu1, io1) = cpu_and_io();
     drop(tx);
     let (store, mut st) = h.join().unwrap();
     store.close()?;
+    let n = lats.len().max(1) as f64;
     lats.sort_unstable();
     st.commit_us.sort_unstable();
     Ok(PutResult {
@@ -182,6 +191,8 @@ fn bench_puts(engine: &str, dir: &Path, producers: usize, secs: f64) -> Res<PutR
         commit_p50: pct(&st.commit_us, 0.5),
         commit_p99: pct(&st.commit_us, 0.99),
         commits: st.commits,
+        cpu_us_per_job: (cpu1 - cpu0) * 1e6 / n,
+        write_bytes_per_job: (io1.saturating_sub(io0)) as f64 / n,
     })
 }
 
@@ -291,6 +302,24 @@ fn proc_status_kb(field: &str) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// (user+system CPU seconds of this process, all threads; bytes this process sent to storage)
+fn cpu_and_io() -> (f64, u64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // after the comm field: state is f[0], utime is f[11], stime f[12] (fields 14 and 15)
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let io = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+    let wb = io
+        .lines()
+        .find(|l| l.starts_with("write_bytes:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (ticks / 100.0, wb)
 }
 
 fn dir_size(dir: &Path) -> (u64, u64) {
@@ -631,7 +660,7 @@ fn loadavg() -> String {
 
 fn all(args: &[String]) -> Res<()> {
     let engines: Vec<String> = arg(args, "--engines")
-        .unwrap_or("redb,fjall,sqlite")
+        .unwrap_or("redb,redb-qr,fjall,sqlite")
         .split(',')
         .map(String::from)
         .collect();
@@ -657,8 +686,8 @@ fn all(args: &[String]) -> Res<()> {
                 let x = bench_puts(e, &d, p, secs)?;
                 let _ = std::fs::remove_dir_all(&d);
                 eprintln!(
-                    "  round {r} {e} puts p={p}: {:.0}/s p50={:.2} p99={:.2} batch={:.1}",
-                    x.jobs as f64 / x.secs, x.p50, x.p99, x.mean_batch
+                    "  round {r} {e} puts p={p}: {:.0}/s p50={:.2} p99={:.2} batch={:.1} cpu_us/job={:.0} bytes/job={:.0}",
+                    x.jobs as f64 / x.secs, x.p50, x.p99, x.mean_batch, x.cpu_us_per_job, x.write_bytes_per_job
                 );
                 put_res.entry((e.clone(), p)).or_default().push(x);
             }
@@ -677,7 +706,7 @@ fn all(args: &[String]) -> Res<()> {
         }
     }
     let mut puts = String::from(
-        "| engine | producers | accepted jobs/s (median) | min–max | ack p50 ms | ack p99 ms (median) | p99 min–max | p99.9 ms | max ms | jobs/commit | commit p50 ms | commit p99 ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| engine | producers | accepted jobs/s (median) | min–max | ack p50 ms | ack p99 ms (median) | p99 min–max | p99.9 ms | max ms | jobs/commit | commit p50 ms | commit p99 ms | CPU µs/job | bytes written/job |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for e in &engines {
         for &p in &[1usize, 32, 128] {
@@ -688,7 +717,7 @@ fn all(args: &[String]) -> Res<()> {
             let (rmin, rmax) = (rate.iter().cloned().fold(f64::MAX, f64::min), rate.iter().cloned().fold(0.0, f64::max));
             let (pmin, pmax) = (p99.iter().cloned().fold(f64::MAX, f64::min), p99.iter().cloned().fold(0.0, f64::max));
             puts.push_str(&format!(
-                "| {e} | {p} | **{:.0}** | {rmin:.0}–{rmax:.0} | {:.2} | **{:.2}** | {pmin:.2}–{pmax:.2} | {:.2} | {:.1} | {:.1} | {:.2} | {:.2} |\n",
+                "| {e} | {p} | **{:.0}** | {rmin:.0}–{rmax:.0} | {:.2} | **{:.2}** | {pmin:.2}–{pmax:.2} | {:.2} | {:.1} | {:.1} | {:.2} | {:.2} | {:.0} | {:.0} |\n",
                 median(&mut rate),
                 median(&mut f(&|x| x.p50)),
                 median(&mut p99),
@@ -697,6 +726,8 @@ fn all(args: &[String]) -> Res<()> {
                 median(&mut f(&|x| x.mean_batch)),
                 median(&mut f(&|x| x.commit_p50)),
                 median(&mut f(&|x| x.commit_p99)),
+                median(&mut f(&|x| x.cpu_us_per_job)),
+                median(&mut f(&|x| x.write_bytes_per_job)),
             ));
         }
     }
@@ -794,8 +825,8 @@ fn main() -> Res<()> {
             let d = fresh_dir(&p(5), &format!("{}-puts", args[2]));
             let r = bench_puts(&args[2], &d, args[3].parse()?, args[4].parse()?)?;
             println!(
-                "{} producers={} jobs/s={:.0} p50={:.2} p99={:.2} max={:.1} jobs/commit={:.1} commit_p50={:.2} commit_p99={:.2} commits={}",
-                args[2], r.producers, r.jobs as f64 / r.secs, r.p50, r.p99, r.max, r.mean_batch, r.commit_p50, r.commit_p99, r.commits
+                "{} producers={} jobs/s={:.0} p50={:.2} p99={:.2} max={:.1} jobs/commit={:.1} commit_p50={:.2} commit_p99={:.2} commits={} cpu_us/job={:.0} written_bytes/job={:.0}",
+                args[2], r.producers, r.jobs as f64 / r.secs, r.p50, r.p99, r.max, r.mean_batch, r.commit_p50, r.commit_p99, r.commits, r.cpu_us_per_job, r.write_bytes_per_job
             );
             let _ = std::fs::remove_dir_all(&d);
             Ok(())

@@ -80,9 +80,10 @@ impl JobsApi {
                     .await
                     .map_err(|e| ProxyError::new(ErrorKind::Overloaded, e.to_string()))?
                 {
-                    Cancel::Cancelled(_) => {
+                    Cancel::Cancelled(cancelled) => {
                         if let Some(q) = self.queues.get(&job.queue) {
                             q.counters.cancelled.inc();
+                            q.call_back(id, &cancelled);
                         }
                         let mut res = Response::new(kaname_filters::body::empty());
                         *res.status_mut() = StatusCode::NO_CONTENT;

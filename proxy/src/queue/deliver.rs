@@ -95,6 +95,10 @@ pub async fn dispatch(d: Dispatcher, mut stopped: watch::Receiver<bool>) {
 }
 
 impl Dispatcher {
+    fn call_back(&self, id: super::job::JobId, job: &super::job::Job) {
+        super::call_back(&self.shared, &self.queue, &self.counters, id, job);
+    }
+
     fn publish_depth(&self) {
         let q = &self.queue.name;
         let depth = self.shared.store.depth(q);
@@ -160,6 +164,7 @@ impl Dispatcher {
                 }
             }
         };
+        let finished = matches!(outcome, Outcome::Finished { .. });
         match &outcome {
             Outcome::Finished {
                 status: JobStatus::Done,
@@ -168,10 +173,18 @@ impl Dispatcher {
             Outcome::Finished { .. } => self.counters.failed.inc(),
             _ => {}
         }
-        if let Err(e) = self.shared.store.finish(id, outcome, now_ms()).await {
+        match self.shared.store.finish(id, outcome, now_ms()).await {
+            Ok(()) if finished && q.callback.is_some() && job.callback.is_some() => {
+                if let Ok(Some(done)) = self.shared.store.get(id).await {
+                    self.call_back(id, &done);
+                }
+            }
+            Ok(()) => {}
             // Left "delivering" in the store: delivered again after a
             // restart (at least once).
-            tracing::error!(queue = %q.name, job = %id, error = %e, "recording a delivery failed");
+            Err(e) => {
+                tracing::error!(queue = %q.name, job = %id, error = %e, "recording a delivery failed")
+            }
         }
         self.wake.notify_one();
     }

@@ -12,6 +12,7 @@
 
 pub mod accept;
 pub mod api;
+pub mod callback;
 pub mod deliver;
 pub mod job;
 pub mod local;
@@ -66,6 +67,7 @@ pub struct QueueShared {
     /// Each upstream's forwarder, as the running config has it.
     pub targets: ArcSwap<HashMap<String, Forward>>,
     in_flight: Mutex<HashMap<String, Arc<InFlight>>>,
+    pub callbacks: callback::CallbackClient,
     sweeper: tokio::task::JoinHandle<()>,
 }
 
@@ -94,6 +96,7 @@ impl QueueShared {
             store,
             targets: ArcSwap::from_pointee(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
+            callbacks: callback::CallbackClient::new()?,
             sweeper,
         }))
     }
@@ -165,6 +168,11 @@ pub struct QueueRuntime {
 }
 
 impl QueueRuntime {
+    /// The finished job to its caller's callback URL, when it named one.
+    pub fn call_back(&self, id: job::JobId, job: &job::Job) {
+        call_back(&self.shared, &self.config, &self.counters, id, job);
+    }
+
     fn new(q: &Queue, shared: &Arc<QueueShared>, metrics: &Metrics) -> QueueRuntime {
         QueueRuntime {
             config: q.clone(),
@@ -296,6 +304,25 @@ impl QueueSet {
                 tracing::warn!("deliveries still in flight at the end of shutdown_grace; they will be delivered again after a restart");
             }
         }
+    }
+}
+
+/// The finished `job` to its caller's callback URL, when it named one.
+fn call_back(
+    shared: &QueueShared,
+    q: &Queue,
+    counters: &QueueCounters,
+    id: job::JobId,
+    job: &job::Job,
+) {
+    if let (Some(cb), Some(url)) = (&q.callback, &job.callback) {
+        shared.callbacks.send(
+            cb,
+            url.clone(),
+            job.view(id).to_string(),
+            counters.callback_success.clone(),
+            counters.callback_failure.clone(),
+        );
     }
 }
 
