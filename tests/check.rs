@@ -617,3 +617,43 @@ fn explain_shows_the_trace_step_outermost() {
     );
     assert!(!out.stdout.contains("explain-secret"), "{}", out.stdout);
 }
+
+/// A queue route ends in the enqueue step (not forward), in config words;
+/// `check` refuses a retry filter on it and an unknown queue, with place.
+#[test]
+fn a_queue_route_is_explained_and_checked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = "queues:\n  reports: { delivery: { concurrency: 2 }, callback: { allowed_hosts: [hooks], secret: explain-callback-secret } }\nlisteners:\n  main:\n    listen: 127.0.0.1:18001\n    routes:\n      - { name: r, match: { path_prefix: /r/ }, upstream: app, queue: reports }\nupstreams:\n  app: { endpoints: [127.0.0.1:3000] }\n";
+    std::fs::write(dir.path().join("kaname.yaml"), text).expect("write config");
+    let out = run_in(dir.path(), &["explain", "-c", "kaname.yaml"], true);
+    assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
+    let route: Vec<&str> = out
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("  route r "))
+        .skip(1)
+        .take_while(|l| l.starts_with("    "))
+        .collect();
+    let last = *route.last().expect("the route's steps");
+    assert!(last.contains("5. enqueue queue reports stores the request and answers 202; delivered to upstream app"), "{}", out.stdout);
+    assert!(last.contains("concurrency: 2"), "{last}");
+    assert!(
+        !out.stdout.contains("explain-callback-secret"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains(" forward "), "{}", out.stdout);
+
+    let bad = text.replace("queue: reports }", "queue: reports, filters: [retries] }")
+        + "filters:\n  retries: { retry: { attempts: 2 } }\n";
+    std::fs::write(dir.path().join("kaname.yaml"), bad).expect("write config");
+    let out = run_in(dir.path(), &["check", "-c", "kaname.yaml"], true);
+    assert_eq!(out.code, Some(1));
+    assert!(out.stderr.contains("kaname.yaml:7:"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("its retry filter \"retries\" would never run"),
+        "{}",
+        out.stderr
+    );
+}

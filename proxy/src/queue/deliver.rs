@@ -61,17 +61,20 @@ pub async fn dispatch(d: Dispatcher, mut stopped: watch::Receiver<bool>) {
             }
             continue;
         }
-        match d.shared.store.take(&q.name, now_ms()).await {
-            Ok(Some(taken)) => {
-                d.in_flight.n.fetch_add(1, Ordering::AcqRel);
-                let slot = DeliverySlot(d.in_flight.clone());
-                let d = d.clone();
-                tokio::spawn(async move {
-                    d.deliver(taken).await;
-                    drop(slot);
-                });
+        let free = limit.saturating_sub(d.in_flight.get()).max(1);
+        match d.shared.store.take_many(&q.name, now_ms(), free).await {
+            Ok(taken) if !taken.is_empty() => {
+                for job in taken {
+                    d.in_flight.n.fetch_add(1, Ordering::AcqRel);
+                    let slot = DeliverySlot(d.in_flight.clone());
+                    let d = d.clone();
+                    tokio::spawn(async move {
+                        d.deliver(job).await;
+                        drop(slot);
+                    });
+                }
             }
-            Ok(None) => {
+            Ok(_) => {
                 let due = d.shared.store.next_due(&q.name).await.ok().flatten();
                 let sleep = due.map_or(IDLE, |at| {
                     Duration::from_millis(at.saturating_sub(now_ms())).min(IDLE)

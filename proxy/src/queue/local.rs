@@ -41,6 +41,9 @@ const IDEMPOTENCY: TableDefinition<(&str, &str), &[u8; 16]> = TableDefinition::n
 const EXPIRY: TableDefinition<(u64, &[u8; 16]), ()> = TableDefinition::new("expiry");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
+/// The page cache of the store file.
+const CACHE_BYTES: usize = 32 << 20;
+
 /// Operations applied in one transaction at most.
 const MAX_BATCH: usize = 1024;
 
@@ -48,7 +51,7 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 enum Op {
     Accept(Box<NewJob>, Reply<Accepted>),
-    Take(String, u64, Reply<Option<Taken>>),
+    Take(String, u64, usize, Reply<Vec<Taken>>),
     Finish(JobId, Outcome, u64, Reply<()>),
     Cancel(JobId, u64, u64, Reply<Cancel>),
     Expire(u64, Reply<u64>),
@@ -73,7 +76,13 @@ impl LocalStore {
             message: e.to_string(),
         };
         std::fs::create_dir_all(data_dir).map_err(|e| io(&e))?;
-        let db = Database::create(&path).map_err(|e| io(&e))?;
+        // redb caches pages up to 1 GiB by default: the waiting jobs would
+        // end up in memory after all. A small cache keeps RSS independent
+        // of the queue's length (the hot pages are the B-trees' edges).
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| io(&e))?;
         let depth = recover(&db).map_err(|e| io(&e))?;
         let db = Arc::new(db);
         let depth = Arc::new(Mutex::new(depth));
@@ -132,9 +141,9 @@ impl JobStore for LocalStore {
         self.send(move |r| Op::Accept(Box::new(job), r))
     }
 
-    fn take(&self, queue: &str, now_ms: u64) -> StoreFuture<'_, Option<Taken>> {
+    fn take_many(&self, queue: &str, now_ms: u64, max: usize) -> StoreFuture<'_, Vec<Taken>> {
         let queue = queue.to_string();
-        self.send(move |r| Op::Take(queue, now_ms, r))
+        self.send(move |r| Op::Take(queue, now_ms, max, r))
     }
 
     fn next_due(&self, queue: &str) -> StoreFuture<'_, Option<u64>> {
@@ -213,6 +222,7 @@ fn recover(db: &Database) -> Result<HashMap<String, Depth>, redb::Error> {
         txn.open_table(IDEMPOTENCY)?;
         txn.open_table(EXPIRY)?;
         txn.open_table(META)?;
+        txn.open_table(DELAYED)?;
         let mut delivering = txn.open_table(DELIVERING)?;
         let mut jobs = txn.open_table(JOBS)?;
         let mut ready = txn.open_table(READY)?;
@@ -238,19 +248,37 @@ fn recover(db: &Database) -> Result<HashMap<String, Depth>, redb::Error> {
         }
     }
     txn.commit()?;
+    // Counted from the index keys (no job is read but those in backoff),
+    // so a restart with a million jobs waiting stays quick and small.
     let txn = db.begin_read()?;
     let mut depth: HashMap<String, Depth> = HashMap::new();
+    for entry in txn.open_table(READY)?.iter()? {
+        let (k, _) = entry?;
+        let (queue, priority, _) = k.value();
+        depth.entry(queue.to_string()).or_default().waiting[priority_index(priority)] += 1;
+    }
     let jobs = txn.open_table(JOBS)?;
-    for entry in txn.open_table(PENDING)?.iter()? {
+    for entry in txn.open_table(DELAYED)?.iter()? {
         let (k, v) = entry?;
-        let (queue, _) = k.value();
-        let d = depth.entry(queue.to_string()).or_default();
-        if let Some(job) = jobs.get(v.value())?.and_then(|j| decode(j.value())) {
-            d.waiting[priority_index(job.priority)] += 1;
-            d.oldest_ms = Some(
-                d.oldest_ms
-                    .map_or(job.created_ms, |o| o.min(job.created_ms)),
-            );
+        let (queue, _, _) = k.value();
+        let priority = jobs
+            .get(v.value())?
+            .and_then(|j| decode(j.value()))
+            .map_or(super::job::NORMAL, |j| j.priority);
+        depth.entry(queue.to_string()).or_default().waiting[priority_index(priority)] += 1;
+    }
+    let pending = txn.open_table(PENDING)?;
+    for (queue, d) in depth.iter_mut() {
+        let first = pending
+            .range((queue.as_str(), 0u64)..=(queue.as_str(), u64::MAX))?
+            .next()
+            .transpose()?
+            .map(|(_, id)| *id.value());
+        if let Some(id) = first {
+            d.oldest_ms = jobs
+                .get(&id)?
+                .and_then(|j| decode(j.value()))
+                .map(|j| j.created_ms);
         }
     }
     Ok(depth)
@@ -328,10 +356,16 @@ impl Committer {
                     let r = accept(&txn, *new, seq, depth)?;
                     answers.push(answer(reply, Ok(r)));
                 }
-                Op::Take(queue, now, reply) => {
-                    let r = take(&txn, &queue, now, depth)?;
+                Op::Take(queue, now, max, reply) => {
+                    let mut taken = Vec::new();
+                    while taken.len() < max.min(MAX_BATCH) {
+                        match take(&txn, &queue, now, depth)? {
+                            Some(t) => taken.push(t),
+                            None => break,
+                        }
+                    }
                     touched.push(queue);
-                    answers.push(answer(reply, Ok(r)));
+                    answers.push(answer(reply, Ok(taken)));
                 }
                 Op::Finish(id, outcome, now, reply) => {
                     if let Some(q) = finish(&txn, id, outcome, now, seq, depth)? {

@@ -89,8 +89,14 @@ impl Depth {
 
 pub trait JobStore: Send + Sync + 'static {
     fn accept(&self, job: NewJob) -> StoreFuture<'_, Accepted>;
-    /// The first job due (highest priority, oldest), marked delivering.
-    fn take(&self, queue: &str, now_ms: u64) -> StoreFuture<'_, Option<Taken>>;
+    /// Up to `max` jobs due, highest priority first, oldest first within
+    /// a priority, each marked delivering (one write for them all).
+    fn take_many(&self, queue: &str, now_ms: u64, max: usize) -> StoreFuture<'_, Vec<Taken>>;
+    /// The first job due.
+    fn take(&self, queue: &str, now_ms: u64) -> StoreFuture<'_, Option<Taken>> {
+        let many = self.take_many(queue, now_ms, 1);
+        Box::pin(async move { Ok(many.await?.pop()) })
+    }
     /// When the next job in backoff of `queue` is due.
     fn next_due(&self, queue: &str) -> StoreFuture<'_, Option<u64>>;
     fn finish(&self, id: JobId, outcome: Outcome, now_ms: u64) -> StoreFuture<'_, ()>;
