@@ -138,6 +138,31 @@ struct PutResult {
     commits: u64,
     cpu_us_per_job: f64,
     write_bytes_per_job: f64,
+    probe_fsync_p50: f64,
+}
+
+/// Background probe: every 20 ms append 4 KiB to a file of its own and fsync it, to record what
+/// an fsync costs on this (shared) machine during the measurement window.
+fn fsync_probe(dir: &Path) -> (Arc<std::sync::atomic::AtomicBool>, std::thread::JoinHandle<Vec<u32>>) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let st = stop.clone();
+    let path = dir.join("fsync-probe");
+    let h = std::thread::spawn(move || {
+        let mut f = std::fs::File::create(&path).unwrap();
+        let buf = vec![7u8; 4096];
+        let mut lat = Vec::new();
+        while !st.load(Ordering::Relaxed) {
+            f.write_all(&buf).unwrap();
+            let t = Instant::now();
+            f.sync_all().unwrap();
+            lat.push(t.elapsed().as_micros() as u32);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_file(&path);
+        lat.sort_unstable();
+        lat
+    });
+    (stop, h)
 }
 
 fn bench_puts(engine: &str, dir: &Path, producers: usize, secs: f64) -> Res<PutResult> {
@@ -147,6 +172,8 @@ fn bench_puts(engine: &str, dir: &Path, producers: usize, secs: f64) -> Res<PutR
     let bodies = Arc::new(BodySource::new());
     let seqs = Arc::new(AtomicU64::new(0));
     let (cpu0, io0) = cpu_and_io();
+    let probe_dir = dir.parent().unwrap().to_path_buf();
+    let (probe_stop, probe) = fsync_probe(&probe_dir);
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(secs);
     let mut lats: Vec<u32> = rt.block_on(async {
@@ -173,6 +200,8 @@ fn bench_puts(engine: &str, dir: &Path, producers: usize, secs: f64) -> Res<PutR
     });
     let elapsed = start.elapsed().as_secs_f64();
     let (cpu1, io1) = cpu_and_io();
+    probe_stop.store(true, Ordering::Relaxed);
+    let probe_lat = probe.join().unwrap();
     drop(tx);
     let (store, mut st) = h.join().unwrap();
     store.close()?;
@@ -192,7 +221,8 @@ fn bench_puts(engine: &str, dir: &Path, producers: usize, secs: f64) -> Res<PutR
         commit_p99: pct(&st.commit_us, 0.99),
         commits: st.commits,
         cpu_us_per_job: (cpu1 - cpu0) * 1e6 / n,
-        write_bytes_per_job: (io1.saturating_sub(io0)) as f64 / n,
+        write_bytes_per_job: (io1.saturating_sub(io0)).saturating_sub(probe_lat.len() as u64 * 4096) as f64 / n,
+        probe_fsync_p50: pct(&probe_lat, 0.5),
     })
 }
 
@@ -671,6 +701,8 @@ fn all(args: &[String]) -> Res<()> {
     let n_1m: u64 = arg(args, "--jobs-1m").unwrap_or("1000000").parse()?;
     let rec_total: u64 = arg(args, "--recovery-total").unwrap_or("200000").parse()?;
     let drain_n: u64 = arg(args, "--drain").unwrap_or("50000").parse()?;
+    let only: Vec<String> = arg(args, "--only").unwrap_or("puts,drain,recovery,million").split(',').map(String::from).collect();
+    let want = |x: &str| only.iter().any(|o| o == x);
     std::fs::create_dir_all(&base)?;
     let load_start = loadavg();
     let started = Instant::now();
@@ -682,14 +714,20 @@ fn all(args: &[String]) -> Res<()> {
         for i in 0..engines.len() {
             let e = &engines[(i + r) % engines.len()];
             for &p in &[1usize, 32, 128] {
+                if !want("puts") {
+                    continue;
+                }
                 let d = fresh_dir(&base, &format!("{e}-puts-{p}"));
                 let x = bench_puts(e, &d, p, secs)?;
                 let _ = std::fs::remove_dir_all(&d);
                 eprintln!(
-                    "  round {r} {e} puts p={p}: {:.0}/s p50={:.2} p99={:.2} batch={:.1} cpu_us/job={:.0} bytes/job={:.0}",
-                    x.jobs as f64 / x.secs, x.p50, x.p99, x.mean_batch, x.cpu_us_per_job, x.write_bytes_per_job
+                    "  round {r} {e} puts p={p}: {:.0}/s p50={:.2} p99={:.2} batch={:.1} cpu_us/job={:.0} bytes/job={:.0} probe_fsync_p50={:.2}",
+                    x.jobs as f64 / x.secs, x.p50, x.p99, x.mean_batch, x.cpu_us_per_job, x.write_bytes_per_job, x.probe_fsync_p50
                 );
                 put_res.entry((e.clone(), p)).or_default().push(x);
+            }
+            if !want("drain") {
+                continue;
             }
             let d = fresh_dir(&base, &format!("{e}-drain"));
             let (n32, r32) = bench_drain_committed(e, &d, drain_n, 32, 60.0)?;
@@ -706,18 +744,18 @@ fn all(args: &[String]) -> Res<()> {
         }
     }
     let mut puts = String::from(
-        "| engine | producers | accepted jobs/s (median) | min–max | ack p50 ms | ack p99 ms (median) | p99 min–max | p99.9 ms | max ms | jobs/commit | commit p50 ms | commit p99 ms | CPU µs/job | bytes written/job |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| engine | producers | accepted jobs/s (median) | min–max | ack p50 ms | ack p99 ms (median) | p99 min–max | p99.9 ms | max ms | jobs/commit | commit p50 ms | commit p99 ms | CPU µs/job | bytes written/job | probe fsync p50 ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for e in &engines {
         for &p in &[1usize, 32, 128] {
-            let v = &put_res[&(e.clone(), p)];
+            let Some(v) = put_res.get(&(e.clone(), p)) else { continue };
             let f = |g: &dyn Fn(&PutResult) -> f64| -> Vec<f64> { v.iter().map(g).collect() };
             let mut rate = f(&|x| x.jobs as f64 / x.secs);
             let mut p99 = f(&|x| x.p99);
             let (rmin, rmax) = (rate.iter().cloned().fold(f64::MAX, f64::min), rate.iter().cloned().fold(0.0, f64::max));
             let (pmin, pmax) = (p99.iter().cloned().fold(f64::MAX, f64::min), p99.iter().cloned().fold(0.0, f64::max));
             puts.push_str(&format!(
-                "| {e} | {p} | **{:.0}** | {rmin:.0}–{rmax:.0} | {:.2} | **{:.2}** | {pmin:.2}–{pmax:.2} | {:.2} | {:.1} | {:.1} | {:.2} | {:.2} | {:.0} | {:.0} |\n",
+                "| {e} | {p} | **{:.0}** | {rmin:.0}–{rmax:.0} | {:.2} | **{:.2}** | {pmin:.2}–{pmax:.2} | {:.2} | {:.1} | {:.1} | {:.2} | {:.2} | {:.0} | {:.0} | {:.2} |\n",
                 median(&mut rate),
                 median(&mut f(&|x| x.p50)),
                 median(&mut p99),
@@ -728,6 +766,7 @@ fn all(args: &[String]) -> Res<()> {
                 median(&mut f(&|x| x.commit_p99)),
                 median(&mut f(&|x| x.cpu_us_per_job)),
                 median(&mut f(&|x| x.write_bytes_per_job)),
+                median(&mut f(&|x| x.probe_fsync_p50)),
             ));
         }
     }
@@ -735,6 +774,9 @@ fn all(args: &[String]) -> Res<()> {
         "| engine | 32 consumers via group committer, fsync (jobs/s) | 1 consumer, fsync per op (jobs/s) | 1 thread, own txn per op, no fsync (jobs/s) |\n|---|---|---|---|\n",
     );
     for e in &engines {
+        if !drain_res.contains_key(&(e.clone(), 0)) {
+            continue;
+        }
         let c = |k: usize| {
             let mut v = drain_res[&(e.clone(), k)].clone();
             let (lo, hi) = (v.iter().cloned().fold(f64::MAX, f64::min), v.iter().cloned().fold(0.0, f64::max));
@@ -748,7 +790,7 @@ fn all(args: &[String]) -> Res<()> {
     let mut recov = String::from(
         "| engine | kill | acked at kill | open ms | count ms | scan ms | waiting | delivering | acked → waiting/delivering/finished | orphan | **missing** | verifier RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
-    for k in 0..kills {
+    for k in 0..if want("recovery") { kills } else { 0 } {
         for i in 0..engines.len() {
             let e = &engines[(i + k) % engines.len()];
             let m = bench_recovery(e, &base, rec_total, rec_total / 2)?;
@@ -771,7 +813,7 @@ fn all(args: &[String]) -> Res<()> {
     let mut million = String::from(
         "| engine | bulk write jobs/s (10k jobs/txn) | writer peak RSS MiB | open after kill -9 ms | count ms | full scan ms | RSS after open MiB | RSS after reopen+scan+verify MiB (peak) | disk MiB (allocated) | sample missing | take+finish, fsync each, ms |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
-    if n_1m > 0 {
+    if n_1m > 0 && want("million") {
         for e in &engines {
             eprintln!("== {e}: {n_1m} waiting jobs");
             let m = bench_million(e, &base, n_1m)?;
