@@ -33,6 +33,10 @@ pub fn open(dir: &Path, cache_kib: i64) -> Res<SqliteStore> {
     // lowers commit p99 a little but lets the WAL grow without bound under sustained writes
     // (checkpoint starvation: 2.9 GiB of WAL after 1M jobs in run 1).
     let bg = std::env::var("SQLITE_CHECKPOINT").map(|v| v == "bg").unwrap_or(false);
+    if std::env::var("SQLITE_CHECKPOINT").as_deref() == Ok("none") {
+        // experiment only: no checkpoint at all (WAL grows), to see what checkpoints cost
+        conn.execute_batch("PRAGMA wal_autocheckpoint=0")?;
+    }
     let checkpointer = if bg {
         conn.execute_batch("PRAGMA wal_autocheckpoint=0")?;
         let stop = Arc::new(AtomicBool::new(false));
