@@ -657,3 +657,52 @@ fn a_queue_route_is_explained_and_checked() {
         out.stderr
     );
 }
+
+/// A `jwks.file` that is missing, not a JWKS, or without a key for the
+/// filter's algorithms is an error of `check` (and of `run`), placed at
+/// the `file` key, not a 401 on every request later.
+#[test]
+fn jwks_files_are_read_by_check_and_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = |file: &str| {
+        format!(
+            "admin: {{ listen: 127.0.0.1:0 }}\nlisteners:\n  main:\n    listen: 127.0.0.1:0\n    routes: [{{ upstream: app, filters: [auth] }}]\nupstreams:\n  app: {{ endpoints: [127.0.0.1:3000] }}\nfilters:\n  auth:\n    jwt:\n      algorithms: [ES256]\n      jwks: {{ file: {file} }}\n"
+        )
+    };
+    let rsa_only = r#"{"keys":[{"kty":"RSA","kid":"r","alg":"RS256","n":"sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw","e":"AQAB"}]}"#;
+    for (file, contents, says) in [
+        (
+            "missing.json",
+            None,
+            "cannot read the file: No such file or directory",
+        ),
+        ("garbage.json", Some("not json"), "not a usable JWKS"),
+        (
+            "rsa.json",
+            Some(rsa_only),
+            "no key in it for the filter's algorithms [ES256]",
+        ),
+    ] {
+        let path = dir.path().join(file);
+        if let Some(c) = contents {
+            std::fs::write(&path, c).expect("write jwks");
+        }
+        std::fs::write(
+            dir.path().join("kaname.yaml"),
+            config(&path.display().to_string()),
+        )
+        .expect("write config");
+        let out = run_in(dir.path(), &["check", "-c", "kaname.yaml"], true);
+        assert_eq!(out.code, Some(1), "{file}: {}", out.stderr);
+        assert!(
+            out.stderr
+                .starts_with("kaname.yaml:12:15: jwt filter \"auth\" jwks.file: "),
+            "{file}: {}",
+            out.stderr
+        );
+        assert!(out.stderr.contains(says), "{file}: {}", out.stderr);
+        let out = run_in(dir.path(), &["run", "-c", "kaname.yaml"], true);
+        assert_eq!(out.code, Some(1), "run refuses it too: {}", out.stderr);
+        assert!(out.stderr.contains(says), "{}", out.stderr);
+    }
+}

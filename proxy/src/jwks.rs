@@ -29,6 +29,50 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 type Fetch<'a> = Pin<Box<dyn Future<Output = Result<Bytes, String>> + Send + 'a>>;
 
+/// Every `jwks.file` of a jwt filter, read and parsed as the filter would:
+/// unreadable, not a JWKS, or without a key for the filter's algorithms.
+pub fn check_files(cfg: &kaname_config::Config) -> Vec<crate::tls::files::Problem> {
+    use crate::tls::files::{FileError, Problem};
+    let mut out = Vec::new();
+    for f in &cfg.filters {
+        let kaname_config::FilterKind::Jwt(j) = &f.kind else {
+            continue;
+        };
+        let Some(JwksSource::File(path)) = &j.jwks else {
+            continue;
+        };
+        let problem = match crate::tls::files::read(path) {
+            Err(e) => Some(e.problem),
+            Ok(doc) => {
+                let allowed: Vec<jsonwebtoken::Algorithm> =
+                    j.algorithms.iter().filter_map(|a| a.parse().ok()).collect();
+                match kaname_filters::jwt::keys::KeySet::from_jwks(&doc, &allowed) {
+                    Err(e) => Some(format!("not a usable JWKS: {e}")),
+                    Ok((keys, _)) if keys.is_empty() => Some(format!(
+                        "no key in it for the filter's algorithms [{}]",
+                        j.algorithms.join(", ")
+                    )),
+                    Ok(_) => None,
+                }
+            }
+        };
+        if let Some(problem) = problem {
+            out.push(Problem {
+                key_path: vec![
+                    "filters".into(),
+                    f.name.clone(),
+                    "jwt".into(),
+                    "jwks".into(),
+                    "file".into(),
+                ],
+                place: format!("jwt filter \"{}\" jwks.file", f.name),
+                error: FileError::new(path, problem),
+            });
+        }
+    }
+    out
+}
+
 pub fn fetcher(source: &JwksSource) -> Arc<dyn JwksFetcher> {
     match source {
         JwksSource::File(path) => Arc::new(FileFetcher(path.clone())),

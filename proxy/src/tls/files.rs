@@ -24,7 +24,7 @@ pub struct FileError {
 }
 
 impl FileError {
-    fn new(path: &str, problem: impl Into<String>) -> Self {
+    pub(crate) fn new(path: &str, problem: impl Into<String>) -> Self {
         FileError {
             path: path.to_owned(),
             problem: problem.into(),
@@ -48,7 +48,7 @@ pub struct LoadedCert {
     pub not_after: i64,
 }
 
-fn read(path: &str) -> Result<Vec<u8>, FileError> {
+pub(crate) fn read(path: &str) -> Result<Vec<u8>, FileError> {
     std::fs::read(path).map_err(|e| {
         let text = e.to_string();
         // "No such file or directory (os error 2)": the number says nothing more.
@@ -202,7 +202,8 @@ pub fn ca_roots(path: &str) -> Result<RootCertStore, FileError> {
     Ok(roots)
 }
 
-/// One problem of a config's TLS files, with where the config names it.
+/// One problem of a config's TLS or JWKS files, with where the config
+/// names it.
 #[derive(Debug, Clone)]
 pub struct Problem {
     /// Keys from the root of the YAML file to the key naming the file.
@@ -212,8 +213,16 @@ pub struct Problem {
     pub error: FileError,
 }
 
-/// Loads every TLS file the config names, as the running proxy would.
+/// Loads every TLS and JWKS file the config names, as the running proxy
+/// would: a file that is missing or does not parse is an error of `check`,
+/// of start and of reload, not a 401 on every request later.
 pub fn check(cfg: &Config) -> Vec<Problem> {
+    let mut out = check_tls(cfg);
+    out.extend(crate::jwks::check_files(cfg));
+    out
+}
+
+fn check_tls(cfg: &Config) -> Vec<Problem> {
     let provider = super::provider();
     let mut out = Vec::new();
     let mut push = |section: &str, name: &str, key: &str, error: FileError| {
