@@ -35,9 +35,11 @@ struct RunArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the sidecar. KANAME_WORKERS=N sets the threads serving traffic
-    /// (default: one per CPU the process may use, cgroup quota included;
-    /// 1 = a single-threaded runtime).
+    /// Run the sidecar.
+    ///
+    /// KANAME_WORKERS=N sets the threads serving traffic (default: one per
+    /// CPU the process may use, cgroup quota included; 1 = a
+    /// single-threaded runtime).
     Run(RunArgs),
     /// Validate the config file and print every error.
     Check(ConfigArg),
