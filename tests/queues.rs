@@ -777,3 +777,53 @@ async fn a_reload_changes_the_number_of_consumers() {
         wait_status(&k, id, "done").await;
     }
 }
+
+#[tokio::test]
+async fn a_removed_queue_keeps_its_jobs_and_resumes_when_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = JobUpstream::start_held(|_| (200, "ok"), 0).await;
+    let with_queue = config(dir.path(), up.addr, "    delivery: { concurrency: 1 }", "");
+    let k = Kaname::start(&with_queue).await;
+    let client = HttpClient::http1();
+    let first = accepted(&client.send(post(&k, "/reports/a", "a")).await);
+    up.wait_deliveries(1).await;
+    let waiting = accepted(&client.send(post(&k, "/reports/b", "b")).await);
+    let reload = |yaml: String| {
+        std::fs::write(&k.config_path, support::config_file(&yaml)).unwrap();
+        client.send(
+            Request::post(k.admin_url("/reload"))
+                .body(support::empty())
+                .unwrap(),
+        )
+    };
+    // The queue and its route go; /reports/ is forwarded now.
+    let without = format!(
+        "data_dir: {}\nlisteners:\n  main:\n    listen: 127.0.0.1:0\n    routes:\n      - match: {{ path_prefix: / }}\n        upstream: app\nupstreams:\n  app:\n    endpoints: [{}]\n",
+        dir.path().display(),
+        up.addr
+    );
+    let res = reload(without).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    up.hold.add_permits(1);
+    // Without its queue, the waiting job is not delivered (a forwarded
+    // request is the next thing the upstream sees).
+    let forwarded = client.send(post(&k, "/reports/direct", "d"));
+    up.hold.add_permits(1);
+    assert_eq!(forwarded.await.status, 200);
+    let seen = up.seen();
+    assert_eq!(seen.len(), 2, "{seen:#?}");
+    assert_eq!(
+        seen[1].job, "",
+        "the second request was forwarded, not a job"
+    );
+    // The queue returns: its stored job is delivered.
+    up.hold.add_permits(1000);
+    let res = reload(with_queue).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    wait_status(&k, &waiting, "done").await;
+    let v = status(&k, &first).await;
+    assert!(
+        ["done", "delivering", "queued"].contains(&v["status"].as_str().unwrap()),
+        "{v}"
+    );
+}
