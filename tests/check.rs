@@ -369,7 +369,7 @@ fn missing_file() {
     let out = run_in(dir.path(), &["check", "-c", "missing.yaml"], true);
     assert_eq!(
         out.stderr,
-        "missing.yaml:0:0: cannot read missing.yaml: No such file or directory\n"
+        "missing.yaml: cannot read missing.yaml: No such file or directory (name the config file with -c FILE or $KANAME_CONFIG)\n"
     );
     assert_eq!(out.code, Some(1));
 }

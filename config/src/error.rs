@@ -5,9 +5,9 @@ use std::fmt;
 
 use crate::node::Mark;
 
-/// One problem in a config file, at a 1-based line and column.
+/// One problem in a config file, at a 1-based line and column (line 0: the
+/// file as a whole, shown as `file: message`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}:{line}:{column}: {message}")]
 pub struct ConfigError {
     pub file: String,
     pub line: usize,
@@ -35,6 +35,15 @@ impl Limit {
         match self {
             Limit::ConfigDepth => "config_depth",
             Limit::ConfigExpansion => "config_expansion",
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            0 => write!(f, "{}: {}", self.file, self.message),
+            line => write!(f, "{}:{line}:{}: {}", self.file, self.column, self.message),
         }
     }
 }

@@ -70,11 +70,16 @@ pub fn load(file: &str) -> Result<Config, ConfigErrors> {
                 Some(i) => &reason[..i],
                 None => &reason,
             };
+            let hint = if e.kind() == std::io::ErrorKind::NotFound {
+                " (name the config file with -c FILE or $KANAME_CONFIG)"
+            } else {
+                ""
+            };
             Err(ConfigErrors(vec![ConfigError {
                 file: file.to_string(),
                 line: 0,
                 column: 0,
-                message: format!("cannot read {file}: {reason}"),
+                message: format!("cannot read {file}: {reason}{hint}"),
                 limit: None,
             }]))
         }

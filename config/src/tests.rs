@@ -246,7 +246,7 @@ fn missing_file() {
     let e = load("/nonexistent/kaname.yaml").unwrap_err();
     assert_eq!(
         e.to_string(),
-        "/nonexistent/kaname.yaml:0:0: cannot read /nonexistent/kaname.yaml: No such file or directory"
+        "/nonexistent/kaname.yaml: cannot read /nonexistent/kaname.yaml: No such file or directory (name the config file with -c FILE or $KANAME_CONFIG)"
     );
 }
 

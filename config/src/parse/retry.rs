@@ -53,7 +53,18 @@ pub fn retry(name: &str, node: &Node, errs: &mut Errors) -> Option<Retry> {
         });
     let methods = m
         .opt("methods", errs, |n, e| match n.scalar() {
-            Some(_) => read::choice(n, &["idempotent"], e).map(|_| RetryMethods::Idempotent),
+            Some(s) if s.text == "idempotent" => Some(RetryMethods::Idempotent),
+            Some(s) => {
+                e.at(
+                    n.mark,
+                    format!(
+                        "methods is `idempotent` or a list of methods like [{}], found {:?}",
+                        s.text.to_ascii_uppercase(),
+                        s.text
+                    ),
+                );
+                None
+            }
             None => read::methods(n, e).map(RetryMethods::List),
         })
         .unwrap_or(RetryMethods::Idempotent);
@@ -189,6 +200,15 @@ mod tests {
              f:2:12: expected a condition: connect_failure, reset, timeout, 5xx, an HTTP status or a gRPC status name, found \"unavailabel\"; did you mean \"unavailable\"?\n\
              f:3:1: retry_on and its alias on are both set; use one\n\
              f:4:10: backoff base 1s is more than max 10ms"
+        );
+    }
+
+    #[test]
+    fn a_single_method_suggests_the_list_form() {
+        let (_, e) = run_retry("methods: get\n");
+        assert_eq!(
+            e,
+            "f:1:10: methods is `idempotent` or a list of methods like [GET], found \"get\""
         );
     }
 }

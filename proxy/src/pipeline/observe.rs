@@ -155,7 +155,8 @@ impl AccessLog {
             filter = refused_by,
             rule,
             status = res.status().as_u16(),
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            // Whole microseconds: `0.076`, not `0.07619200000000001`.
+            duration_ms = elapsed.as_micros() as f64 / 1000.0,
             bytes = declared_length(res.headers()),
             request_id = request_id.unwrap_or(""),
             client = %self.client.map(|c| c.to_string()).unwrap_or_default(),
