@@ -261,6 +261,12 @@ async fn retries_are_sibling_client_spans_numbered_by_attempt() {
         );
         assert_eq!(span.int("kaname.attempt"), Some(i as i64 + 1));
     }
+    let logs = k.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("kaname::access") && l.contains(&trace_id))
+        .unwrap_or_else(|| panic!("an access log line for the trace:\n{logs}"));
+    assert!(line.contains("attempts=3"), "{line}");
     assert_eq!(tries[0].int("http.response.status_code"), Some(503));
     assert_eq!(tries[0].status_code, STATUS_ERROR);
     assert_eq!(tries[2].int("http.response.status_code"), Some(200));
@@ -529,5 +535,24 @@ async fn start_traces_without_otlp_starts_a_trace_the_log_names() {
     assert!(
         logs.contains(&trace),
         "the access log names the trace:\n{logs}"
+    );
+}
+
+#[tokio::test]
+async fn the_access_log_names_the_failure_of_an_upstream() {
+    let closed = support::net::ClosedPort::new();
+    let up: std::net::SocketAddr = format!("127.0.0.1:{}", closed.port()).parse().unwrap();
+    let k = Kaname::start(&route_config(up, "", "")).await;
+    let res = HttpClient::http1().get(&k.url("main", "/orders")).await;
+    assert_eq!(res.status, 502);
+    let logs = k.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("kaname::access"))
+        .unwrap_or_else(|| panic!("an access log line:\n{logs}"));
+    assert!(line.contains("attempts=1"), "{line}");
+    assert!(
+        line.contains("reason=\"connect_failure\"") || line.contains("reason=connect_failure"),
+        "{line}"
     );
 }

@@ -77,6 +77,22 @@ impl UpstreamFailure {
     }
 }
 
+/// How many tries a request's forwarder sent (every retry's included), for
+/// the access log: set by the observe layer when the log is on, counted by
+/// the forwarder.
+#[derive(Clone, Debug, Default)]
+pub struct TryCount(pub Arc<std::sync::atomic::AtomicU32>);
+
+impl TryCount {
+    pub fn count(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u32 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// The earliest instant a timeout (route, gRPC deadline, per-try) cuts the
 /// request: set by the proxy's deadline layer, tightened by the retry
 /// filter for each try. On tokio's clock, as every timer in kaname is, so a

@@ -10,7 +10,7 @@ use http_body_util::BodyExt;
 use kaname_config::UpstreamProtocol;
 use kaname_filters::body::{BodyEnd, OnEnd};
 use kaname_filters::client_body::{ClientBodyFailure, ClientBodyWatch};
-use kaname_filters::context::{AvoidEndpoint, Deadline, EndpointSlot, TriedEndpoint};
+use kaname_filters::context::{AvoidEndpoint, Deadline, EndpointSlot, TriedEndpoint, TryCount};
 use kaname_filters::retry::classify::{grpc_status, GRPC_UNAVAILABLE};
 use kaname_filters::{
     Body, BoxError, ErrorKind, ProxyError, RequestContext, RouteFuture, UpstreamFailure,
@@ -304,6 +304,9 @@ impl ForwardTo {
             span: None,
             done: false,
         };
+        if let Some(tries) = req.extensions().get::<TryCount>() {
+            tries.count();
+        }
         if let Some(trace) = req.extensions().get::<RecordedTrace>().cloned() {
             let method = req.method().clone();
             record.span =

@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 
 use http::{Method, Request, Response};
 use kaname_filters::body::{declared_length, BodyEnd, OnEnd};
+use kaname_filters::context::TryCount;
 use kaname_filters::retry::classify::grpc_status;
 use kaname_filters::{
     call_async, Body, ProxyError, RequestContext, Rescued, RouteFuture, RouteService,
@@ -82,9 +83,12 @@ impl Observe {
         let method = req.method().clone();
         let grpc = RequestContext::grpc_of(&req);
         let request_id = req.headers().get(&X_REQUEST_ID).cloned();
-        let log = l
-            .access_log
-            .then(|| AccessLog::of(&req, request_id.clone()));
+        let mut req = req;
+        let log = l.access_log.then(|| {
+            let tries = TryCount::default();
+            req.extensions_mut().insert(tries.clone());
+            AccessLog::of(&req, request_id.clone(), tries)
+        });
         // The rescue layer inside answers every error; this is a backstop.
         let answer = match tower::ServiceExt::ready(&mut self.inner).await {
             Ok(inner) => inner.call(req).await,
@@ -113,10 +117,11 @@ struct AccessLog {
     request_id: Option<http::HeaderValue>,
     client: Option<std::net::SocketAddr>,
     trace: Option<TraceIds>,
+    tries: TryCount,
 }
 
 impl AccessLog {
-    fn of(req: &Request<Body>, request_id: Option<http::HeaderValue>) -> Self {
+    fn of(req: &Request<Body>, request_id: Option<http::HeaderValue>, tries: TryCount) -> Self {
         AccessLog {
             path: req.uri().path().to_owned(),
             request_id,
@@ -130,6 +135,7 @@ impl AccessLog {
                 .get::<TraceIds>()
                 .copied()
                 .or_else(|| TraceIds::of_header(req.headers())),
+            tries,
         }
     }
 
@@ -143,6 +149,8 @@ impl AccessLog {
         let rescued = res.extensions().get::<Rescued>();
         let refused_by = rescued.and_then(|r| r.refused_by.as_deref()).unwrap_or("");
         let rule = rescued.and_then(|r| r.rule.as_deref()).unwrap_or("");
+        // Why the upstream failed, when kaname answered for it.
+        let reason = rescued.and_then(|r| r.failure).map_or("", |f| f.as_str());
         let request_id = self.request_id.as_ref().and_then(|v| v.to_str().ok());
         let trace_id = self.trace.map(|t| t.trace_id.to_string());
         let span_id = self.trace.and_then(|t| t.span_id).map(|s| s.to_string());
@@ -160,6 +168,8 @@ impl AccessLog {
             bytes = declared_length(res.headers()),
             request_id = request_id.unwrap_or(""),
             client = %self.client.map(|c| c.to_string()).unwrap_or_default(),
+            attempts = self.tries.get(),
+            reason,
             trace_id = trace_id.as_deref(),
             span_id = span_id.as_deref(),
         );
