@@ -242,6 +242,27 @@ upstreams: { u: { endpoints: [a:1] } }
 }
 
 #[test]
+fn warns_about_a_breaker_outside_a_retry() {
+    let route = |filters: &str| {
+        format!(
+            "\
+listeners:
+  a: {{ listen: 127.0.0.1:1, routes: [{{name: r, upstream: u, filters: [{filters}]}}] }}
+upstreams: {{ u: {{ endpoints: [a:1] }} }}
+filters:
+  tries: {{ retry: {{}} }}
+  cb: {{ circuit_breaker: {{ consecutive_failures: 5 }} }}
+"
+        )
+    };
+    assert_eq!(
+        warnings(&ok(&route("cb, tries"))),
+        ["route \"r\" lists circuit_breaker \"cb\" before retry \"tries\": the breaker then counts one outcome per request, not per try, and opens late while the retries go on; list the retry first (filters: [tries, cb])"]
+    );
+    assert!(warnings(&ok(&route("tries, cb"))).is_empty());
+}
+
+#[test]
 fn missing_file() {
     let e = load("/nonexistent/kaname.yaml").unwrap_err();
     assert_eq!(

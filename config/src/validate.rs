@@ -206,7 +206,38 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
     }
     client_priority_headers(cfg, &mut out);
     identities_without_client_ca(cfg, &mut out);
+    breaker_outside_retry(cfg, &mut out);
     out
+}
+
+/// A route listing a `circuit_breaker` before (outside) a `retry`: the
+/// breaker sees one outcome per request, whatever its tries met, so it opens
+/// `attempts` times later than the upstream's failures say, and while it is
+/// closed the retries go on hammering a failing upstream. Listed the other
+/// way, each try counts and an open circuit stops the remaining tries.
+fn breaker_outside_retry(cfg: &Config, out: &mut Vec<String>) {
+    for r in cfg.listeners.iter().flat_map(|l| &l.routes) {
+        let kinds: Vec<(&str, &FilterKind)> = r
+            .filters
+            .iter()
+            .filter_map(|name| cfg.filter(name))
+            .map(|f| (f.name.as_str(), &f.kind))
+            .collect();
+        let breaker = kinds
+            .iter()
+            .position(|(_, k)| matches!(k, FilterKind::CircuitBreaker(_)));
+        let retry = kinds
+            .iter()
+            .rposition(|(_, k)| matches!(k, FilterKind::Retry(_)));
+        if let (Some(b), Some(t)) = (breaker, retry) {
+            if b < t {
+                out.push(format!(
+                    "route {:?} lists circuit_breaker {:?} before retry {:?}: the breaker then counts one outcome per request, not per try, and opens late while the retries go on; list the retry first (filters: [{}, {}])",
+                    r.name, kinds[b].0, kinds[t].0, kinds[t].0, kinds[b].0
+                ));
+            }
+        }
+    }
 }
 
 /// No dot segment, no `//` (with merge_slashes), no escaped unreserved

@@ -110,8 +110,8 @@ pub fn run_file(file: &str, ready_file: Option<PathBuf>) -> ExitCode {
     rt.block_on(async move {
         match App::start(file.to_owned(), config, ready_file).await {
             Ok(app) => app.run_until_signalled().await,
+            // Said once, plainly: the log (on stderr too) would repeat it.
             Err(e) => {
-                tracing::error!("{e}");
                 eprintln!("kaname: {e}");
                 e.exit_code()
             }

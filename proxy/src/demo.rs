@@ -96,8 +96,11 @@ Try:
   for i in $(seq 15); do curl -s -o /dev/null -w '%{{http_code}} ' http://127.0.0.1:{proxy}/api/hello; done; echo
   # overload: 4 slow requests inside, 8 queued for 500ms, then 503 overloaded
   for i in $(seq 10); do curl -s -o /dev/null -w '%{{http_code}}\n' 'http://127.0.0.1:{proxy}/api/x?delay_ms=1500' & done; wait
-  # a failing upstream: each request is tried 3 times (retry), and after 3
-  # failed requests the circuit opens: 503 at once with kaname-error: circuit_open
+  # a retry saving a request: the echo fails the first 2 tries of each request
+  # (503), the third answers 200 (the access log line says attempts=3)
+  curl -i 'http://127.0.0.1:{proxy}/flaky/?fail_first=2'
+  # a failing upstream: each try counts toward the breaker, so the first
+  # request's 3 tries open the circuit: then 503 at once, kaname-error: circuit_open
   for i in $(seq 5); do curl -s -o /dev/null -w '%{{http_code}} %header{{kaname-error}}\n' 'http://127.0.0.1:{proxy}/flaky/?status=503'; done
   # slow upstream cut by the route timeout (504)
   curl -i 'http://127.0.0.1:{proxy}/slow/?delay_ms=3000'
@@ -169,7 +172,9 @@ JWT authentication on /secure/ (filter "auth", HS256):
 }
 
 /// Answers every request with what it received, as JSON. `?delay_ms=N`
-/// waits first; `?status=N` sets the status.
+/// waits first; `?status=N` sets the status; `?fail_first=N` answers 503 to
+/// the first N tries of a request (tries of one request share its
+/// `x-request-id`), to show a retry saving it.
 async fn serve_echo(listener: TcpListener) {
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
@@ -194,9 +199,14 @@ pub async fn echo(req: Request<Incoming>) -> Result<Response<Body>, Infallible> 
     if let Some(ms) = query_param(&req, "delay_ms") {
         tokio::time::sleep(std::time::Duration::from_millis(ms.min(60_000))).await;
     }
-    let status = query_param(&req, "status")
+    let mut status = query_param(&req, "status")
         .and_then(|s| http::StatusCode::from_u16(u16::try_from(s).ok()?).ok())
         .unwrap_or(http::StatusCode::OK);
+    if let Some(n) = query_param(&req, "fail_first") {
+        if failing_try(&req, n) {
+            status = http::StatusCode::SERVICE_UNAVAILABLE;
+        }
+    }
     let headers: serde_json::Map<String, serde_json::Value> = req
         .headers()
         .iter()
@@ -218,4 +228,27 @@ pub async fn echo(req: Request<Incoming>) -> Result<Response<Body>, Infallible> 
         HeaderValue::from_static("application/json"),
     );
     Ok(res)
+}
+
+/// Tries seen per `x-request-id`, for `?fail_first=N`. Bounded: a client
+/// sending fresh ids only clears it.
+static TRIES: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, u64>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// True while this request's tries so far are at most `n`.
+fn failing_try(req: &Request<Incoming>, n: u64) -> bool {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    let Ok(mut tries) = TRIES.lock() else {
+        return false;
+    };
+    if tries.len() >= 10_000 {
+        tries.clear();
+    }
+    let seen = tries.entry(id).or_insert(0);
+    *seen += 1;
+    *seen <= n
 }

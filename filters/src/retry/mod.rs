@@ -250,6 +250,10 @@ impl RetryService {
                     }
                     o => (Ok(res), o),
                 },
+                // A filter inside (an open circuit, a full concurrency
+                // queue) refused: kaname decided, not the upstream, and
+                // asking again at once would get the same answer.
+                Err(e) if e.refused_by.is_some() => return Err(e),
                 Err(e) => {
                     let o = Observed::of_error(&e, grpc);
                     (Err(e), o)

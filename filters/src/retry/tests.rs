@@ -23,6 +23,8 @@ enum Act {
     Status(u16),
     RetryAfter(u64),
     Fail(UpstreamFailure),
+    /// A filter inside the retry refuses (an open circuit).
+    Refused,
     Hang,
 }
 
@@ -68,6 +70,13 @@ fn scripted(acts: Vec<Act>) -> (RouteService, Arc<Mutex<Seen>>) {
                         "try failed",
                     )
                     .at_endpoint(addr));
+                }
+                Act::Refused => {
+                    return Err(ProxyError::refused(
+                        ErrorKind::CircuitOpen,
+                        &Arc::from("breaker"),
+                        "circuit open",
+                    ));
                 }
                 Act::Hang => std::future::pending::<()>().await,
             }
@@ -143,6 +152,20 @@ async fn retries_until_success_on_other_endpoints() {
     let second = SocketAddr::from(([127, 0, 0, 1], 1001));
     assert_eq!(seen.avoided, [None, Some(first), Some(second)]);
     assert_eq!(counter(&m, &m.retries_total), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refusal_from_a_filter_inside_is_not_retried() {
+    // An open circuit answers 503, which retry_on lists: kaname's own
+    // answer is final, the circuit stops the remaining tries.
+    let m = Arc::new(Metrics::new());
+    let layer = Retry::new("retries", &config(), &m).unwrap();
+    let (inner, seen) = scripted(vec![Act::Status(503), Act::Refused, Act::Status(200)]);
+    let mut svc = layer.layer(&route()).layer(inner);
+    let res = send(&mut svc, Method::GET, b"").await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(seen.lock().unwrap().bodies.len(), 2);
+    assert_eq!(counter(&m, &m.retries_total), 1);
 }
 
 #[tokio::test(start_paused = true)]
