@@ -18,17 +18,18 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
 # The sources and Cargo.lock CI checks (its clippy runs with --locked, so a
-# stale lock fails there first), built in the release profile; CI's tests
-# run the same code in the debug profile. The cache mount only keeps
+# stale lock fails there first), built in the dist profile (Cargo.toml: the
+# release profile without debug info, symbols kept for backtraces); CI's
+# tests run the same code in the debug profile. The cache mount only keeps
 # downloaded crates between builds; it changes nothing in the output.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    cargo build --release --locked -p kaname
+    cargo build --profile dist --locked -p kaname
 
 # ---- run --------------------------------------------------------------------
 # distroless/cc: glibc, libgcc and CA certificates, no shell, no package
 # manager. The :nonroot tag runs as uid/gid 65532.
 FROM gcr.io/distroless/cc-debian12:nonroot
-COPY --from=build /src/target/release/kaname /usr/local/bin/kaname
+COPY --from=build /src/target/dist/kaname /usr/local/bin/kaname
 # Numeric, so Kubernetes' runAsNonRoot can verify it without /etc/passwd.
 USER 65532:65532
 # The admin port: /metrics, /live, /ready, /config, POST /reload. Listener

@@ -287,6 +287,8 @@ fn every_kaname_config_under_examples_passes_check() {
     }
 
     let dir = tempfile::tempdir().expect("tempdir");
+    let mounts = mounted_dirs(dir.path());
+    let mut mounted = BTreeSet::new();
     for (i, config) in configs.iter().enumerate() {
         let env: Vec<(&str, &str)> = required_env(&config.text)
             .iter()
@@ -302,7 +304,17 @@ fn every_kaname_config_under_examples_passes_check() {
                     })
             })
             .collect();
-        let filled = fill_placeholders(&config.text);
+        let mut filled = fill_placeholders(&config.text);
+        // Files the deployment mounts (a JWKS from a Secret or a compose
+        // volume): the config names them where the container sees them.
+        for (inside, host) in &mounts {
+            let text = filled.as_deref().unwrap_or(&config.text);
+            let inside = format!("{inside}/");
+            if text.contains(&inside) {
+                mounted.insert(config.origin.clone());
+                filled = Some(text.replace(&inside, &format!("{}/", host.display())));
+            }
+        }
         // Relative paths in a config (certificates) are relative to the
         // directory it is run from: its own, as the examples' READMEs say.
         let mut cwd = config.dir.clone();
@@ -342,6 +354,77 @@ fn every_kaname_config_under_examples_passes_check() {
         );
         eprintln!("kaname check ok: {}", config.origin);
     }
+    // Issue 24: one Kubernetes example and the compose example take their
+    // jwt filter's keys from a mounted JWKS file.
+    for expected in [
+        "examples/compose/kaname-orders.yaml",
+        "examples/kubernetes/configmap.yaml (ConfigMap orders-kaname, kaname.yaml)",
+    ] {
+        assert!(
+            mounted.contains(expected),
+            "{expected} reads no mounted file; mounts: {mounts:?}"
+        );
+    }
+}
+
+/// Directories the examples' deployments mount beside the config, as
+/// (path in the container, where the test has the same files): compose's
+/// directory volumes, and the Kubernetes sidecar's Secret volumes with the
+/// Secret's `stringData` written under `scratch`.
+fn mounted_dirs(scratch: &Path) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    let compose_dir = examples_dir().join("compose");
+    let compose = &load_yaml("compose.yaml", &read(&compose_dir.join("compose.yaml")))[0];
+    if let Some(services) = get(compose, &["services"]).and_then(|s| s.as_mapping()) {
+        for (_, service) in services {
+            for volume in seq(service.as_mapping_get("volumes")) {
+                let spec = volume.as_str().unwrap_or_default();
+                let mut parts = spec.split(':');
+                let (Some(host), Some(inside)) = (parts.next(), parts.next()) else {
+                    continue;
+                };
+                let host = compose_dir.join(host);
+                if host.is_dir() {
+                    out.push((inside.to_string(), host));
+                }
+            }
+        }
+    }
+    let k8s = examples_dir().join("kubernetes");
+    let secrets = load_yaml("secret.yaml", &read(&k8s.join("secret.yaml")));
+    let deploy = &load_yaml("deployment.yaml", &read(&k8s.join("deployment.yaml")))[0];
+    let pod = get(deploy, &["spec", "template", "spec"]).expect("pod spec");
+    let volumes = seq(pod.as_mapping_get("volumes"));
+    for container in seq(pod.as_mapping_get("initContainers")) {
+        for mount in seq(container.as_mapping_get("volumeMounts")) {
+            let name = get_str(&mount, &["name"]).expect("volumeMount name");
+            let inside = get_str(&mount, &["mountPath"]).expect("mountPath");
+            let Some(secret_name) = volumes
+                .iter()
+                .find(|v| get_str(v, &["name"]) == Some(name))
+                .and_then(|v| get_str(v, &["secret", "secretName"]))
+            else {
+                continue;
+            };
+            let secret = secrets
+                .iter()
+                .find(|s| get_str(s, &["metadata", "name"]) == Some(secret_name))
+                .unwrap_or_else(|| {
+                    panic!("deployment.yaml mounts Secret {secret_name}, which secret.yaml lacks")
+                });
+            let host = scratch.join(format!("secret-{secret_name}"));
+            std::fs::create_dir_all(&host).expect("mkdir");
+            let data = get(secret, &["stringData"]).and_then(|d| d.as_mapping());
+            for (key, value) in data.into_iter().flatten() {
+                let (Some(key), Some(value)) = (key.as_str(), value.as_str()) else {
+                    continue;
+                };
+                std::fs::write(host.join(key), value).expect("write Secret file");
+            }
+            out.push((inside.to_string(), host));
+        }
+    }
+    out
 }
 
 #[test]
@@ -535,8 +618,18 @@ fn dockerfile_builds_what_ci_tests() {
     assert!(
         instructions
             .iter()
-            .any(|l| l.trim_end_matches('\\').trim() == "cargo build --release --locked -p kaname"),
-        "the build step must be exactly `cargo build --release --locked -p kaname`"
+            .any(|l| l.trim_end_matches('\\').trim()
+                == "cargo build --profile dist --locked -p kaname"),
+        "the build step must be exactly `cargo build --profile dist --locked -p kaname`"
+    );
+    assert!(
+        instructions.contains(&"COPY --from=build /src/target/dist/kaname /usr/local/bin/kaname"),
+        "the image ships the dist build (release without debug info)"
+    );
+    let manifest = read(&repo().join("Cargo.toml"));
+    assert!(
+        manifest.contains("[profile.dist]\ninherits = \"release\"\nstrip = \"debuginfo\""),
+        "Cargo.toml's dist profile is the release build stripped of debug info"
     );
     let from: Vec<&&str> = instructions
         .iter()
@@ -714,12 +807,12 @@ fn scrapers_send_the_admin_token_the_sidecars_expect() {
         "kustomization.yaml does not apply secret.yaml"
     );
     let scrape = &load_yaml(
-        "prometheus-scrape.yaml",
-        &read(&k8s.join("prometheus-scrape.yaml")),
+        "kubernetes-scrape.yaml",
+        &read(&examples_dir().join("prometheus/kubernetes-scrape.yaml")),
     )[0];
     let job = &seq(get(scrape, &["scrape_configs"]))[0];
     assert!(
         get_str(job, &["authorization", "credentials_file"]).is_some(),
-        "prometheus-scrape.yaml sends no admin token"
+        "kubernetes-scrape.yaml sends no admin token"
     );
 }
