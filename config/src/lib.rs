@@ -9,6 +9,7 @@
 
 pub mod authorize;
 pub mod queue;
+pub mod store;
 
 /// gRPC status names by code, lower case, as `retry_on` and `failure_on`
 /// take them (`unavailable` is 14). The one table: the parser, `/config`
@@ -40,6 +41,7 @@ mod parse;
 mod read;
 mod redact;
 mod redact_queue;
+mod redact_store;
 mod suggest;
 pub mod types;
 mod units;

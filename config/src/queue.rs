@@ -26,6 +26,9 @@ pub struct Queue {
     /// Default 64 KiB.
     pub max_result_bytes: u64,
     pub callback: Option<Callback>,
+    /// On a shared store: a job taken by a sidecar that then died is taken
+    /// over by another after this. Default 2 × `delivery.per_try_timeout`.
+    pub visibility_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -210,6 +210,7 @@ impl Render {
             filters,
             data_dir,
             queues,
+            stores,
             redacted_yaml: _,
             words: _,
         } = cfg;
@@ -280,6 +281,13 @@ impl Render {
                 .map(|q| (q.name.clone(), self.queue(q, qs.key(&q.name))))
                 .collect(),
         );
+        let ss = src.key("stores");
+        let stores_y = Y::Map(
+            stores
+                .iter()
+                .map(|st| (st.name.clone(), self.store(st, ss.key(&st.name))))
+                .collect(),
+        );
         let fs = src.key("filters");
         let filters = Y::Map(
             filters
@@ -300,6 +308,7 @@ impl Render {
             .put("filters", filters)
             .put("data_dir", self.s(data_dir, src.key("data_dir")))
             .put("queues", queues_y)
+            .put("stores", stores_y)
             .done()
     }
 
@@ -735,6 +744,8 @@ impl Render {
             rate,
             burst,
             max_keys,
+            store,
+            on_store_error,
         } = r;
         let key = match key {
             RateLimitKey::Global => "global".to_string(),
@@ -757,6 +768,21 @@ impl Render {
             .put(
                 "max_keys",
                 self.p(max_keys.to_string(), src.key("max_keys")),
+            )
+            .put(
+                "store",
+                self.s(store.as_deref().unwrap_or("local"), src.key("store")),
+            )
+            .put(
+                "on_store_error",
+                self.p(
+                    match on_store_error {
+                        crate::store::OnStoreError::Local => "local",
+                        crate::store::OnStoreError::Allow => "allow",
+                        crate::store::OnStoreError::Deny => "deny",
+                    },
+                    src.key("on_store_error"),
+                ),
             )
             .done()
     }

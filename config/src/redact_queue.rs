@@ -16,13 +16,14 @@ impl Render {
             keep_finished,
             max_result_bytes,
             callback,
+            visibility_timeout,
         } = q;
-        let store = match store {
+        let store_name = match store {
             QueueStore::Local => "local",
             QueueStore::Shared(s) => s.as_str(),
         };
         M::default()
-            .put("store", self.s(store, src.key("store")))
+            .put("store", self.s(store_name, src.key("store")))
             .put(
                 "max_depth",
                 self.p(max_depth.to_string(), src.key("max_depth")),
@@ -51,6 +52,11 @@ impl Render {
                 callback
                     .as_ref()
                     .map(|c| self.callback(c, src.key("callback"))),
+            )
+            .opt(
+                "visibility_timeout",
+                matches!(store, QueueStore::Shared(_))
+                    .then(|| self.p(duration(*visibility_timeout), src.key("visibility_timeout"))),
             )
             .done()
     }

@@ -447,7 +447,71 @@ fn queue_routes_are_checked() {
     assert!(e.contains("its circuit_breaker filter \"b\""), "{e}");
     let e = errors(&format!("queues:\n  q: {{ store: shared }}\n{base}listeners:\n  l:\n    listen: 127.0.0.1:1\n    routes: [{{ upstream: u }}]\n").replacen("queues:\n  reports: { delivery: { concurrency: 2 } }\n", "", 1));
     assert!(
-        e.contains("kaname.yaml:2:15: queue \"q\" names store \"shared\""),
+        e.contains(
+            "kaname.yaml:2:15: unknown store \"shared\", neither local nor a name under stores"
+        ),
         "{e}"
     );
+}
+
+#[test]
+fn stores_are_read_checked_and_redacted() {
+    let text = "\
+stores:
+  shared:
+    redis:
+      url: redis://:hunter2-password@redis.shop.svc:6380/1
+      timeout: 20ms
+listeners:
+  a: { listen: 127.0.0.1:1, routes: [{ upstream: u, filters: [per-user] }] }
+upstreams: { u: { endpoints: [a:1] } }
+filters:
+  per-user: { rate_limit: { key: client_ip, rate: 10/s, store: shared, on_store_error: deny } }
+queues:
+  q: { store: shared, visibility_timeout: 2m }
+";
+    let cfg = ok(text);
+    let s = cfg.store("shared").expect("store");
+    assert_eq!(
+        (s.redis.host.as_str(), s.redis.port, s.redis.db),
+        ("redis.shop.svc", 6380, 1)
+    );
+    assert_eq!(s.redis.timeout, Duration::from_millis(20));
+    assert_eq!(s.redis.key_prefix, "kaname:");
+    assert!(!format!("{s:?}").contains("hunter2"));
+    let FilterKind::RateLimit(r) = &cfg.filter("per-user").expect("filter").kind else {
+        panic!()
+    };
+    assert_eq!(r.store.as_deref(), Some("shared"));
+    assert_eq!(r.on_store_error, store::OnStoreError::Deny);
+    assert_eq!(cfg.queues[0].visibility_timeout, Duration::from_secs(120));
+    assert!(
+        !cfg.redacted_yaml.contains("hunter2"),
+        "{}",
+        cfg.redacted_yaml
+    );
+    assert!(
+        cfg.redacted_yaml
+            .contains("url: \"redis://<redacted>@redis.shop.svc:6380/1\""),
+        "{}",
+        cfg.redacted_yaml
+    );
+
+    let e = errors(&text.replace("store: shared, on", "store: shard, on"));
+    assert!(
+        e.contains("kaname.yaml:10:64: unknown store \"shard\", neither local nor a name under stores; did you mean \"shared\"?"),
+        "{e}"
+    );
+    let e = errors(&text.replace(
+        "redis://:hunter2-password@redis.shop.svc:6380/1",
+        "http://:hunter2@x",
+    ));
+    assert!(
+        e.contains("kaname.yaml:4:12: redis url \"http://<redacted>@x\": expected a redis:// or rediss:// URL"),
+        "{e}"
+    );
+    assert!(!e.contains("hunter2"), "{e}");
+    let e = errors(&text.replace(":6380/1", ":6380/one"));
+    assert!(e.contains("kaname.yaml:4:12: redis url"), "{e}");
+    assert!(e.contains("the path is the database number"), "{e}");
 }

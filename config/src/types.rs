@@ -24,6 +24,8 @@ pub struct Config {
     pub data_dir: String,
     /// In file order.
     pub queues: Vec<crate::queue::Queue>,
+    /// `stores:`, in file order.
+    pub stores: Vec<crate::store::Store>,
     /// The running config rendered as YAML with secrets and every `${VAR}`
     /// value replaced by `<redacted>` (for the admin `/config` endpoint).
     pub redacted_yaml: String,
@@ -38,6 +40,9 @@ impl Config {
     }
     pub fn filter(&self, name: &str) -> Option<&Filter> {
         self.filters.iter().find(|f| f.name == name)
+    }
+    pub fn store(&self, name: &str) -> Option<&crate::store::Store> {
+        self.stores.iter().find(|s| s.name == name)
     }
 }
 
@@ -460,6 +465,11 @@ pub struct RateLimit {
     pub burst: u32,
     /// Default 100000.
     pub max_keys: usize,
+    /// `store: NAME` (a `stores:` entry): buckets shared with every sidecar
+    /// naming the same store. None (`local`, the default): this process's.
+    pub store: Option<String>,
+    /// What decides while the store fails. Default local.
+    pub on_store_error: crate::store::OnStoreError,
 }
 
 #[derive(Debug, Clone, PartialEq)]

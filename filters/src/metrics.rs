@@ -56,6 +56,7 @@ pub struct Metrics {
     pub circuit_breaker_transitions_total: IntCounterVec,
     pub circuit_breaker_rejected_total: IntCounterVec,
     pub rate_limited_total: IntCounterVec,
+    pub rate_limit_store_fallbacks_total: IntCounterVec,
     pub concurrency_in_flight: IntGaugeVec,
     pub queue_depth: IntGaugeVec,
     pub shed_total: IntCounterVec,
@@ -141,6 +142,12 @@ impl Metrics {
                 "kaname_rate_limited_total",
                 "Requests refused with 429 by a rate limit.",
                 &["filter", "route"],
+            ),
+            rate_limit_store_fallbacks_total: counter(
+                &r,
+                "kaname_rate_limit_store_fallbacks_total",
+                "Decisions of a rate limit on a store made by on_store_error, the store failing or slower than its timeout.",
+                &["filter"],
             ),
             concurrency_in_flight: gauge(
                 &r,

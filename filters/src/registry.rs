@@ -12,6 +12,7 @@ use kaname_config::authorize::ExternalPolicy;
 use kaname_config::types::{Filter, FilterKind, JwksSource};
 
 use crate::authorize::PolicyClient;
+use crate::rate_limit::SharedBuckets;
 
 use crate::metrics::Metrics;
 use crate::RouteLayer;
@@ -41,6 +42,12 @@ pub trait JwksFetcher: Send + Sync {
 /// Makes the client of an authorize filter's external policy service.
 pub type PolicyClientFactory = dyn Fn(&ExternalPolicy) -> Arc<dyn PolicyClient> + Send + Sync;
 
+/// Gives a rate_limit filter with `store: NAME` its shared buckets (None
+/// for a local one); an error names what is wrong with the store.
+pub type SharedBucketsFactory = dyn Fn(&str, &kaname_config::types::RateLimit) -> Result<Option<Arc<dyn SharedBuckets>>, String>
+    + Send
+    + Sync;
+
 /// What building a filter may use from the proxy.
 pub struct BuildContext<'a> {
     pub metrics: &'a Arc<Metrics>,
@@ -48,6 +55,8 @@ pub struct BuildContext<'a> {
     pub jwks_fetcher: &'a (dyn Fn(&JwksSource) -> Arc<dyn JwksFetcher> + Send + Sync),
     /// Makes the client for an authorize filter's `external` service.
     pub policy_client: &'a PolicyClientFactory,
+    /// Makes the shared buckets of a rate_limit filter on a store.
+    pub shared_buckets: &'a SharedBucketsFactory,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +74,18 @@ pub fn build(filter: &Filter, ctx: &BuildContext<'_>) -> Result<Arc<dyn BuiltFil
     // Exhaustive, no `_` arm: a new kind does not compile until it is here.
     Ok(match &filter.kind {
         FilterKind::Jwt(cfg) => Arc::new(crate::jwt::Jwt::new(name, cfg, ctx)?),
-        FilterKind::RateLimit(cfg) => Arc::new(crate::rate_limit::RateLimit::new(name, cfg, m)?),
+        FilterKind::RateLimit(cfg) => {
+            let limit = crate::rate_limit::RateLimit::new(name, cfg, m)?;
+            let shared =
+                (ctx.shared_buckets)(name, cfg).map_err(|message| BuildError::Invalid {
+                    filter: name.clone(),
+                    message,
+                })?;
+            match shared {
+                Some(buckets) => Arc::new(limit.with_store(buckets, cfg.on_store_error)),
+                None => Arc::new(limit),
+            }
+        }
         FilterKind::Retry(cfg) => Arc::new(crate::retry::Retry::new(name, cfg, m)?),
         FilterKind::CircuitBreaker(cfg) => {
             Arc::new(crate::circuit_breaker::CircuitBreaker::new(name, cfg, m))
@@ -75,4 +95,12 @@ pub fn build(filter: &Filter, ctx: &BuildContext<'_>) -> Result<Arc<dyn BuiltFil
         ),
         FilterKind::Authorize(cfg) => Arc::new(crate::authorize::Authorize::new(name, cfg, ctx)?),
     })
+}
+
+/// For builds without shared stores (tests): every rate limit is local.
+pub fn no_shared_buckets(
+    _: &str,
+    _: &kaname_config::types::RateLimit,
+) -> Result<Option<Arc<dyn SharedBuckets>>, String> {
+    Ok(None)
 }

@@ -49,6 +49,8 @@ async fn rate_limit_200k_distinct_header_keys_stay_under_max_keys_and_bounded_rs
         },
         burst: 1,
         max_keys: MAX_KEYS,
+        store: None,
+        on_store_error: Default::default(),
     };
     let layer = RateLimitFilter::new("per-key", &config, &metrics).expect("layer");
     let upstream: RouteService = RouteService::new(tower::service_fn(|_: Request<Body>| {

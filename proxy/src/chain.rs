@@ -24,6 +24,7 @@ use crate::queue::QueueSet;
 use crate::request_metrics::RouteMetrics;
 use crate::request_model::RequestModel;
 use crate::router::{Matcher, RouteIndex, RouteIndexBuilder};
+use crate::store::{SharedRateLimit, StoreSet};
 use crate::upstream::Upstream;
 
 /// Everything one loaded config runs on.
@@ -38,6 +39,8 @@ pub struct Runtime {
     pub tracing: Option<Arc<Tracing>>,
     /// The queues, their store and dispatchers.
     pub queues: Arc<QueueSet>,
+    /// `stores:`, kept across reloads that leave an entry as it is.
+    pub stores: Arc<StoreSet>,
 }
 
 /// One listener's pipeline.
@@ -99,6 +102,8 @@ pub enum BuildError {
     Tracing(#[from] crate::otel::TracingError),
     #[error("queues: {0}")]
     Queues(String),
+    #[error("stores: {0}")]
+    Stores(String),
     #[error("route \"{route}\" names unknown {what} \"{name}\"")]
     Unknown {
         route: String,
@@ -121,6 +126,22 @@ impl Runtime {
                 reuse_or_build_upstream(u, metrics, previous).await,
             );
         }
+        let stores = Arc::new(
+            StoreSet::build(&config, previous.map(|p| &*p.stores), metrics)
+                .map_err(BuildError::Stores)?,
+        );
+        let in_stores = stores.clone();
+        let shared_buckets = move |filter: &str, cfg: &kaname_config::types::RateLimit| {
+            let Some(name) = &cfg.store else {
+                return Ok(None);
+            };
+            let store = in_stores
+                .get(name)
+                .ok_or_else(|| format!("no store named {name:?}"))?;
+            let buckets: Arc<dyn kaname_filters::rate_limit::SharedBuckets> =
+                Arc::new(SharedRateLimit::new(store.clone(), filter, cfg));
+            Ok(Some(buckets))
+        };
         let jwks_fetcher = |source: &kaname_config::JwksSource| crate::jwks::fetcher(source);
         let policy_client =
             |cfg: &kaname_config::authorize::ExternalPolicy| crate::policy::client(cfg);
@@ -128,13 +149,15 @@ impl Runtime {
             metrics: &metrics.filters,
             jwks_fetcher: &jwks_fetcher,
             policy_client: &policy_client,
+            shared_buckets: &shared_buckets,
         };
         let mut filters = HashMap::new();
         for f in &config.filters {
+            // A filter on a store is rebuilt when its store is: it holds it.
             let kept = previous
-                .and_then(|p| p.filters.get(&f.name))
-                .filter(|(old, _)| old == f)
-                .map(|(_, layer)| layer.clone());
+                .and_then(|p| p.filters.get(&f.name).map(|old| (p, old)))
+                .filter(|(p, (old, _))| old == f && same_store(f, &p.config, &config))
+                .map(|(_, (_, layer))| layer.clone());
             let layer = match kept {
                 Some(l) => l,
                 None => kaname_filters::build(f, &ctx)?,
@@ -155,6 +178,7 @@ impl Runtime {
             route_metrics: HashMap::new(),
             tracing,
             queues: Arc::new(queues),
+            stores: stores.clone(),
         };
         for l in &config.listeners {
             let routes = rt.build_listener(l, metrics, previous)?;
@@ -495,5 +519,17 @@ impl RouteTable {
             .index
             .first(req.uri.path(), |i| self.routes[i].matcher.matches(req))?;
         Some(&self.routes[i])
+    }
+}
+
+/// Whether the store a rate_limit filter names has the same settings in
+/// both configs (a filter on no store: trivially).
+fn same_store(f: &Filter, old: &Config, new: &Config) -> bool {
+    match &f.kind {
+        kaname_config::FilterKind::RateLimit(r) => match &r.store {
+            Some(name) => old.store(name) == new.store(name),
+            None => true,
+        },
+        _ => true,
     }
 }

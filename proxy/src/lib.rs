@@ -34,6 +34,7 @@ pub mod request_metrics;
 mod request_model;
 pub mod router;
 mod sidecar;
+pub mod store;
 pub mod tls;
 mod tunnel;
 pub mod upstream;

@@ -34,6 +34,9 @@ pub struct Metrics {
     pub jobs_total: IntCounterVec,
     pub job_deliveries_total: IntCounterVec,
     pub job_callbacks_total: IntCounterVec,
+    pub store_up: IntGaugeVec,
+    pub store_errors_total: IntCounterVec,
+    pub store_command_duration_seconds: HistogramVec,
 }
 
 impl std::ops::Deref for Metrics {
@@ -110,6 +113,24 @@ impl Metrics {
                 "kaname_job_callbacks_total",
                 "Callbacks of finished jobs: success, failure.",
                 &["queue", "result"],
+            ),
+            store_up: gauge(
+                r,
+                "kaname_store_up",
+                "1 while the store answers.",
+                &["store"],
+            ),
+            store_errors_total: counter(
+                r,
+                "kaname_store_errors_total",
+                "Store commands without an answer: timeout, connection, response.",
+                &["store", "kind"],
+            ),
+            store_command_duration_seconds: histogram(
+                r,
+                "kaname_store_command_duration_seconds",
+                "One round trip to the store.",
+                &["store"],
             ),
             tracing_spans_exported_total: exported,
             tracing_spans_dropped_total: counter(

@@ -90,19 +90,34 @@ fn filter_of(
     })
 }
 
+pub(crate) const RATE_LIMIT_KEYS: &[&str] = &[
+    "key",
+    "rate",
+    "burst",
+    "max_keys",
+    "store",
+    "on_store_error",
+];
+
 fn rate_limit(name: &str, node: &Node, errs: &mut Errors) -> Option<RateLimit> {
     let place = format!("in rate_limit filter {name:?}");
-    let m = Map::new(node, &place, &["key", "rate", "burst", "max_keys"], errs)?;
+    let m = Map::new(node, &place, RATE_LIMIT_KEYS, errs)?;
     let key = m.req("key", errs, rate_limit_key);
     let rate = m.req("rate", errs, read::rate);
     let burst = m.opt("burst", errs, read::at_least(1));
     let max_keys = m.opt("max_keys", errs, read::at_least(1));
+    let store = m.opt("store", errs, super::store::store_name).flatten();
+    let on_store_error = m
+        .opt("on_store_error", errs, super::store::on_store_error)
+        .unwrap_or_default();
     let rate = rate?;
     Some(RateLimit {
         key: key?,
         rate,
         burst: burst.map_or(rate.count, |b| u32::try_from(b).unwrap_or(u32::MAX)),
         max_keys: max_keys.map_or(100_000, |n| usize::try_from(n).unwrap_or(usize::MAX)),
+        store,
+        on_store_error,
     })
 }
 

@@ -13,6 +13,7 @@ mod jwt;
 mod listener;
 mod queue;
 mod retry;
+mod store;
 mod tracing;
 mod upstream;
 
@@ -64,6 +65,7 @@ const TOP_KEYS: &[&str] = &[
     "filters",
     "data_dir",
     "queues",
+    "stores",
 ];
 
 /// Reads the whole file. `redacted_yaml` is left empty for the caller.
@@ -89,6 +91,7 @@ pub fn config(file: &str, root: &Node, errs: &mut Errors) -> (Config, Marks) {
         filters: Vec::new(),
         data_dir: "./kaname-data".into(),
         queues: Vec::new(),
+        stores: Vec::new(),
         redacted_yaml: String::new(),
         words: Default::default(),
     };
@@ -176,6 +179,19 @@ pub fn config(file: &str, root: &Node, errs: &mut Errors) -> (Config, Marks) {
             }
         }
     }
+    let mut store_names = Vec::new();
+    if let Some(map) = top
+        .get("stores")
+        .and_then(|n| Map::any(n, "in stores", errs))
+    {
+        for (name, name_mark, body) in map.entries() {
+            store_names.push(name.to_string());
+            if let Some(s) = store::store(name, name_mark, body, errs) {
+                cfg.stores.push(s);
+            }
+        }
+    }
+    store::check_names(&top, &store_names, errs);
     (cfg, marks)
 }
 

@@ -19,6 +19,7 @@ const QUEUE_KEYS: &[&str] = &[
     "keep_finished",
     "max_result_bytes",
     "callback",
+    "visibility_timeout",
 ];
 
 const DELIVERY_KEYS: &[&str] = &[
@@ -44,19 +45,10 @@ pub fn queue(name: &str, name_mark: Mark, node: &Node, errs: &mut Errors) -> Opt
     let place = format!("in queue {name:?}");
     let m = Map::new(node, &place, QUEUE_KEYS, errs)?;
     let store = m
-        .opt("store", errs, |n, e| {
-            let s = read::nonempty(n, e)?;
-            if s == "local" {
-                return Some(QueueStore::Local);
-            }
-            // Shared stores (stores.md) are not built yet.
-            e.at(
-                n.mark,
-                format!("queue {name:?} names store {s:?}: only store: local (embedded, in data_dir) is available in this version"),
-            );
-            None
-        })
-        .unwrap_or(QueueStore::Local);
+        .opt("store", errs, super::store::store_name)
+        .map_or(QueueStore::Local, |s| {
+            s.map_or(QueueStore::Local, QueueStore::Shared)
+        });
     let max_depth = m
         .opt("max_depth", errs, read::at_least(1))
         .unwrap_or(100_000);
@@ -72,6 +64,25 @@ pub fn queue(name: &str, name_mark: Mark, node: &Node, errs: &mut Errors) -> Opt
         .opt("max_result_bytes", errs, read::size)
         .unwrap_or(64 << 10);
     let callback = m.opt("callback", errs, |n, e| callback(name, n, e));
+    let visibility_timeout = m.opt("visibility_timeout", errs, read::positive_duration);
+    if let (Some(v), Some(mark)) = (visibility_timeout, m.key_mark("visibility_timeout")) {
+        if store == QueueStore::Local {
+            errs.at(
+                mark,
+                "visibility_timeout is for a queue on a shared store (store: NAME); a local queue's jobs are taken over at restart",
+            );
+        } else if v < delivery.per_try_timeout {
+            errs.at(
+                mark,
+                format!(
+                    "visibility_timeout {} is shorter than delivery.per_try_timeout {}: another sidecar would take over jobs still being delivered",
+                    crate::redact::duration(v),
+                    crate::redact::duration(delivery.per_try_timeout)
+                ),
+            );
+        }
+    }
+    let visibility_timeout = visibility_timeout.unwrap_or(delivery.per_try_timeout * 2);
     Some(Queue {
         name: name.to_string(),
         store,
@@ -82,6 +93,7 @@ pub fn queue(name: &str, name_mark: Mark, node: &Node, errs: &mut Errors) -> Opt
         keep_finished,
         max_result_bytes,
         callback,
+        visibility_timeout,
     })
 }
 
@@ -231,6 +243,10 @@ mod tests {
         assert_eq!(q.keep_finished, Duration::from_secs(86_400));
         assert_eq!(q.max_result_bytes, 65_536);
         assert!(q.callback.is_none());
+        assert_eq!(q.visibility_timeout, Duration::from_secs(60));
+        let (q, e) = run("{ store: shared }");
+        assert_eq!(e, "");
+        assert_eq!(q.unwrap().store, QueueStore::Shared("shared".into()));
     }
 
     #[test]
@@ -294,6 +310,14 @@ callback: { allowed_hosts: [hooks.shop.svc, \"*.Internal\", 127.0.0.1], secret: 
                 "more than max",
             ),
             ("{ max_depth: 0 }", "at least 1"),
+            (
+                "{ visibility_timeout: 1m }",
+                "for a queue on a shared store",
+            ),
+            (
+                "{ store: shared, visibility_timeout: 1s, delivery: { per_try_timeout: 5s } }",
+                "shorter than delivery.per_try_timeout 5s",
+            ),
         ] {
             let (_, e) = run(yaml);
             assert!(e.contains(says), "{yaml}: {e}");

@@ -75,6 +75,7 @@ fn build(cfg: &AuthorizeConfig, client: Option<Arc<Scripted>>) -> Harness {
         metrics: &metrics,
         jwks_fetcher: &jwks,
         policy_client: &policy_client,
+        shared_buckets: &crate::registry::no_shared_buckets,
     };
     let filter = Authorize::new("policy", cfg, &ctx).expect("built");
     let hits = Arc::new(AtomicUsize::new(0));

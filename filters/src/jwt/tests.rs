@@ -64,6 +64,7 @@ fn service(cfg: &JwtConfig, metrics: &Arc<Metrics>) -> (RouteService, Seen) {
         metrics,
         jwks_fetcher: &fetcher,
         policy_client: &crate::authorize::tests_support::no_policy,
+        shared_buckets: &crate::registry::no_shared_buckets,
     };
     let layer = Jwt::new("auth", cfg, &ctx).unwrap();
     let seen: Seen = Arc::default();

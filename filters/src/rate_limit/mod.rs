@@ -24,6 +24,7 @@
 
 mod buckets;
 mod key;
+mod shared;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -38,11 +39,13 @@ use tower::{Layer, Service};
 
 pub use buckets::{Buckets, Decision, Key};
 pub use key::KeySource;
+pub use shared::{SharedBuckets, SharedDecision, StoreUnavailable};
 
 use crate::metrics::{LazyCounter, Metrics};
 use crate::registry::{BuildError, BuiltFilter, RouteInfo};
 use crate::time::whole_seconds;
-use crate::{Body, ErrorKind, ProxyError, RouteLayer, RouteService};
+use crate::{call_async, Body, ErrorKind, ProxyError, RouteFuture, RouteLayer, RouteService};
+use kaname_config::store::OnStoreError;
 
 /// A built rate_limit filter: its key and its buckets, shared by every
 /// route naming it.
@@ -51,6 +54,16 @@ pub struct RateLimit<C: Clock = governor::clock::MonotonicClock> {
     key: Arc<KeySource>,
     buckets: Arc<Buckets<C>>,
     metrics: Arc<Metrics>,
+    store: Option<Store>,
+}
+
+/// `store:` of the filter: the shared buckets, and what decides while they fail.
+#[derive(Clone)]
+struct Store {
+    buckets: Arc<dyn SharedBuckets>,
+    on_error: OnStoreError,
+    /// Decisions made without the store, by `on_store_error`.
+    fallbacks: LazyCounter,
 }
 
 /// The filter on one route, as a tower layer.
@@ -61,6 +74,7 @@ pub struct RateLimitLayer<C: Clock = governor::clock::MonotonicClock> {
     /// `RateLimit-Limit`, made once.
     limit: HeaderValue,
     limited: LazyCounter,
+    store: Option<Store>,
 }
 
 /// The filter on one route, around its inner service.
@@ -105,7 +119,22 @@ impl<C: Clock> RateLimit<C> {
             key: Arc::new(KeySource::new(&config.key).map_err(invalid)?),
             buckets: Arc::new(buckets),
             metrics: metrics.clone(),
+            store: None,
         })
+    }
+
+    /// Decides in `buckets`, shared with other sidecars; this process's
+    /// own buckets decide only when `on_error` is local and the store fails.
+    pub fn with_store(mut self, buckets: Arc<dyn SharedBuckets>, on_error: OnStoreError) -> Self {
+        self.store = Some(Store {
+            buckets,
+            on_error,
+            fallbacks: LazyCounter::new(
+                &self.metrics.rate_limit_store_fallbacks_total,
+                &[&*self.name],
+            ),
+        });
+        self
     }
 
     /// The buckets, shared by every route (tests and diagnostics).
@@ -124,6 +153,7 @@ impl<C: Clock> RateLimit<C> {
                 &self.metrics.rate_limited_total,
                 &[&*self.name, &*route.route],
             ),
+            store: self.store.clone(),
         }
     }
 }
@@ -147,6 +177,7 @@ impl<C: Clock> Clone for RateLimitLayer<C> {
             buckets: self.buckets.clone(),
             limit: self.limit.clone(),
             limited: self.limited.clone(),
+            store: self.store.clone(),
         }
     }
 }
@@ -173,7 +204,7 @@ impl<C: Clock> Clone for RateLimitService<C> {
     }
 }
 
-impl<C: Clock> Service<Request<Body>> for RateLimitService<C> {
+impl<C: Clock + Send + Sync + 'static> Service<Request<Body>> for RateLimitService<C> {
     type Response = Response<Body>;
     type Error = ProxyError;
     type Future = ResponseFuture;
@@ -183,10 +214,45 @@ impl<C: Clock> Service<Request<Body>> for RateLimitService<C> {
     }
 
     fn call(&mut self, req: Request<Body>) -> ResponseFuture {
+        if let Some(store) = self.layer.store.clone() {
+            return ResponseFuture::Shared(call_async(self, req, move |svc, req| {
+                svc.decide_in_store(store, req)
+            }));
+        }
+        let key = self.layer.key.key_of(&req, self.layer.buckets.hasher());
+        let decision = self.layer.buckets.check(&key);
+        self.answer(req, decision)
+    }
+}
+
+impl<C: Clock + Send + Sync + 'static> RateLimitService<C> {
+    /// The decision of the shared buckets, or `on_store_error`'s when the
+    /// store gives none in time.
+    async fn decide_in_store(
+        mut self,
+        store: Store,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, ProxyError> {
+        let decision = match store.buckets.take(self.layer.key.shared_key_of(&req)).await {
+            Ok(d) => d,
+            Err(StoreUnavailable) => {
+                store.fallbacks.inc();
+                match shared::fallback(store.on_error, self.layer.buckets.limit()) {
+                    Some(d) => d,
+                    None => {
+                        let key = self.layer.key.key_of(&req, self.layer.buckets.hasher());
+                        self.layer.buckets.check(&key)
+                    }
+                }
+            }
+        };
+        self.answer(req, decision).await
+    }
+
+    fn answer(&mut self, req: Request<Body>, decision: Decision) -> ResponseFuture {
         let l = &self.layer;
-        let key = l.key.key_of(&req, l.buckets.hasher());
         let limit = l.limit.clone();
-        match l.buckets.check(&key) {
+        match decision {
             Decision::Allow { remaining, reset } => ResponseFuture::Allowed {
                 inner: self.inner.call(req),
                 headers: RateHeaders {
@@ -272,6 +338,8 @@ pub enum ResponseFuture {
         headers: RateHeaders,
     },
     Refused(Option<ProxyError>),
+    /// Decided in a shared store first.
+    Shared(RouteFuture),
 }
 
 impl Future for ResponseFuture {
@@ -285,6 +353,7 @@ impl Future for ResponseFuture {
                 headers.write(res.headers_mut());
                 Poll::Ready(Ok(res))
             }
+            ResponseFuture::Shared(f) => f.as_mut().poll(cx),
             ResponseFuture::Refused(refusal) => match refusal.take() {
                 Some(e) => Poll::Ready(Err(e)),
                 None => Poll::Pending, // polled after completion: never again ready

@@ -12,6 +12,7 @@ use super::*;
 use crate::body;
 #[allow(unused_imports)]
 use crate::BuiltFilter;
+use kaname_config::store::OnStoreError;
 #[allow(unused_imports)]
 use tower::Layer as _;
 
@@ -24,6 +25,8 @@ fn config(key: RateLimitKey, count: u32, burst: u32) -> RateLimitConfig {
         },
         burst,
         max_keys: 1000,
+        store: None,
+        on_store_error: OnStoreError::Local,
     }
 }
 
@@ -231,4 +234,86 @@ async fn a_flood_of_new_keys_evicts_counts_and_never_refuses_a_new_key() {
         "one eviction under pressure per key past the bound"
     );
     assert_eq!(layer.buckets().evictions(), 40);
+}
+
+/// A store that answers from a script: a decision, or unavailable.
+struct ScriptedStore {
+    answers: std::sync::Mutex<std::collections::VecDeque<Result<Decision, StoreUnavailable>>>,
+    keys: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+impl SharedBuckets for Arc<ScriptedStore> {
+    fn take(&self, key: Vec<u8>) -> SharedDecision {
+        self.keys.lock().expect("lock").push(key);
+        let answer = self
+            .answers
+            .lock()
+            .expect("lock")
+            .pop_front()
+            .unwrap_or(Err(StoreUnavailable));
+        Box::pin(async move { answer })
+    }
+}
+
+#[tokio::test]
+async fn a_store_decides_and_on_store_error_decides_when_it_fails() {
+    let cfg = config(RateLimitKey::Header("x-key".into()), 1, 1);
+    for (on_error, expect_when_down) in [
+        // The local bucket of burst 1: one more, then 429.
+        (
+            OnStoreError::Local,
+            [StatusCode::OK, StatusCode::TOO_MANY_REQUESTS],
+        ),
+        (OnStoreError::Allow, [StatusCode::OK, StatusCode::OK]),
+        (
+            OnStoreError::Deny,
+            [StatusCode::TOO_MANY_REQUESTS, StatusCode::TOO_MANY_REQUESTS],
+        ),
+    ] {
+        let m = Arc::new(Metrics::new());
+        let store = Arc::new(ScriptedStore {
+            answers: std::sync::Mutex::new(
+                [
+                    Ok(Decision::Allow {
+                        remaining: 7,
+                        reset: Duration::from_secs(2),
+                    }),
+                    Ok(Decision::Deny {
+                        wait: Duration::from_secs(3),
+                        reset: Duration::from_secs(4),
+                    }),
+                ]
+                .into(),
+            ),
+            keys: Default::default(),
+        });
+        let (limit, _clock) = layer(&cfg, &m);
+        let limit = limit.with_store(Arc::new(store.clone()), on_error);
+        let hits = Arc::new(AtomicUsize::new(0));
+        let svc = limit.layer(&route("r")).layer(upstream(hits.clone()));
+        // The store's answers, headers from them.
+        let res = send(&svc, Some("alice"), false).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(header(&res, "ratelimit-remaining"), "7");
+        let res = send(&svc, Some("alice"), false).await;
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(header(&res, "retry-after"), "3");
+        assert_eq!(store.keys.lock().expect("lock")[0], b"v:alice");
+        // Down: on_store_error decides, counted.
+        for (i, want) in expect_when_down.iter().enumerate() {
+            let res = send(&svc, Some("alice"), false).await;
+            assert_eq!(
+                res.status(),
+                *want,
+                "{on_error:?}, request {i} with the store down"
+            );
+        }
+        assert_eq!(
+            m.rate_limit_store_fallbacks_total
+                .with_label_values(&["limit"])
+                .get(),
+            2,
+            "{on_error:?}"
+        );
+    }
 }

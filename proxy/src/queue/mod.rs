@@ -216,6 +216,16 @@ impl QueueSet {
         upstreams: &HashMap<String, Arc<Upstream>>,
         metrics: &Arc<Metrics>,
     ) -> Result<QueueSet, String> {
+        if let Some(q) = cfg
+            .queues
+            .iter()
+            .find(|q| matches!(q.store, kaname_config::queue::QueueStore::Shared(_)))
+        {
+            return Err(format!(
+                "queue {:?}: a queue on a shared store is not available in this version; use store: local",
+                q.name
+            ));
+        }
         let old_shared = previous.and_then(|p| p.shared.clone());
         let shared = match old_shared {
             Some(s) if s.data_dir == cfg.data_dir => Some(s),
