@@ -17,6 +17,7 @@ pub mod limits;
 pub mod metrics;
 pub mod net;
 pub mod otlp;
+pub mod redis;
 pub mod request_model;
 pub mod resilience;
 pub mod tls;
