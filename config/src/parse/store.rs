@@ -9,7 +9,7 @@ use crate::read::{self, Map};
 use crate::store::{parse_url, OnStoreError, Redis, Store};
 
 pub(crate) const STORE_KEYS: &[&str] = &["redis"];
-pub(crate) const REDIS_KEYS: &[&str] = &["url", "timeout", "key_prefix"];
+pub(crate) const REDIS_KEYS: &[&str] = &["url", "timeout", "key_prefix", "ca_file"];
 
 /// Above this a "timeout" no longer protects a request's latency.
 const MAX_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,7 +62,14 @@ fn redis(store: &str, node: &Node, errs: &mut Errors) -> Option<Redis> {
     let key_prefix = m
         .opt("key_prefix", errs, read::string)
         .unwrap_or_else(|| Redis::DEFAULT_PREFIX.to_string());
+    let ca_file = m.opt("ca_file", errs, read::nonempty);
     let (url, parts) = url?;
+    if let (Some(mark), false) = (m.key_mark("ca_file"), parts.tls) {
+        errs.at(
+            mark,
+            "ca_file is for a TLS store: the url must start with rediss://",
+        );
+    }
     Some(Redis {
         url,
         tls: parts.tls,
@@ -71,6 +78,7 @@ fn redis(store: &str, node: &Node, errs: &mut Errors) -> Option<Redis> {
         db: parts.db,
         timeout,
         key_prefix,
+        ca_file,
     })
 }
 
