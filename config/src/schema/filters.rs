@@ -161,9 +161,11 @@ pub struct Retry {
     methods: Option<RetryMethods>,
     /// Bounds each try. Default: none (the route's `timeout` bounds all).
     per_try_timeout: Option<Duration>,
-    /// Exponential backoff with full jitter.
+    /// Exponential backoff with full jitter. Default `{ base: 25ms, max:
+    /// 250ms }`.
     backoff: Option<Backoff>,
-    /// Retries may add at most this much load.
+    /// How much load retries may add, per upstream. Default `{ ratio: 0.2,
+    /// min_per_second: 10 }`.
     budget: Option<RetryBudget>,
     /// Larger request bodies are sent once, never retried. Default `64KiB`.
     max_body_bytes: Option<Size>,

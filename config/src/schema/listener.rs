@@ -45,7 +45,7 @@ pub struct Listener {
     /// A started request body that sends no byte this long gets 408.
     /// Default `30s`.
     request_body_timeout: Option<Duration>,
-    /// HTTP/2 settings.
+    /// HTTP/2 settings. Default `{ max_concurrent_streams: 100 }`.
     http2: Option<Http2>,
     /// Requests in flight that move no byte either way this long are reset.
     /// Default `5m`.

@@ -20,7 +20,8 @@ pub struct Upstream {
     connect_timeout: Option<Duration>,
     /// `round_robin`, `least_request` or `p2c_ewma`. Default `p2c_ewma`.
     load_balancing: Option<LoadBalancing>,
-    /// The connection pool.
+    /// The connection pool. Default `{ idle_timeout: 90s,
+    /// max_idle_per_endpoint: 64, max_connections_per_endpoint: 1024 }`.
     pool: Option<Pool>,
     /// How often DNS names are resolved again. Default `30s`.
     dns_refresh: Option<Duration>,
