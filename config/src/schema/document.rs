@@ -9,6 +9,7 @@ use serde_json::json;
 use super::filters::Filter;
 use super::listener::Listener;
 use super::queue::Queue;
+use super::store::Store;
 use super::upstream::Upstream;
 use super::values::{
     any_case, choice, or_env, scalar, Bool, Count, Duration, ListenAddress, NonEmpty, Number, Text,
@@ -51,6 +52,9 @@ pub struct Document {
     data_dir: Option<NonEmpty>,
     /// The asynchronous hand-off (202 now, delivery later), by name.
     queues: Option<BTreeMap<String, Queue>>,
+    /// State shared across replicas (Redis), by name; rate limits and
+    /// queues name them in `store:` (`local` is taken: this process alone).
+    stores: Option<BTreeMap<String, Store>>,
 }
 
 /// The admin port.

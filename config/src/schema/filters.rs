@@ -6,6 +6,7 @@ use schemars::JsonSchema;
 use serde_json::json;
 
 use super::authorize::Authorize;
+use super::store::OnStoreError;
 use super::values::{
     any_case, scalar, Bool, Condition, Count, Duration, HeaderName, List1, Method, NonEmpty,
     Number, OneOrMore, Rate, Size, Text, Uint, Url, ENV,
@@ -131,6 +132,12 @@ pub struct RateLimit {
     burst: Option<Count>,
     /// Distinct keys kept (a memory bound). Default `100000`.
     max_keys: Option<Count>,
+    /// `local` (this process alone) or a store's name under `stores`, whose
+    /// bucket every sidecar naming it shares. Default `local`.
+    store: Option<NonEmpty>,
+    /// What decides while the store fails or is slower than its `timeout`.
+    /// Default `local`.
+    on_store_error: Option<OnStoreError>,
 }
 
 scalar! {

@@ -18,6 +18,7 @@ mod document;
 mod filters;
 mod listener;
 mod queue;
+mod store;
 mod upstream;
 mod values;
 

@@ -1,12 +1,9 @@
 //! `queues:`: the asynchronous hand-off, 202 now and delivery later.
 
 use schemars::JsonSchema;
-use serde_json::json;
 
 use super::filters::{Backoff, Priority};
-use super::values::{
-    scalar, Condition, Count, Duration, HeaderName, List1, NonEmpty, Size, Text, ENV,
-};
+use super::values::{Condition, Count, Duration, HeaderName, List1, NonEmpty, Size, Text, ENV};
 use crate::parse::queue::MAX_CONCURRENCY;
 
 /// A queue: routes naming it answer 202 once a request is stored, and the
@@ -14,8 +11,10 @@ use crate::parse::queue::MAX_CONCURRENCY;
 #[derive(JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct Queue {
-    /// `local`: the embedded store in `data_dir`. Default `local`.
-    store: Option<QueueStore>,
+    /// `local` (the embedded store in `data_dir`), or a store's name under
+    /// `stores`, whose queue every sidecar naming it shares. Default
+    /// `local`.
+    store: Option<NonEmpty>,
     /// Jobs waiting; beyond it 503. Default `100000`.
     max_depth: Option<Count>,
     /// A larger request gets 413 and is not stored. Default `1MiB`.
@@ -32,11 +31,10 @@ pub struct Queue {
     max_result_bytes: Option<Size>,
     /// POST the finished job to a URL the request names.
     callback: Option<Callback>,
-}
-
-scalar! {
-    /// Where jobs are stored.
-    QueueStore = json!({"type": "string", "anyOf": [{"const": "local"}, {"pattern": ENV}]});
+    /// On a shared store: a job taken by a sidecar that then died is taken
+    /// over after this (at least `delivery.per_try_timeout`). Default twice
+    /// `delivery.per_try_timeout`.
+    visibility_timeout: Option<Duration>,
 }
 
 /// How a queue delivers its jobs.

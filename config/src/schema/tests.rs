@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 use crate::parse::{
-    self, authorize, circuit_breaker, filter, jwt, listener, queue, retry, tracing, upstream,
+    self, authorize, circuit_breaker, filter, jwt, listener, queue, retry, store, tracing, upstream,
 };
 use crate::FilterKindName;
 
@@ -44,6 +44,8 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ("Queue", queue::QUEUE_KEYS),
     ("Delivery", queue::DELIVERY_KEYS),
     ("Callback", queue::CALLBACK_KEYS),
+    ("Store", store::STORE_KEYS),
+    ("Redis", store::REDIS_KEYS),
 ];
 
 /// Choices: objects of which exactly one key is written.
