@@ -88,6 +88,7 @@ impl RedisServer {
             std::thread::sleep(Duration::from_millis(10));
         }
         let _ = child.kill();
+        let _ = child.wait();
         panic!(
             "redis-server not ready within 10s:\n{}",
             std::fs::read_to_string(self.log_path()).unwrap_or_default()
