@@ -10,6 +10,8 @@ use crate::store::{parse_url, OnStoreError, Redis, Store};
 
 pub(crate) const STORE_KEYS: &[&str] = &["redis"];
 pub(crate) const REDIS_KEYS: &[&str] = &["url", "timeout", "key_prefix", "ca_file"];
+/// `on_store_error`, in the order the parser maps them.
+pub(crate) const ON_STORE_ERROR: &[&str] = &["local", "allow", "deny"];
 
 /// Above this a "timeout" no longer protects a request's latency.
 const MAX_TIMEOUT: Duration = Duration::from_secs(10);
@@ -90,7 +92,7 @@ pub fn store_name(node: &Node, errs: &mut Errors) -> Option<Option<String>> {
 }
 
 pub fn on_store_error(node: &Node, errs: &mut Errors) -> Option<OnStoreError> {
-    let i = read::choice(node, &["local", "allow", "deny"], errs)?;
+    let i = read::choice(node, ON_STORE_ERROR, errs)?;
     Some([OnStoreError::Local, OnStoreError::Allow, OnStoreError::Deny][i])
 }
 
