@@ -45,12 +45,20 @@ config "$RUN/local.yaml" local
 config "$RUN/shared.yaml" shared
 start_kaname local "$RUN/local.yaml" 18481 18581
 start_kaname shared "$RUN/shared.yaml" 18482 18582
-# Both answer 200, and the shared one decides in Redis.
+# The shared one's store is up (its probe has connected) ...
+for _ in $(seq 1 100); do
+  curl -s http://127.0.0.1:18582/metrics | grep -q '^kaname_store_up{store="shared"} 1' && break
+  sleep 0.05
+done
+# ... both answer 200, and the shared one decides in Redis.
 for port in 18481 18482; do
   code=$(curl -s -o /dev/null -w '%{http_code}' -H 'x-user: u' "http://127.0.0.1:$port/")
   [ "$code" = 200 ] || { echo "port $port answered $code" >&2; exit 4; }
 done
-[ "$(redis-cli -p 18379 exists kaname:rl:limit:v:u)" = 1 ] || { echo "no bucket in Redis" >&2; exit 4; }
+# (The buckets refill within microseconds, so their keys expire at once:
+# Redis' own count of script calls says the decisions were made there.)
+calls=$(redis-cli -p 18379 info commandstats | grep -cE '^cmdstat_(evalsha|eval):' || true)
+[ "$calls" -ge 1 ] || { echo "no script ran in Redis" >&2; exit 4; }
 
 paced() { # port -> "p50 p99 p999 rps"
   local out line
