@@ -168,7 +168,13 @@ impl Runtime {
             Some(Some(t)) if t.config == config.tracing => Some(t.clone()),
             _ => Tracing::build(&config.tracing, metrics)?,
         };
-        let queues = QueueSet::build(&config, previous.map(|p| &*p.queues), &upstreams, metrics)
+        let queues = QueueSet::build(
+            &config,
+            previous.map(|p| &*p.queues),
+            &upstreams,
+            &stores,
+            metrics,
+        )
             .map_err(BuildError::Queues)?;
         let mut rt = Runtime {
             config: config.clone(),
