@@ -117,7 +117,10 @@ local function older(id)
 end
 for class = 0, 2 do
   local s = base .. 's:' .. class
-  for _, g in ipairs(redis.call('XINFO', 'GROUPS', s)) do
+  -- A class not read this time (enough taken before it) may not exist yet.
+  local groups = {}
+  if redis.call('EXISTS', s) == 1 then groups = redis.call('XINFO', 'GROUPS', s) end
+  for _, g in ipairs(groups) do
     local info = {}
     for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
     if info['name'] == 'kaname' then
