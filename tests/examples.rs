@@ -428,6 +428,71 @@ fn mounted_dirs(scratch: &Path) -> Vec<(String, PathBuf)> {
     out
 }
 
+/// The first line of a kaname config file under examples/: editors with
+/// yaml-language-server check the file against the schema as it is typed.
+const MODELINE: &str = "# yaml-language-server: $schema=";
+
+#[test]
+fn every_kaname_config_file_under_examples_names_the_schema() {
+    let schema = support::schema::committed_schema()
+        .canonicalize()
+        .expect("docs/kaname.schema.json exists");
+    let configs = kaname_configs();
+    let files: Vec<&PathBuf> = configs.iter().filter_map(|c| c.path.as_ref()).collect();
+    assert!(files.len() >= 8, "only {} config files", files.len());
+    for path in &files {
+        let text = read(path);
+        let first = text.lines().next().unwrap_or("");
+        let target = first.strip_prefix(MODELINE).unwrap_or_else(|| {
+            panic!(
+                "{}: the first line must be `{MODELINE}<path to docs/kaname.schema.json>`",
+                rel(path)
+            )
+        });
+        let resolved = path.parent().expect("parent").join(target);
+        assert_eq!(
+            resolved.canonicalize().ok().as_ref(),
+            Some(&schema),
+            "{}: {target} is not docs/kaname.schema.json",
+            rel(path)
+        );
+    }
+    // YAML that is not a kaname config does not claim the schema.
+    for path in walk(&examples_dir()).into_iter().filter(|p| is_yaml(p)) {
+        if !files.contains(&&path) {
+            assert!(
+                !read(&path).contains("kaname.schema.json"),
+                "{} is not a kaname config but names its schema",
+                rel(&path)
+            );
+        }
+    }
+}
+
+#[test]
+fn every_kaname_config_under_examples_matches_the_schema() {
+    // ConfigMap entries too: the schema checks what kaname reads.
+    let configs = kaname_configs();
+    let texts: Vec<(String, String)> = configs
+        .iter()
+        .map(|c| {
+            let text = fill_placeholders(&c.text).unwrap_or_else(|| c.text.clone());
+            (c.origin.clone(), text)
+        })
+        .collect();
+    let refs: Vec<(&str, &str)> = texts
+        .iter()
+        .map(|(o, t)| (o.as_str(), t.as_str()))
+        .collect();
+    let results = support::schema::validate_texts(&support::schema::committed_schema(), &refs);
+    assert!(results.len() >= 9, "only {} configs", results.len());
+    for ((origin, _), result) in texts.iter().zip(results) {
+        if let Err(errors) = result {
+            panic!("{origin} does not match docs/kaname.schema.json:\n{errors}");
+        }
+    }
+}
+
 #[test]
 fn check_refuses_a_broken_example() {
     // The check above means something: a misspelt key in a shipped example

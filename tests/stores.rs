@@ -14,7 +14,13 @@ use support::redis::RedisServer;
 use support::*;
 
 /// A sidecar whose route `/` is limited per `x-user` on the store.
-fn limited_config(upstream: &TestUpstream, url: &str, rate: &str, burst: u32, on_error: &str) -> String {
+fn limited_config(
+    upstream: &TestUpstream,
+    url: &str,
+    rate: &str,
+    burst: u32,
+    on_error: &str,
+) -> String {
     format!(
         "stores:
   shared:
@@ -61,7 +67,8 @@ async fn store_up(k: &Kaname) {
 async fn three_sidecars_share_one_bound_per_key() {
     let redis = RedisServer::start_with_password(Some("s3cret-redis-pw"));
     let upstream = TestUpstream::start("echo").await;
-    let url = "redis://:${REDIS_PASSWORD}@127.0.0.1:PORT/0".replace("PORT", &redis.port.to_string());
+    let url =
+        "redis://:${REDIS_PASSWORD}@127.0.0.1:PORT/0".replace("PORT", &redis.port.to_string());
     let config = limited_config(&upstream, &url, "20/s", 20, "deny");
     let env = [("REDIS_PASSWORD", "s3cret-redis-pw")];
     let mut sidecars = Vec::new();
@@ -123,11 +130,17 @@ async fn three_sidecars_share_one_bound_per_key() {
         get_as(&client, &sidecars[1].url("main", "/"), "alice").await,
     ];
     assert!(alice.contains(&429), "{alice:?}");
-    assert_eq!(get_as(&client, &sidecars[2].url("main", "/"), "bob").await, 200);
+    assert_eq!(
+        get_as(&client, &sidecars[2].url("main", "/"), "bob").await,
+        200
+    );
     let keys = redis.cli(&["--scan", "--pattern", "kaname:rl:per-user:*"]);
     let mut keys: Vec<&str> = keys.lines().collect();
     keys.sort();
-    assert_eq!(keys, ["kaname:rl:per-user:v:alice", "kaname:rl:per-user:v:bob"]);
+    assert_eq!(
+        keys,
+        ["kaname:rl:per-user:v:alice", "kaname:rl:per-user:v:bob"]
+    );
 
     // The password works (Redis requires it) and never shows in /config.
     let shown = HttpClient::http1_no_pool()
@@ -149,7 +162,11 @@ async fn redis_away_and_back(on_error: &str, while_down: [u16; 8]) {
     for _ in 0..4 {
         assert_eq!(get_as(&client, &url, "carol").await, 200);
     }
-    assert_eq!(get_as(&client, &url, "carol").await, 429, "shared bucket spent");
+    assert_eq!(
+        get_as(&client, &url, "carol").await,
+        429,
+        "shared bucket spent"
+    );
 
     redis.kill();
     let mut got = Vec::new();
@@ -163,15 +180,24 @@ async fn redis_away_and_back(on_error: &str, while_down: [u16; 8]) {
         Some(0.0)
     );
     assert!(
-        metric_value(&text, r#"kaname_store_errors_total{store="shared",kind="connection"}"#)
+        metric_value(
+            &text,
+            r#"kaname_store_errors_total{store="shared",kind="connection"}"#
+        )
+        .unwrap_or(0.0)
+            + metric_value(
+                &text,
+                r#"kaname_store_errors_total{store="shared",kind="timeout"}"#
+            )
             .unwrap_or(0.0)
-            + metric_value(&text, r#"kaname_store_errors_total{store="shared",kind="timeout"}"#)
-                .unwrap_or(0.0)
             >= 1.0,
         "{text}"
     );
     assert_eq!(
-        metric_value(&text, r#"kaname_rate_limit_store_fallbacks_total{filter="per-user"}"#),
+        metric_value(
+            &text,
+            r#"kaname_rate_limit_store_fallbacks_total{filter="per-user"}"#
+        ),
         Some(8.0)
     );
 
@@ -179,11 +205,18 @@ async fn redis_away_and_back(on_error: &str, while_down: [u16; 8]) {
     // the bucket.
     redis.restart();
     let back = Instant::now();
-    let (up, _) = poll_metric(&k, r#"kaname_store_up{store="shared"}"#, Duration::from_secs(5), |v| {
-        v == Some(1.0)
-    })
+    let (up, _) = poll_metric(
+        &k,
+        r#"kaname_store_up{store="shared"}"#,
+        Duration::from_secs(5),
+        |v| v == Some(1.0),
+    )
     .await;
-    assert!(up, "store not up within 5 s of Redis' return ({:?})", back.elapsed());
+    assert!(
+        up,
+        "store not up within 5 s of Redis' return ({:?})",
+        back.elapsed()
+    );
     for _ in 0..4 {
         assert_eq!(get_as(&client, &url, "erin").await, 200);
     }
@@ -240,4 +273,89 @@ filters:
         "{stderr}"
     );
     assert!(!stderr.contains(":pw@"), "{stderr}");
+
+    // A TLS store's CA file is read by check, as by run and reload.
+    let config = "stores:
+  secure:
+    redis: { url: \"rediss://cache:6380\", ca_file: /nonexistent/ca.pem }
+listeners:
+  main:
+    listen: 127.0.0.1:0
+    routes: [{ upstream: u }]
+upstreams: { u: { endpoints: [127.0.0.1:1] } }
+";
+    std::fs::write(&path, config).expect("write");
+    let out = std::process::Command::new(KANAME)
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run kaname check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{file}:3:42: store \"secure\" redis.ca_file: /nonexistent/ca.pem: cannot read the file")),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_tls_store_with_its_own_ca() {
+    let ca = support::tls::TestCa::new("redis test CA");
+    let leaf = ca.issue(&support::tls::LeafSpec {
+        dns: &["127.0.0.1"],
+        ..Default::default()
+    });
+    let redis = RedisServer::start_tls(&leaf.cert_pem, &leaf.key_pem, &ca.cert_pem);
+    let upstream = TestUpstream::start("echo").await;
+    let url = format!("rediss://127.0.0.1:{}/0", redis.port);
+    let config = limited_config(&upstream, &url, "1/m", 2, "allow").replace(
+        "      timeout: 100ms\n",
+        &format!(
+            "      timeout: 100ms\n      ca_file: {}\n",
+            redis.ca_path().display()
+        ),
+    );
+    let k = Kaname::start(&config).await;
+    store_up(&k).await;
+    let client = HttpClient::http1();
+    let url = k.url("main", "/");
+    assert_eq!(get_as(&client, &url, "tls-user").await, 200);
+    assert_eq!(get_as(&client, &url, "tls-user").await, 200);
+    assert_eq!(
+        get_as(&client, &url, "tls-user").await,
+        429,
+        "decided over TLS, in Redis"
+    );
+    assert_eq!(
+        redis.cli_tls(&["exists", "kaname:rl:per-user:v:tls-user"]),
+        "1"
+    );
+
+    // A CA that did not sign Redis' certificate: the store never comes up
+    // and on_store_error (allow) decides.
+    let other = support::tls::TestCa::new("another CA");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wrong = dir.path().join("wrong-ca.crt");
+    std::fs::write(&wrong, &other.cert_pem).expect("write");
+    let config = limited_config(
+        &upstream,
+        &format!("rediss://127.0.0.1:{}/0", redis.port),
+        "1/m",
+        2,
+        "allow",
+    )
+    .replace(
+        "      timeout: 100ms\n",
+        &format!("      timeout: 100ms\n      ca_file: {}\n", wrong.display()),
+    );
+    let k = Kaname::start(&config).await;
+    for _ in 0..4 {
+        assert_eq!(get_as(&client, &k.url("main", "/"), "tls-user").await, 200);
+    }
+    let text = metrics(&k).await;
+    assert_eq!(
+        metric_value(&text, r#"kaname_store_up{store="shared"}"#),
+        Some(0.0),
+        "{text}"
+    );
 }

@@ -42,6 +42,7 @@ mod read;
 mod redact;
 mod redact_queue;
 mod redact_store;
+mod schema;
 mod suggest;
 pub mod types;
 mod units;
@@ -52,6 +53,7 @@ pub use error::{ConfigError, ConfigErrors, Limit};
 pub use locate::locate;
 pub use node::{MAX_DEPTH, MAX_EXPANDED_BYTES, MAX_EXPANSION_FACTOR};
 pub use redact::{duration as duration_words, priority_word, redact_url, size as size_words};
+pub use schema::schema_json;
 pub use types::*;
 pub use words::{ConfigWords, Words};
 

@@ -15,6 +15,7 @@ impl Render {
             db: _,
             timeout,
             key_prefix,
+            ca_file,
         } = redis;
         let rs = src.key("redis");
         M::default()
@@ -24,6 +25,10 @@ impl Render {
                     .put("url", self.s(&redact_url(url), rs.key("url")))
                     .put("timeout", self.p(duration(*timeout), rs.key("timeout")))
                     .put("key_prefix", self.s(key_prefix, rs.key("key_prefix")))
+                    .opt(
+                        "ca_file",
+                        ca_file.as_ref().map(|f| self.s(f, rs.key("ca_file"))),
+                    )
                     .done(),
             )
             .done()

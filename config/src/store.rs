@@ -26,6 +26,9 @@ pub struct Redis {
     pub timeout: Duration,
     /// Every key kaname writes starts with it. Default `kaname:`.
     pub key_prefix: String,
+    /// `rediss://` only: the CA certificates (PEM) the server's is checked
+    /// against instead of the system's. Read by check, start and reload.
+    pub ca_file: Option<String>,
 }
 
 impl Redis {
@@ -45,6 +48,7 @@ impl std::fmt::Debug for Redis {
             .field("url", &self.display_url())
             .field("timeout", &self.timeout)
             .field("key_prefix", &self.key_prefix)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }

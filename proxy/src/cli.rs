@@ -1,4 +1,4 @@
-//! The `kaname` command line: run, check, explain, demo, token, keys.
+//! The `kaname` command line: run, check, explain, demo, token, keys, schema.
 
 use std::process::ExitCode;
 
@@ -51,6 +51,12 @@ enum Command {
     Token(devtools::TokenArgs),
     /// Make a key pair: DIR/KID.pem (private) and its public JWK added to DIR/jwks.json.
     Keys(devtools::KeysArgs),
+    /// Print the JSON Schema (draft 2020-12) of the config file.
+    ///
+    /// For editors (`kaname schema > kaname.schema.json`, then
+    /// `# yaml-language-server: $schema=kaname.schema.json` as a config's
+    /// first line) and linters. docs/kaname.schema.json is a copy.
+    Schema,
 }
 
 /// Parses the command line and runs the command.
@@ -78,6 +84,10 @@ pub fn main() -> ExitCode {
         Command::Demo => demo::run(),
         Command::Token(a) => devtools::token::main(&a),
         Command::Keys(a) => devtools::keys::main(&a),
+        Command::Schema => {
+            print!("{}", kaname_config::schema_json());
+            ExitCode::SUCCESS
+        }
     }
 }
 

@@ -21,6 +21,7 @@ pub mod otlp;
 pub mod redis;
 pub mod request_model;
 pub mod resilience;
+pub mod schema;
 pub mod tls;
 pub mod upstream;
 

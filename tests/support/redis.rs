@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     pub port: u16,
     password: Option<String>,
+    /// TLS only (`--tls-port`): certificate, key and CA files.
+    tls: Option<[PathBuf; 3]>,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -27,6 +29,7 @@ impl RedisServer {
             let mut server = RedisServer {
                 port: 20_000 + (rand::random::<u16>() % 40_000),
                 password: password.map(str::to_owned),
+                tls: None,
                 dir: tempfile::tempdir().expect("tempdir"),
                 child: None,
             };
@@ -35,6 +38,34 @@ impl RedisServer {
             }
         }
         panic!("no free port for redis-server in 50 tries");
+    }
+
+    /// TLS only, with this certificate and key (PEM); `ca` is written
+    /// beside them for clients (`ca_path`).
+    pub fn start_tls(cert_pem: &str, key_pem: &str, ca_pem: &str) -> RedisServer {
+        for _ in 0..50 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let files = ["redis.crt", "redis.key", "ca.crt"].map(|n| dir.path().join(n));
+            for (path, text) in files.iter().zip([cert_pem, key_pem, ca_pem]) {
+                std::fs::write(path, text).expect("write TLS file");
+            }
+            let mut server = RedisServer {
+                port: 20_000 + (rand::random::<u16>() % 40_000),
+                password: None,
+                tls: Some(files),
+                dir,
+                child: None,
+            };
+            if server.spawn() {
+                return server;
+            }
+        }
+        panic!("no free port for redis-server in 50 tries");
+    }
+
+    /// The CA file of a TLS server.
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
     }
 
     /// `redis://[:password@]127.0.0.1:PORT/0`.
@@ -53,8 +84,19 @@ impl RedisServer {
     fn spawn(&mut self) -> bool {
         let _ = std::fs::remove_file(self.log_path());
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
+        match &self.tls {
+            None => cmd.args(["--port", &self.port.to_string()]),
+            Some([cert, key, ca]) => cmd
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key)
+                .arg("--tls-ca-cert-file")
+                .arg(ca)
+                .args(["--tls-auth-clients", "no"]),
+        };
+        cmd.args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(["--appendonly", "no"])
             .args(["--daemonize", "no"])
@@ -79,6 +121,7 @@ impl RedisServer {
                 return true;
             }
             if let Ok(Some(_)) = child.try_wait() {
+                let _ = child.wait();
                 assert!(
                     log.contains("Address already in use"),
                     "redis-server exited:\n{log}"
@@ -88,6 +131,7 @@ impl RedisServer {
             std::thread::sleep(Duration::from_millis(10));
         }
         let _ = child.kill();
+        let _ = child.wait();
         panic!(
             "redis-server not ready within 10s:\n{}",
             std::fs::read_to_string(self.log_path()).unwrap_or_default()
@@ -114,6 +158,16 @@ impl RedisServer {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// `redis-cli --tls` against a TLS server.
+    pub fn cli_tls(&self, args: &[&str]) -> String {
+        let ca = self.ca_path();
+        let mut all = vec!["--tls", "--cacert"];
+        let ca = ca.to_string_lossy().into_owned();
+        all.push(&ca);
+        all.extend_from_slice(args);
+        self.cli(&all)
     }
 
     /// Runs `redis-cli ARGS` against this server; its stdout, trimmed.

@@ -12,7 +12,7 @@ use crate::error::Errors;
 use crate::node::{Node, Value};
 use crate::read::{self, Map};
 
-const CONDITIONS: &[&str] = &[
+pub(crate) const CONDITIONS: &[&str] = &[
     "methods",
     "hosts",
     "paths",
@@ -23,18 +23,20 @@ const CONDITIONS: &[&str] = &[
     "source_ips",
 ];
 
+pub(crate) const AUTHORIZE_KEYS: &[&str] = &["mode", "default", "rules", "external"];
+pub(crate) const RULE_KEYS: &[&str] = &["name", "allow", "deny"];
+pub(crate) const EXTERNAL_KEYS: &[&str] =
+    &["url", "timeout", "on_error", "cache", "include_headers"];
+/// `mode` and a decision (`default`, `on_error`): the words, in the order
+/// the parser maps them.
+pub(crate) const MODES: &[&str] = &["enforce", "audit"];
+pub(crate) const DECISIONS: &[&str] = &["allow", "deny"];
+
 pub fn authorize(name: &str, node: &Node, errs: &mut Errors) -> Option<Authorize> {
     let place = format!("in authorize filter {name:?}");
-    let m = Map::new(
-        node,
-        &place,
-        &["mode", "default", "rules", "external"],
-        errs,
-    )?;
+    let m = Map::new(node, &place, AUTHORIZE_KEYS, errs)?;
     let mode = m
-        .opt("mode", errs, |n, e| {
-            read::choice(n, &["enforce", "audit"], e)
-        })
+        .opt("mode", errs, |n, e| read::choice(n, MODES, e))
         .map_or(AuthzMode::Enforce, |i| {
             [AuthzMode::Enforce, AuthzMode::Audit][i]
         });
@@ -61,8 +63,7 @@ pub fn authorize(name: &str, node: &Node, errs: &mut Errors) -> Option<Authorize
 }
 
 fn decision(node: &Node, errs: &mut Errors) -> Option<AuthzDecision> {
-    read::choice(node, &["allow", "deny"], errs)
-        .map(|i| [AuthzDecision::Allow, AuthzDecision::Deny][i])
+    read::choice(node, DECISIONS, errs).map(|i| [AuthzDecision::Allow, AuthzDecision::Deny][i])
 }
 
 fn rules(filter: &str, node: &Node, errs: &mut Errors) -> Option<Vec<AuthzRule>> {
@@ -70,7 +71,7 @@ fn rules(filter: &str, node: &Node, errs: &mut Errors) -> Option<Vec<AuthzRule>>
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let place = format!("in rule {} of authorize filter {filter:?}", i + 1);
-        let Some(m) = Map::new(item, &place, &["name", "allow", "deny"], errs) else {
+        let Some(m) = Map::new(item, &place, RULE_KEYS, errs) else {
             continue;
         };
         let name = m
@@ -222,8 +223,7 @@ fn claim_value(node: &Node, errs: &mut Errors) -> Option<ClaimValue> {
 
 fn external(filter: &str, node: &Node, errs: &mut Errors) -> Option<ExternalPolicy> {
     let place = format!("in external of authorize filter {filter:?}");
-    let keys = ["url", "timeout", "on_error", "cache", "include_headers"];
-    let m = Map::new(node, &place, &keys, errs)?;
+    let m = Map::new(node, &place, EXTERNAL_KEYS, errs)?;
     let url = m.req("url", errs, url);
     let timeout = m
         .opt("timeout", errs, read::positive_duration)

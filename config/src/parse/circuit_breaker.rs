@@ -9,7 +9,7 @@ use crate::node::{Mark, Node};
 use crate::read::{self, Map};
 use crate::types::{CircuitBreaker, Condition, FailureRate};
 
-const BREAKER_KEYS: &[&str] = &[
+pub(crate) const BREAKER_KEYS: &[&str] = &[
     "consecutive_failures",
     "failure_rate",
     "open_for",
@@ -17,6 +17,8 @@ const BREAKER_KEYS: &[&str] = &[
     "half_open_requests",
     "failure_on",
 ];
+
+pub(crate) const FAILURE_RATE_KEYS: &[&str] = &["threshold", "min_requests", "window"];
 
 pub fn breaker(
     name: &str,
@@ -69,7 +71,7 @@ pub fn breaker(
 
 fn failure_rate(filter: &str, node: &Node, errs: &mut Errors) -> Option<FailureRate> {
     let place = format!("in failure_rate of circuit_breaker filter {filter:?}");
-    let m = Map::new(node, &place, &["threshold", "min_requests", "window"], errs)?;
+    let m = Map::new(node, &place, FAILURE_RATE_KEYS, errs)?;
     let threshold = m.req("threshold", errs, |n, e| {
         let t = read::number(n, e)?;
         if !(t > 0.0 && t <= 1.0) {

@@ -10,7 +10,7 @@ use crate::types::Condition;
 
 pub use crate::GRPC_CODE_NAMES as GRPC_CODES;
 
-const NAMED: &[&str] = &["connect_failure", "reset", "timeout", "5xx"];
+pub(crate) const NAMED: &[&str] = &["connect_failure", "reset", "timeout", "5xx"];
 
 pub fn conditions(node: &Node, errs: &mut Errors) -> Option<Vec<Condition>> {
     let items = read::list(node, errs)?;

@@ -16,6 +16,9 @@ use crate::SUPPORTED_FILTER_KINDS;
 /// Every kind the config language knows (the proxy may support fewer).
 const KINDS: &[&str] = FilterKindName::NAMES;
 
+pub(crate) const CONCURRENCY_KEYS: &[&str] =
+    &["max_in_flight", "max_queue", "queue_timeout", "priority"];
+
 pub fn filter(name: &str, name_mark: Mark, node: &Node, errs: &mut Errors) -> Option<Filter> {
     filter_of(name, name_mark, node, SUPPORTED_FILTER_KINDS, errs)
 }
@@ -149,8 +152,7 @@ fn rate_limit_key(node: &Node, errs: &mut Errors) -> Option<RateLimitKey> {
 
 fn concurrency(name: &str, node: &Node, errs: &mut Errors) -> Option<ConcurrencyLimit> {
     let place = format!("in concurrency_limit filter {name:?}");
-    let keys = ["max_in_flight", "max_queue", "queue_timeout", "priority"];
-    let m = Map::new(node, &place, &keys, errs)?;
+    let m = Map::new(node, &place, CONCURRENCY_KEYS, errs)?;
     let max_in_flight = m.req("max_in_flight", errs, read::at_least(1));
     let max_queue = m.opt("max_queue", errs, read::usize_).unwrap_or(0);
     let queue_timeout = m

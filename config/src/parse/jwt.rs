@@ -8,7 +8,7 @@ use crate::read::{self, Map};
 use crate::suggest::did_you_mean;
 use crate::types::{JwksSource, Jwt, TokenSource};
 
-const KEYS: &[&str] = &[
+pub(crate) const KEYS: &[&str] = &[
     "issuer",
     "audiences",
     "algorithms",
@@ -21,6 +21,9 @@ const KEYS: &[&str] = &[
     "forward_token",
     "cache",
 ];
+
+pub(crate) const JWKS_KEYS: &[&str] = &["file", "url", "refresh"];
+pub(crate) const FROM_KEYS: &[&str] = &["header", "prefix", "query", "cookie"];
 
 /// Every algorithm accepted, in its canonical spelling.
 pub const ALGORITHMS: &[&str] = &[
@@ -173,7 +176,7 @@ fn check_secret_length(
 
 fn jwks(filter: &str, node: &Node, errs: &mut Errors) -> Option<JwksSource> {
     let place = format!("in jwks of jwt filter {filter:?}");
-    let m = Map::new(node, &place, &["file", "url", "refresh"], errs)?;
+    let m = Map::new(node, &place, JWKS_KEYS, errs)?;
     let file = m.opt("file", errs, read::nonempty);
     let url = m.opt("url", errs, |n, e| {
         let url = read::nonempty(n, e)?;
@@ -208,7 +211,7 @@ fn jwks(filter: &str, node: &Node, errs: &mut Errors) -> Option<JwksSource> {
 
 fn from(filter: &str, node: &Node, errs: &mut Errors) -> Option<TokenSource> {
     let place = format!("in from of jwt filter {filter:?}");
-    let m = Map::new(node, &place, &["header", "prefix", "query", "cookie"], errs)?;
+    let m = Map::new(node, &place, FROM_KEYS, errs)?;
     let given: Vec<&str> = ["header", "query", "cookie"]
         .into_iter()
         .filter(|k| m.get(k).is_some())

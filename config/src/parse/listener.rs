@@ -11,7 +11,7 @@ use crate::types::{
     EscapedSlashes, Listener, ListenerProtocol, ListenerTls, PathMatch, Route, RouteMatch,
 };
 
-const LISTENER_KEYS: &[&str] = &[
+pub(crate) const LISTENER_KEYS: &[&str] = &[
     "listen",
     "protocol",
     "header_read_timeout",
@@ -28,6 +28,20 @@ const LISTENER_KEYS: &[&str] = &[
     "stream_idle_timeout",
 ];
 
+/// `protocol`, `escaped_slashes` and a route's `priority`: the words, in
+/// the order the parser maps them.
+pub(crate) const PROTOCOLS: &[&str] = &["auto", "http1", "http2"];
+pub(crate) const ESCAPED_SLASHES: &[&str] = &["reject", "decode", "keep"];
+pub(crate) const PRIORITIES: &[&str] = &["high", "normal", "low"];
+pub(crate) const HTTP2_KEYS: &[&str] = &["max_concurrent_streams"];
+pub(crate) const TLS_KEYS: &[&str] = &[
+    "cert",
+    "key",
+    "client_ca",
+    "allowed_identities",
+    "identity_header",
+];
+
 pub fn listener(
     name: &str,
     name_mark: Mark,
@@ -39,9 +53,7 @@ pub fn listener(
     let listen_node = m.required("listen", errs);
     let listen = listen_node.and_then(|n| listen_addr(n, errs));
     let protocol = m
-        .opt("protocol", errs, |n, e| {
-            read::choice(n, &["auto", "http1", "http2"], e)
-        })
+        .opt("protocol", errs, |n, e| read::choice(n, PROTOCOLS, e))
         .map_or(ListenerProtocol::Auto, |i| {
             [
                 ListenerProtocol::Auto,
@@ -63,7 +75,7 @@ pub fn listener(
     let merge_slashes = m.opt("merge_slashes", errs, read::boolean).unwrap_or(true);
     let escaped_slashes = m
         .opt("escaped_slashes", errs, |n, e| {
-            read::choice(n, &["reject", "decode", "keep"], e)
+            read::choice(n, ESCAPED_SLASHES, e)
         })
         .map_or(EscapedSlashes::Reject, |i| {
             [
@@ -130,7 +142,7 @@ pub fn listener(
 /// `http2: { max_concurrent_streams: 100 }`.
 fn http2_settings(listener: &str, node: &Node, errs: &mut Errors) -> Option<Option<u32>> {
     let place = format!("in http2 of listener {listener:?}");
-    let m = Map::new(node, &place, &["max_concurrent_streams"], errs)?;
+    let m = Map::new(node, &place, HTTP2_KEYS, errs)?;
     let n = m.opt("max_concurrent_streams", errs, read::u32_);
     if let (Some(0), Some(mark)) = (n, m.key_mark("max_concurrent_streams")) {
         errs.at(mark, "max_concurrent_streams must be at least 1");
@@ -172,14 +184,7 @@ fn upgrade_tokens(node: &Node, errs: &mut Errors) -> Option<Vec<String>> {
 
 fn tls(listener: &str, node: &Node, errs: &mut Errors) -> Option<ListenerTls> {
     let place = format!("in tls of listener {listener:?}");
-    let keys = [
-        "cert",
-        "key",
-        "client_ca",
-        "allowed_identities",
-        "identity_header",
-    ];
-    let m = Map::new(node, &place, &keys, errs)?;
+    let m = Map::new(node, &place, TLS_KEYS, errs)?;
     let cert = m.req("cert", errs, read::nonempty);
     let key = m.req("key", errs, read::nonempty);
     let client_ca = m.opt("client_ca", errs, read::nonempty);
@@ -203,7 +208,7 @@ fn tls(listener: &str, node: &Node, errs: &mut Errors) -> Option<ListenerTls> {
     })
 }
 
-const ROUTE_KEYS: &[&str] = &[
+pub(crate) const ROUTE_KEYS: &[&str] = &[
     "name",
     "match",
     "upstream",
@@ -238,9 +243,7 @@ fn route(listener: &str, n: usize, node: &Node, errs: &mut Errors) -> Option<(Ro
     let max_request_body = m.opt("max_request_body", errs, read::size);
     let case_sensitive = m.opt("case_sensitive", errs, read::boolean).unwrap_or(true);
     let priority = m
-        .opt("priority", errs, |n, e| {
-            read::choice(n, &["high", "normal", "low"], e)
-        })
+        .opt("priority", errs, |n, e| read::choice(n, PRIORITIES, e))
         .map(|i| {
             use crate::types::PriorityClass as P;
             [P::High, P::Normal, P::Low][i]
@@ -285,7 +288,7 @@ fn route(listener: &str, n: usize, node: &Node, errs: &mut Errors) -> Option<(Ro
     Some((route, marks))
 }
 
-const MATCH_KEYS: &[&str] = &[
+pub(crate) const MATCH_KEYS: &[&str] = &[
     "path",
     "path_prefix",
     "path_regex",

@@ -5,17 +5,19 @@
 //! discarded anyway. Positions needed by the cross-checks are kept in
 //! [`Marks`].
 
-mod authorize;
-mod circuit_breaker;
-mod condition;
-mod filter;
-mod jwt;
-mod listener;
-mod queue;
-mod retry;
-mod store;
-mod tracing;
-mod upstream;
+// Each section's key list is `pub(crate)`: the schema's tests hold
+// `kaname schema` to them (src/schema/tests.rs).
+pub(crate) mod authorize;
+pub(crate) mod circuit_breaker;
+pub(crate) mod condition;
+pub(crate) mod filter;
+pub(crate) mod jwt;
+pub(crate) mod listener;
+pub(crate) mod queue;
+pub(crate) mod retry;
+pub(crate) mod store;
+pub(crate) mod tracing;
+pub(crate) mod upstream;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -55,7 +57,7 @@ pub struct RouteMarks {
     pub queue: Option<Mark>,
 }
 
-const TOP_KEYS: &[&str] = &[
+pub(crate) const TOP_KEYS: &[&str] = &[
     "admin",
     "shutdown_grace",
     "log",
@@ -195,9 +197,10 @@ pub fn config(file: &str, root: &Node, errs: &mut Errors) -> (Config, Marks) {
     (cfg, marks)
 }
 
+pub(crate) const ADMIN_KEYS: &[&str] = &["listen", "token", "header_timeout", "allowed_hosts"];
+
 fn admin(node: &Node, admin: &mut Admin, errs: &mut Errors) {
-    let keys = ["listen", "token", "header_timeout", "allowed_hosts"];
-    let Some(m) = Map::new(node, "in admin", &keys, errs) else {
+    let Some(m) = Map::new(node, "in admin", ADMIN_KEYS, errs) else {
         return;
     };
     if let Some(addr) = m.opt("listen", errs, listen_addr) {
@@ -263,10 +266,13 @@ fn admin_token(node: &Node, errs: &mut Errors) -> Option<String> {
     Some(token)
 }
 
-const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
+pub(crate) const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
+pub(crate) const LOG_KEYS: &[&str] = &["level", "format", "access_log"];
+/// `log.format`, in the order the parser maps them.
+pub(crate) const LOG_FORMATS: &[&str] = &["json", "text"];
 
 fn log(node: &Node, log: &mut Log, errs: &mut Errors) {
-    let Some(m) = Map::new(node, "in log", &["level", "format", "access_log"], errs) else {
+    let Some(m) = Map::new(node, "in log", LOG_KEYS, errs) else {
         return;
     };
     if let Some(n) = m.get("level") {
@@ -284,7 +290,7 @@ fn log(node: &Node, log: &mut Log, errs: &mut Errors) {
             }
         }
     }
-    if let Some(i) = m.opt("format", errs, |n, e| read::choice(n, &["json", "text"], e)) {
+    if let Some(i) = m.opt("format", errs, |n, e| read::choice(n, LOG_FORMATS, e)) {
         log.format = if i == 0 {
             LogFormat::Json
         } else {

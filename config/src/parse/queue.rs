@@ -10,7 +10,7 @@ use crate::node::{Mark, Node};
 use crate::queue::{Callback, Delivery, Queue, QueueStore};
 use crate::read::{self, Map};
 
-const QUEUE_KEYS: &[&str] = &[
+pub(crate) const QUEUE_KEYS: &[&str] = &[
     "store",
     "max_depth",
     "max_body_bytes",
@@ -22,7 +22,7 @@ const QUEUE_KEYS: &[&str] = &[
     "visibility_timeout",
 ];
 
-const DELIVERY_KEYS: &[&str] = &[
+pub(crate) const DELIVERY_KEYS: &[&str] = &[
     "concurrency",
     "attempts",
     "per_try_timeout",
@@ -30,8 +30,10 @@ const DELIVERY_KEYS: &[&str] = &[
     "retry_on",
 ];
 
+pub(crate) const CALLBACK_KEYS: &[&str] = &["header", "allowed_hosts", "secret", "attempts"];
+
 /// Deliveries in flight are tasks and connections: a bound on the bound.
-const MAX_CONCURRENCY: u64 = 10_000;
+pub(crate) const MAX_CONCURRENCY: u64 = 10_000;
 
 pub fn queue(name: &str, name_mark: Mark, node: &Node, errs: &mut Errors) -> Option<Queue> {
     if name.is_empty() || name.starts_with('.') || name.contains('/') {
@@ -144,12 +146,7 @@ fn delivery(queue: &str, node: &Node, errs: &mut Errors) -> Option<Delivery> {
 
 fn callback(queue: &str, node: &Node, errs: &mut Errors) -> Option<Callback> {
     let place = format!("in callback of queue {queue:?}");
-    let m = Map::new(
-        node,
-        &place,
-        &["header", "allowed_hosts", "secret", "attempts"],
-        errs,
-    )?;
+    let m = Map::new(node, &place, CALLBACK_KEYS, errs)?;
     let header = m
         .opt("header", errs, read::header_name)
         .unwrap_or_else(|| "x-callback-url".into());

@@ -9,7 +9,7 @@ use crate::node::Node;
 use crate::read::{self, Map};
 use crate::types::{Condition, Retry, RetryMethods};
 
-const RETRY_KEYS: &[&str] = &[
+pub(crate) const RETRY_KEYS: &[&str] = &[
     "attempts",
     "retry_on",
     "on",
@@ -20,6 +20,9 @@ const RETRY_KEYS: &[&str] = &[
     "max_body_bytes",
     "max_buffered_bytes",
 ];
+
+pub(crate) const BUDGET_KEYS: &[&str] = &["ratio", "min_per_second"];
+pub(crate) const BACKOFF_KEYS: &[&str] = &["base", "max"];
 
 pub fn retry(name: &str, node: &Node, errs: &mut Errors) -> Option<Retry> {
     let place = format!("in retry filter {name:?}");
@@ -81,7 +84,7 @@ pub fn retry(name: &str, node: &Node, errs: &mut Errors) -> Option<Retry> {
     let (mut ratio, mut min_per_second) = (0.2, 10);
     if let Some(b) = m.get("budget") {
         let place = format!("in budget of retry filter {name:?}");
-        if let Some(bm) = Map::new(b, &place, &["ratio", "min_per_second"], errs) {
+        if let Some(bm) = Map::new(b, &place, BUDGET_KEYS, errs) {
             if let Some(r) = bm.opt("ratio", errs, read::number) {
                 if r < 0.0 {
                     errs.at(
@@ -124,7 +127,7 @@ pub fn backoff(
     errs: &mut Errors,
 ) -> (Duration, Duration) {
     let (mut base, mut max) = defaults;
-    if let Some(bm) = Map::new(node, place, &["base", "max"], errs) {
+    if let Some(bm) = Map::new(node, place, BACKOFF_KEYS, errs) {
         base = bm
             .opt("base", errs, read::positive_duration)
             .unwrap_or(base);

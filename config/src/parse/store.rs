@@ -9,7 +9,9 @@ use crate::read::{self, Map};
 use crate::store::{parse_url, OnStoreError, Redis, Store};
 
 pub(crate) const STORE_KEYS: &[&str] = &["redis"];
-pub(crate) const REDIS_KEYS: &[&str] = &["url", "timeout", "key_prefix"];
+pub(crate) const REDIS_KEYS: &[&str] = &["url", "timeout", "key_prefix", "ca_file"];
+/// `on_store_error`, in the order the parser maps them.
+pub(crate) const ON_STORE_ERROR: &[&str] = &["local", "allow", "deny"];
 
 /// Above this a "timeout" no longer protects a request's latency.
 const MAX_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,7 +64,14 @@ fn redis(store: &str, node: &Node, errs: &mut Errors) -> Option<Redis> {
     let key_prefix = m
         .opt("key_prefix", errs, read::string)
         .unwrap_or_else(|| Redis::DEFAULT_PREFIX.to_string());
+    let ca_file = m.opt("ca_file", errs, read::nonempty);
     let (url, parts) = url?;
+    if let (Some(mark), false) = (m.key_mark("ca_file"), parts.tls) {
+        errs.at(
+            mark,
+            "ca_file is for a TLS store: the url must start with rediss://",
+        );
+    }
     Some(Redis {
         url,
         tls: parts.tls,
@@ -71,6 +80,7 @@ fn redis(store: &str, node: &Node, errs: &mut Errors) -> Option<Redis> {
         db: parts.db,
         timeout,
         key_prefix,
+        ca_file,
     })
 }
 
@@ -82,7 +92,7 @@ pub fn store_name(node: &Node, errs: &mut Errors) -> Option<Option<String>> {
 }
 
 pub fn on_store_error(node: &Node, errs: &mut Errors) -> Option<OnStoreError> {
-    let i = read::choice(node, &["local", "allow", "deny"], errs)?;
+    let i = read::choice(node, ON_STORE_ERROR, errs)?;
     Some([OnStoreError::Local, OnStoreError::Allow, OnStoreError::Deny][i])
 }
 

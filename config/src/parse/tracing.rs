@@ -7,7 +7,7 @@ use crate::node::Node;
 use crate::read::{self, Map};
 use crate::types::{Otlp, OtlpProtocol, Tracing};
 
-const OTLP_KEYS: &[&str] = &[
+pub(crate) const OTLP_KEYS: &[&str] = &[
     "endpoint",
     "protocol",
     "headers",
@@ -18,11 +18,15 @@ const OTLP_KEYS: &[&str] = &[
     "max_queue",
 ];
 
+pub(crate) const TRACING_KEYS: &[&str] = &["start_traces", "otlp"];
+/// `protocol`, in the order the parser maps them.
+pub(crate) const OTLP_PROTOCOLS: &[&str] = &["grpc", "http/protobuf"];
+
 /// Spans waiting for export are held in memory: a bound on the bound.
-const MAX_QUEUE: u64 = 1_000_000;
+pub(crate) const MAX_QUEUE: u64 = 1_000_000;
 
 pub fn tracing(node: &Node, errs: &mut Errors) -> Option<Tracing> {
-    let m = Map::new(node, "in tracing", &["start_traces", "otlp"], errs)?;
+    let m = Map::new(node, "in tracing", TRACING_KEYS, errs)?;
     let otlp = m.get("otlp").and_then(|n| otlp(n, errs));
     // Exporting spans is for traces kaname may start; an explicit
     // `start_traces: false` still limits spans to traces callers started.
@@ -36,9 +40,7 @@ fn otlp(node: &Node, errs: &mut Errors) -> Option<Otlp> {
     let place = "in tracing.otlp";
     let m = Map::new(node, place, OTLP_KEYS, errs)?;
     let protocol = m
-        .opt("protocol", errs, |n, e| {
-            read::choice(n, &["grpc", "http/protobuf"], e)
-        })
+        .opt("protocol", errs, |n, e| read::choice(n, OTLP_PROTOCOLS, e))
         .map_or(OtlpProtocol::Grpc, |i| {
             if i == 0 {
                 OtlpProtocol::Grpc

@@ -10,7 +10,7 @@ use crate::types::{
     UpstreamTls,
 };
 
-const KEYS: &[&str] = &[
+pub(crate) const KEYS: &[&str] = &[
     "endpoints",
     "protocol",
     "connect_timeout",
@@ -21,6 +21,25 @@ const KEYS: &[&str] = &[
     "outlier_detection",
     "tls",
 ];
+
+/// `protocol` and `load_balancing`: the words, in the order the parser maps them.
+pub(crate) const PROTOCOLS: &[&str] = &["http1", "http2"];
+pub(crate) const LOAD_BALANCING: &[&str] = &["round_robin", "least_request", "p2c_ewma"];
+pub(crate) const POOL_KEYS: &[&str] = &[
+    "idle_timeout",
+    "max_idle_per_endpoint",
+    "max_connections_per_endpoint",
+];
+pub(crate) const HEALTH_CHECK_KEYS: &[&str] = &[
+    "path",
+    "interval",
+    "timeout",
+    "unhealthy_after",
+    "healthy_after",
+];
+pub(crate) const OUTLIER_KEYS: &[&str] =
+    &["consecutive_failures", "eject_for", "max_ejected_percent"];
+pub(crate) const TLS_KEYS: &[&str] = &["ca", "server_name", "cert", "key"];
 
 pub fn upstream(name: &str, node: &Node, errs: &mut Errors) -> Option<Upstream> {
     let place = format!("in upstream {name:?}");
@@ -38,9 +57,7 @@ pub fn upstream(name: &str, node: &Node, errs: &mut Errors) -> Option<Upstream> 
         )
     });
     let protocol = m
-        .opt("protocol", errs, |n, e| {
-            read::choice(n, &["http1", "http2"], e)
-        })
+        .opt("protocol", errs, |n, e| read::choice(n, PROTOCOLS, e))
         .map_or(UpstreamProtocol::Http1, |i| {
             [UpstreamProtocol::Http1, UpstreamProtocol::Http2][i]
         });
@@ -49,7 +66,7 @@ pub fn upstream(name: &str, node: &Node, errs: &mut Errors) -> Option<Upstream> 
         .unwrap_or(Duration::from_secs(1));
     let load_balancing = m
         .opt("load_balancing", errs, |n, e| {
-            read::choice(n, &["round_robin", "least_request", "p2c_ewma"], e)
+            read::choice(n, LOAD_BALANCING, e)
         })
         .map_or(LoadBalancing::P2cEwma, |i| {
             [
@@ -118,16 +135,7 @@ fn valid_host(host: &str) -> bool {
 
 fn pool(upstream: &str, node: &Node, errs: &mut Errors) -> Option<Pool> {
     let place = format!("in pool of upstream {upstream:?}");
-    let m = Map::new(
-        node,
-        &place,
-        &[
-            "idle_timeout",
-            "max_idle_per_endpoint",
-            "max_connections_per_endpoint",
-        ],
-        errs,
-    )?;
+    let m = Map::new(node, &place, POOL_KEYS, errs)?;
     Some(Pool {
         idle_timeout: m
             .opt("idle_timeout", errs, read::positive_duration)
@@ -144,14 +152,7 @@ fn pool(upstream: &str, node: &Node, errs: &mut Errors) -> Option<Pool> {
 
 fn health_check(upstream: &str, node: &Node, errs: &mut Errors) -> Option<HealthCheck> {
     let place = format!("in health_check of upstream {upstream:?}");
-    let keys = [
-        "path",
-        "interval",
-        "timeout",
-        "unhealthy_after",
-        "healthy_after",
-    ];
-    let m = Map::new(node, &place, &keys, errs)?;
+    let m = Map::new(node, &place, HEALTH_CHECK_KEYS, errs)?;
     let path = m.req("path", errs, |n, e| {
         let p = read::nonempty(n, e)?;
         if !p.starts_with('/') {
@@ -183,8 +184,7 @@ fn health_check(upstream: &str, node: &Node, errs: &mut Errors) -> Option<Health
 
 fn outlier(upstream: &str, node: &Node, errs: &mut Errors) -> Option<OutlierDetection> {
     let place = format!("in outlier_detection of upstream {upstream:?}");
-    let keys = ["consecutive_failures", "eject_for", "max_ejected_percent"];
-    let m = Map::new(node, &place, &keys, errs)?;
+    let m = Map::new(node, &place, OUTLIER_KEYS, errs)?;
     let max_ejected_percent = m.opt("max_ejected_percent", errs, |n, e| {
         let p = read::u32_(n, e)?;
         if p > 100 {
@@ -209,7 +209,7 @@ fn outlier(upstream: &str, node: &Node, errs: &mut Errors) -> Option<OutlierDete
 
 fn tls(upstream: &str, node: &Node, errs: &mut Errors) -> Option<UpstreamTls> {
     let place = format!("in tls of upstream {upstream:?}");
-    let m = Map::new(node, &place, &["ca", "server_name", "cert", "key"], errs)?;
+    let m = Map::new(node, &place, TLS_KEYS, errs)?;
     let tls = UpstreamTls {
         ca: m.opt("ca", errs, read::nonempty),
         server_name: m.opt("server_name", errs, read::nonempty),

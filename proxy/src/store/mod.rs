@@ -108,8 +108,25 @@ struct StoreMetrics {
 impl RedisStore {
     pub(crate) fn new(config: &Store, metrics: &Metrics) -> Result<Arc<RedisStore>, String> {
         let r = &config.redis;
-        let client = redis::Client::open(r.url.as_str())
-            .map_err(|e| format!("store {:?}: {}: {e}", config.name, r.display_url()))?;
+        let fail = |e: &dyn std::fmt::Display| {
+            format!("store {:?}: {}: {e}", config.name, r.display_url())
+        };
+        let client = match &r.ca_file {
+            None => redis::Client::open(r.url.as_str()).map_err(|e| fail(&e))?,
+            // A private CA instead of the system's (checked at load, like
+            // every TLS file).
+            Some(ca) => {
+                let pem = std::fs::read(ca).map_err(|e| fail(&format!("ca_file {ca}: {e}")))?;
+                redis::Client::build_with_tls(
+                    r.url.as_str(),
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem),
+                    },
+                )
+                .map_err(|e| fail(&e))?
+            }
+        };
         // Lazy: a store that is down at start is a store that is down, not
         // a sidecar that cannot start. Few, quick reconnection tries: the
         // probe below asks again every PROBE_EVERY anyway.

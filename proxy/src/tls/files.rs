@@ -219,6 +219,28 @@ pub struct Problem {
 pub fn check(cfg: &Config) -> Vec<Problem> {
     let mut out = check_tls(cfg);
     out.extend(crate::jwks::check_files(cfg));
+    out.extend(check_store_cas(cfg));
+    out
+}
+
+/// Each TLS store's `ca_file`, read as the store's client will read it.
+fn check_store_cas(cfg: &Config) -> Vec<Problem> {
+    let mut out = Vec::new();
+    for s in &cfg.stores {
+        let Some(ca) = &s.redis.ca_file else { continue };
+        if let Err(error) = ca_roots(ca) {
+            out.push(Problem {
+                key_path: vec![
+                    "stores".into(),
+                    s.name.clone(),
+                    "redis".into(),
+                    "ca_file".into(),
+                ],
+                place: format!("store \"{}\" redis.ca_file", s.name),
+                error,
+            });
+        }
+    }
     out
 }
 
