@@ -15,9 +15,9 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::Value;
+use support::jobs::{accepted, post, status, wait_status, JobUpstream};
 use support::metrics::{metric, wait_metric};
 use support::net::{accept_each, bind_loopback};
-use support::jobs::{accepted, post, status, wait_status, JobUpstream};
 use support::{full, HttpClient, Kaname};
 
 fn config(data_dir: &std::path::Path, up: SocketAddr, queue: &str, extra: &str) -> String {

@@ -13,7 +13,12 @@ use support::jobs::{accepted, post, status, wait_status, JobUpstream};
 use support::redis::RedisServer;
 use support::{full, metric, wait_metric, HttpClient, Kaname};
 
-fn shared_config(data_dir: &std::path::Path, redis: &RedisServer, up: SocketAddr, delivery: &str) -> String {
+fn shared_config(
+    data_dir: &std::path::Path,
+    redis: &RedisServer,
+    up: SocketAddr,
+    delivery: &str,
+) -> String {
     format!(
         "data_dir: {}
 stores:
@@ -48,7 +53,11 @@ async fn start_sidecar(yaml: &str) -> Kaname {
 }
 
 async fn delivered_by(k: &Kaname) -> f64 {
-    metric(k, r#"kaname_job_deliveries_total{queue="reports",outcome="success"}"#).await
+    metric(
+        k,
+        r#"kaname_job_deliveries_total{queue="reports",outcome="success"}"#,
+    )
+    .await
 }
 
 #[tokio::test]
@@ -67,7 +76,9 @@ async fn two_sidecars_share_one_queue_each_job_delivered_once() {
     let mut ids = Vec::new();
     for i in 0..100 {
         let k = &sidecars[i % 2];
-        ids.push(accepted(&client.send(post(k, &format!("/reports/{i}"), "job")).await));
+        ids.push(accepted(
+            &client.send(post(k, &format!("/reports/{i}"), "job")).await,
+        ));
     }
     let seen = up.wait_deliveries(100).await;
     // Each job done, read from the sidecar that did not accept it too.
@@ -82,10 +93,18 @@ async fn two_sidecars_share_one_queue_each_job_delivered_once() {
         *counts.entry(d.job.as_str()).or_default() += 1;
     }
     for id in &ids {
-        assert_eq!(counts.get(id.as_str()), Some(&1), "job {id} delivered {:?} times", counts.get(id.as_str()));
+        assert_eq!(
+            counts.get(id.as_str()),
+            Some(&1),
+            "job {id} delivered {:?} times",
+            counts.get(id.as_str())
+        );
     }
     assert_eq!(up.seen().len(), 100, "no delivery but the 100");
-    let (a, b) = (delivered_by(&sidecars[0]).await, delivered_by(&sidecars[1]).await);
+    let (a, b) = (
+        delivered_by(&sidecars[0]).await,
+        delivered_by(&sidecars[1]).await,
+    );
     assert_eq!(a + b, 100.0);
     assert!(a > 0.0 && b > 0.0, "both sidecars deliver: {a} and {b}");
     // Nothing of the queue is on local disk.
@@ -125,9 +144,18 @@ async fn a_sidecar_killed_while_delivering_has_its_jobs_taken_over() {
     let client = HttpClient::http1();
     let mut ids = Vec::new();
     for i in 0..10 {
-        ids.push(accepted(&client.send(post(&first, &format!("/reports/{i}"), "job")).await));
+        ids.push(accepted(
+            &client
+                .send(post(&first, &format!("/reports/{i}"), "job"))
+                .await,
+        ));
     }
-    let cut: Vec<String> = up.wait_deliveries(4).await.into_iter().map(|d| d.job).collect();
+    let cut: Vec<String> = up
+        .wait_deliveries(4)
+        .await
+        .into_iter()
+        .map(|d| d.job)
+        .collect();
     first.kill9().await;
     up.hold.add_permits(10_000);
 
@@ -138,7 +166,11 @@ async fn a_sidecar_killed_while_delivering_has_its_jobs_taken_over() {
     let seen = up.seen();
     for id in &cut {
         // Cut by the kill (attempt 1), delivered again by the second (2).
-        let attempts: Vec<u32> = seen.iter().filter(|d| &d.job == id).map(|d| d.attempt).collect();
+        let attempts: Vec<u32> = seen
+            .iter()
+            .filter(|d| &d.job == id)
+            .map(|d| d.attempt)
+            .collect();
         assert_eq!(attempts, vec![1, 2], "job {id}");
         assert_eq!(status(&second, id).await["attempts"], 2);
     }
@@ -147,5 +179,8 @@ async fn a_sidecar_killed_while_delivering_has_its_jobs_taken_over() {
     }
     // Queue empty everywhere: the depth Redis keeps says so.
     let waiting = redis.cli(&["HMGET", "kaname:q:reports:depth", "w0", "w1", "w2"]);
-    assert!(waiting.lines().all(|l| l.is_empty() || l == "0"), "{waiting}");
+    assert!(
+        waiting.lines().all(|l| l.is_empty() || l == "0"),
+        "{waiting}"
+    );
 }

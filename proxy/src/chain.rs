@@ -175,7 +175,7 @@ impl Runtime {
             &stores,
             metrics,
         )
-            .map_err(BuildError::Queues)?;
+        .map_err(BuildError::Queues)?;
         let mut rt = Runtime {
             config: config.clone(),
             listeners: HashMap::new(),

@@ -39,7 +39,9 @@ pub struct JobUpstream {
 type Script = Arc<dyn Fn(usize) -> (u16, &'static str) + Send + Sync>;
 
 impl JobUpstream {
-    pub async fn start(script: impl Fn(usize) -> (u16, &'static str) + Send + Sync + 'static) -> Self {
+    pub async fn start(
+        script: impl Fn(usize) -> (u16, &'static str) + Send + Sync + 'static,
+    ) -> Self {
         Self::start_held(script, usize::MAX >> 4).await
     }
 
@@ -172,4 +174,3 @@ pub fn accepted(res: &TestResponse) -> String {
     );
     id
 }
-

@@ -11,8 +11,8 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use kaname_filters::{Body, ErrorKind, ProxyError, RouteFuture};
 use tower::Service;
 
-use super::job::{now_ms, JobId};
 use super::job::Job;
+use super::job::{now_ms, JobId};
 use super::store::{Cancel, JobStore};
 use super::QueueSet;
 

@@ -212,10 +212,7 @@ impl RedisStore {
             }
             Ok(Err(e)) if e.is_timeout() => Err((StoreError::Timeout, e.to_string())),
             Ok(Err(e)) => Err((StoreError::Response, e.to_string())),
-            Err(_) => Err((
-                StoreError::Timeout,
-                format!("no answer within {limit:?}"),
-            )),
+            Err(_) => Err((StoreError::Timeout, format!("no answer within {limit:?}"))),
         };
         self.metrics
             .duration
@@ -275,7 +272,9 @@ async fn probe(store: std::sync::Weak<RedisStore>) {
         };
         if !s.up.load(Ordering::Relaxed) {
             let _ = s
-                .timed(s.config.redis.timeout, |mut c| async move { redis::cmd("PING").query_async::<()>(&mut c).await })
+                .timed(s.config.redis.timeout, |mut c| async move {
+                    redis::cmd("PING").query_async::<()>(&mut c).await
+                })
                 .await;
         }
         drop(s);

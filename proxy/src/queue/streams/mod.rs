@@ -42,8 +42,13 @@ const BODY_LIMIT: Duration = Duration::from_secs(2);
 
 /// This process in the consumer group: unique, so a restarted sidecar
 /// never mistakes a dead one's entries for its own.
-static CONSUMER: LazyLock<String> =
-    LazyLock::new(|| format!("kaname-{}-{:016x}", std::process::id(), rand::random::<u64>()));
+static CONSUMER: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "kaname-{}-{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    )
+});
 
 /// One queue on one store.
 pub struct StreamStore {
@@ -207,7 +212,10 @@ impl JobStore for StreamStore {
                     status.as_str(),
                     expire_ms.saturating_sub(now_ms).max(1),
                     error.unwrap_or_default(),
-                    result.as_ref().map(record::encode_result).unwrap_or_default(),
+                    result
+                        .as_ref()
+                        .map(record::encode_result)
+                        .unwrap_or_default(),
                 ),
                 Outcome::RetryAt { due_ms, error } => ("retry", due_ms, error, Vec::new()),
                 Outcome::Requeue => ("requeue", 0, String::new(), Vec::new()),

@@ -17,7 +17,9 @@ pub fn job_of(values: &[Option<Vec<u8>>]) -> Option<Job> {
     };
     let mut job: Job = postcard::from_bytes(record).ok()?;
     job.status = status_of(status)?;
-    job.attempts = number(attempts).and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
+    job.attempts = number(attempts)
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(0);
     job.updated_ms = number(updated).unwrap_or(job.created_ms);
     job.error = error
         .as_ref()
@@ -100,6 +102,15 @@ mod tests {
         assert_eq!(read.headers, job.headers);
         // Unknown (all nil) or junk: no job.
         assert!(job_of(&[None, None, None, None, None, None, None]).is_none());
-        assert!(job_of(&[Some(b"junk".to_vec()), Some(b"queued".to_vec()), None, None, None, None, None]).is_none());
+        assert!(job_of(&[
+            Some(b"junk".to_vec()),
+            Some(b"queued".to_vec()),
+            None,
+            None,
+            None,
+            None,
+            None
+        ])
+        .is_none());
     }
 }

@@ -144,14 +144,25 @@ async fn jobs_go_highest_priority_first_back_after_backoff_and_cancel_once() {
 
     // Back in line once its backoff is over, the attempt counted.
     let due = now_ms() + 50;
-    let retry = Outcome::RetryAt { due_ms: due, error: "upstream answered 503".into() };
+    let retry = Outcome::RetryAt {
+        due_ms: due,
+        error: "upstream answered 503".into(),
+    };
     s.finish(high, retry, now_ms()).await.expect("finish");
     let job = s.get(high).await.expect("get").expect("kept");
     assert_eq!((job.status, job.due_ms), (JobStatus::Queued, due));
     let again = s.take_many("q", due, 1).await.expect("take");
-    assert_eq!(again[0].id, high, "a due high job before the waiting low one");
+    assert_eq!(
+        again[0].id, high,
+        "a due high job before the waiting low one"
+    );
     assert_eq!(again[0].job.attempts, 2);
-    let result = JobResult { status: 201, headers: vec![], body: b"ok".to_vec(), truncated: false };
+    let result = JobResult {
+        status: 201,
+        headers: vec![],
+        body: b"ok".to_vec(),
+        truncated: false,
+    };
     let done = Outcome::Finished {
         status: JobStatus::Done,
         result: Some(result.clone()),
@@ -160,21 +171,50 @@ async fn jobs_go_highest_priority_first_back_after_backoff_and_cancel_once() {
     };
     s.finish(high, done, now_ms()).await.expect("finish");
     let job = s.get(high).await.expect("get").expect("kept");
-    assert_eq!((job.status, job.attempts, job.error), (JobStatus::Done, 2, None));
+    assert_eq!(
+        (job.status, job.attempts, job.error),
+        (JobStatus::Done, 2, None)
+    );
     assert_eq!(job.result, Some(result));
     let ttl = Command::new("redis-cli")
-        .args(["-p", &server.1.to_string(), "PTTL", &format!("kaname:job:{high}")])
+        .args([
+            "-p",
+            &server.1.to_string(),
+            "PTTL",
+            &format!("kaname:job:{high}"),
+        ])
         .output()
         .expect("redis-cli");
-    let ttl: i64 = String::from_utf8_lossy(&ttl.stdout).trim().parse().expect("a TTL");
-    assert!(ttl > 0 && ttl <= 60_000, "expires with keep_finished: {ttl}");
+    let ttl: i64 = String::from_utf8_lossy(&ttl.stdout)
+        .trim()
+        .parse()
+        .expect("a TTL");
+    assert!(
+        ttl > 0 && ttl <= 60_000,
+        "expires with keep_finished: {ttl}"
+    );
 
     // A waiting job is cancelled once; one being delivered is not.
-    assert!(matches!(s.cancel(waiting, now_ms() + 1000, now_ms()).await, Ok(Cancel::Cancelled(j)) if j.status == JobStatus::Cancelled));
-    assert!(matches!(s.cancel(waiting, now_ms() + 1000, now_ms()).await, Ok(Cancel::Conflict)));
-    assert!(matches!(s.cancel(low, now_ms() + 1000, now_ms()).await, Ok(Cancel::Conflict)));
-    assert!(matches!(s.cancel(JobId::random(), 0, 0).await, Ok(Cancel::NotFound)));
-    assert!(s.take_many("q", now_ms(), 8).await.expect("take").is_empty());
+    assert!(
+        matches!(s.cancel(waiting, now_ms() + 1000, now_ms()).await, Ok(Cancel::Cancelled(j)) if j.status == JobStatus::Cancelled)
+    );
+    assert!(matches!(
+        s.cancel(waiting, now_ms() + 1000, now_ms()).await,
+        Ok(Cancel::Conflict)
+    ));
+    assert!(matches!(
+        s.cancel(low, now_ms() + 1000, now_ms()).await,
+        Ok(Cancel::Conflict)
+    ));
+    assert!(matches!(
+        s.cancel(JobId::random(), 0, 0).await,
+        Ok(Cancel::NotFound)
+    ));
+    assert!(s
+        .take_many("q", now_ms(), 8)
+        .await
+        .expect("take")
+        .is_empty());
     assert_eq!(s.depth("q").waiting, [0, 0, 0]);
 }
 
@@ -187,7 +227,10 @@ async fn keys_depth_and_take_over() {
         s.accept(new_job(NORMAL, Some("k/../{x}"), 1)).await,
         Ok(Accepted::Duplicate { id, status: JobStatus::Queued }) if id == first
     ));
-    assert!(matches!(s.accept(new_job(NORMAL, Some("k/../{x}"), 2)).await, Ok(Accepted::Mismatch)));
+    assert!(matches!(
+        s.accept(new_job(NORMAL, Some("k/../{x}"), 2)).await,
+        Ok(Accepted::Mismatch)
+    ));
     // max_depth counts the queue in Redis.
     let mut full = new_job(NORMAL, None, 0);
     full.max_depth = 1;
@@ -198,7 +241,11 @@ async fn keys_depth_and_take_over() {
     // One taken: the low class is never looked at (nor its stream made).
     let taken = s.take_many("q", now_ms(), 1).await.expect("take");
     assert_eq!(taken.len(), 1);
-    assert!(s.take_many("q", now_ms(), 8).await.expect("take").is_empty());
+    assert!(s
+        .take_many("q", now_ms(), 8)
+        .await
+        .expect("take")
+        .is_empty());
     let deadline = Instant::now() + Duration::from_secs(5);
     let again = loop {
         let t = s.take_many("q", now_ms(), 8).await.expect("take");
