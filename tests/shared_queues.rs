@@ -105,8 +105,8 @@ async fn two_sidecars_share_one_queue_each_job_delivered_once() {
         delivered_by(&sidecars[0]).await,
         delivered_by(&sidecars[1]).await,
     );
-    assert_eq!(a + b, 100.0);
-    assert!(a > 0.0 && b > 0.0, "both sidecars deliver: {a} and {b}");
+    // Which sidecar delivers a job is whichever looked first.
+    assert_eq!(a + b, 100.0, "{a} + {b} deliveries");
     // Nothing of the queue is on local disk.
     assert!(!dir.path().join("jobs.redb").exists());
 
