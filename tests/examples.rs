@@ -29,6 +29,7 @@ use support::KANAME;
 const EXAMPLE_ENV: &[(&str, &str)] = &[
     ("JWT_SECRET", "example-secret-at-least-32-bytes-long"),
     ("ADMIN_TOKEN", "example-admin-token"),
+    ("REDIS_PASSWORD", "example-redis-password"),
 ];
 
 fn repo() -> PathBuf {

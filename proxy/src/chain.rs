@@ -168,8 +168,14 @@ impl Runtime {
             Some(Some(t)) if t.config == config.tracing => Some(t.clone()),
             _ => Tracing::build(&config.tracing, metrics)?,
         };
-        let queues = QueueSet::build(&config, previous.map(|p| &*p.queues), &upstreams, metrics)
-            .map_err(BuildError::Queues)?;
+        let queues = QueueSet::build(
+            &config,
+            previous.map(|p| &*p.queues),
+            &upstreams,
+            &stores,
+            metrics,
+        )
+        .map_err(BuildError::Queues)?;
         let mut rt = Runtime {
             config: config.clone(),
             listeners: HashMap::new(),

@@ -11,6 +11,7 @@
 pub mod client;
 pub mod grpc;
 pub mod h2_frames;
+pub mod jobs;
 pub mod jwt;
 pub mod kaname;
 pub mod limits;

@@ -145,7 +145,6 @@ impl Enqueue {
         let id = JobId::random();
         let accepted = self
             .queue
-            .shared
             .store
             .accept(NewJob {
                 id,
@@ -155,7 +154,13 @@ impl Enqueue {
             })
             .await
             .map_err(|e| {
-                tracing::error!(queue = %q.name, error = %e, "storing a job failed");
+                match e {
+                    // Said by the store itself, at most once a minute.
+                    super::store::StoreError::Shared { .. } => {
+                        tracing::debug!(queue = %q.name, error = %e, "storing a job failed")
+                    }
+                    _ => tracing::error!(queue = %q.name, error = %e, "storing a job failed"),
+                }
                 ProxyError::new(
                     ErrorKind::Overloaded,
                     format!("queue {:?} could not store the request", q.name),

@@ -11,8 +11,9 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use kaname_filters::{Body, ErrorKind, ProxyError, RouteFuture};
 use tower::Service;
 
+use super::job::Job;
 use super::job::{now_ms, JobId};
-use super::store::Cancel;
+use super::store::{Cancel, JobStore};
 use super::QueueSet;
 
 pub const PREFIX: &str = "/.kaname/jobs/";
@@ -55,16 +56,10 @@ impl JobsApi {
         method: Method,
         id: Option<JobId>,
     ) -> Result<Response<Body>, ProxyError> {
-        let (Some(id), Some(shared)) = (id, self.queues.shared.as_ref()) else {
+        let Some(id) = id else {
             return Err(no_job());
         };
-        let store = &shared.store;
-        let job = store
-            .get(id)
-            .await
-            .map_err(|e| ProxyError::new(ErrorKind::Overloaded, e.to_string()))?
-            .filter(|j| self.names.contains(&j.queue))
-            .ok_or_else(no_job)?;
+        let (store, job) = self.find(id).await?.ok_or_else(no_job)?;
         match method {
             Method::GET | Method::HEAD => Ok(json(StatusCode::OK, job.view(id).to_string())),
             Method::DELETE => {
@@ -105,6 +100,33 @@ impl JobsApi {
             )
             .with_header(header::ALLOW, HeaderValue::from_static("GET, HEAD, DELETE"))),
         }
+    }
+}
+
+impl JobsApi {
+    /// The job and the store it is in: each store this listener's queues
+    /// use is asked (the embedded one, shared ones), each once.
+    async fn find(&self, id: JobId) -> Result<Option<(Arc<dyn JobStore>, Job)>, ProxyError> {
+        let mut asked: Vec<Arc<dyn JobStore>> = Vec::new();
+        for name in self.names.iter() {
+            let Some(q) = self.queues.get(name) else {
+                continue;
+            };
+            if asked.iter().any(|s| Arc::ptr_eq(s, &q.store)) {
+                continue;
+            }
+            asked.push(q.store.clone());
+            let found = q
+                .store
+                .get(id)
+                .await
+                .map_err(|e| ProxyError::new(ErrorKind::Overloaded, e.to_string()))?
+                .filter(|j| self.names.contains(&j.queue));
+            if let Some(job) = found {
+                return Ok(Some((q.store.clone(), job)));
+            }
+        }
+        Ok(None)
     }
 }
 

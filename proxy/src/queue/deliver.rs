@@ -19,7 +19,7 @@ use kaname_filters::{Body, ErrorKind, ProxyError, UpstreamFailure};
 use tokio::sync::{watch, Notify};
 
 use super::job::{now_ms, priority_word, JobResult, JobStatus};
-use super::store::{Outcome, Taken};
+use super::store::{JobStore, Outcome, Taken};
 use super::{DeliverySlot, InFlight, QueueCounters, QueueShared};
 use crate::metrics::Metrics;
 
@@ -30,6 +30,7 @@ const IDLE: Duration = Duration::from_secs(1);
 pub struct Dispatcher {
     pub queue: Arc<Queue>,
     pub shared: Arc<QueueShared>,
+    pub store: Arc<dyn JobStore>,
     pub wake: Arc<Notify>,
     pub counters: Arc<QueueCounters>,
     pub in_flight: Arc<InFlight>,
@@ -62,7 +63,7 @@ pub async fn dispatch(d: Dispatcher, mut stopped: watch::Receiver<bool>) {
             continue;
         }
         let free = limit.saturating_sub(d.in_flight.get()).max(1);
-        match d.shared.store.take_many(&q.name, now_ms(), free).await {
+        match d.store.take_many(&q.name, now_ms(), free).await {
             Ok(taken) if !taken.is_empty() => {
                 for job in taken {
                     d.in_flight.n.fetch_add(1, Ordering::AcqRel);
@@ -75,13 +76,21 @@ pub async fn dispatch(d: Dispatcher, mut stopped: watch::Receiver<bool>) {
                 }
             }
             Ok(_) => {
-                let due = d.shared.store.next_due(&q.name).await.ok().flatten();
+                let due = d.store.next_due(&q.name).await.ok().flatten();
                 let sleep = due.map_or(IDLE, |at| {
                     Duration::from_millis(at.saturating_sub(now_ms())).min(IDLE)
                 });
                 tokio::select! {
                     () = woken => {}
                     () = tokio::time::sleep(sleep) => {}
+                    _ = stopped.changed() => break,
+                }
+            }
+            // A shared store that fails says so itself, once a minute.
+            Err(e @ super::store::StoreError::Shared { .. }) => {
+                tracing::debug!(queue = %q.name, error = %e, "taking a job failed");
+                tokio::select! {
+                    () = tokio::time::sleep(IDLE) => {}
                     _ = stopped.changed() => break,
                 }
             }
@@ -104,7 +113,7 @@ impl Dispatcher {
 
     fn publish_depth(&self) {
         let q = &self.queue.name;
-        let depth = self.shared.store.depth(q);
+        let depth = self.store.depth(q);
         for (i, n) in depth.waiting.iter().enumerate() {
             self.metrics
                 .jobs_waiting
@@ -176,9 +185,9 @@ impl Dispatcher {
             Outcome::Finished { .. } => self.counters.failed.inc(),
             _ => {}
         }
-        match self.shared.store.finish(id, outcome, now_ms()).await {
+        match self.store.finish(id, outcome, now_ms()).await {
             Ok(()) if finished && q.callback.is_some() && job.callback.is_some() => {
-                if let Ok(Some(done)) = self.shared.store.get(id).await {
+                if let Ok(Some(done)) = self.store.get(id).await {
                     self.call_back(id, &done);
                 }
             }

@@ -3,8 +3,11 @@
 //! its jobs to their upstream later ([`deliver`]); `/.kaname/jobs/<id>`
 //! reads and cancels them ([`api`]).
 //!
-//! What outlives a reload is in [`QueueShared`]: the store (one per
-//! process), the forwarders jobs are delivered through (swapped on
+//! A queue keeps its jobs in the embedded store ([`local`], one per
+//! process, opened when a queue first needs it) or, with `store: <name>`,
+//! on a `stores:` entry that sidecars share ([`streams`]).
+//!
+//! What outlives a reload is in [`QueueShared`]: the embedded store, the forwarders jobs are delivered through (swapped on
 //! reload) and each queue's count of deliveries in flight. A queue whose
 //! config is unchanged keeps its dispatcher; a changed one gets a new
 //! dispatcher (its deliveries in flight finish, counted against the new
@@ -17,6 +20,7 @@ pub mod deliver;
 pub mod job;
 pub mod local;
 pub mod store;
+pub mod streams;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -25,13 +29,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use kaname_config::queue::Queue;
+use kaname_config::queue::{Queue, QueueStore};
 use kaname_config::Config;
 use prometheus::IntCounter;
 use tokio::sync::{watch, Notify};
 
 use crate::forward::{AttemptMetrics, Forward};
 use crate::metrics::Metrics;
+use crate::store::{RedisStore, StoreSet};
 use crate::upstream::Upstream;
 use store::JobStore;
 
@@ -61,9 +66,12 @@ impl Drop for DeliverySlot {
     }
 }
 
+/// The embedded store, once a queue on it exists.
+type LocalSlot = Arc<Mutex<Option<Arc<dyn JobStore>>>>;
+
 pub struct QueueShared {
     pub data_dir: String,
-    pub store: Arc<dyn JobStore>,
+    local: LocalSlot,
     /// Each upstream's forwarder, as the running config has it.
     pub targets: ArcSwap<HashMap<String, Forward>>,
     in_flight: Mutex<HashMap<String, Arc<InFlight>>>,
@@ -79,26 +87,43 @@ impl Drop for QueueShared {
 
 impl QueueShared {
     fn open(data_dir: &str) -> Result<Arc<QueueShared>, String> {
-        let store: Arc<dyn JobStore> =
-            Arc::new(local::LocalStore::open(Path::new(data_dir)).map_err(|e| e.to_string())?);
-        let sweeping = store.clone();
+        let local: LocalSlot = Arc::default();
+        // Shared stores expire finished jobs themselves; the embedded one
+        // is swept.
+        let sweeping = local.clone();
         let sweeper = tokio::spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_EVERY);
             loop {
                 tick.tick().await;
-                if let Err(e) = sweeping.expire(job::now_ms()).await {
+                let store = sweeping.lock().ok().and_then(|l| l.clone());
+                let Some(store) = store else { continue };
+                if let Err(e) = store.expire(job::now_ms()).await {
                     tracing::warn!(error = %e, "removing expired jobs failed");
                 }
             }
         });
         Ok(Arc::new(QueueShared {
             data_dir: data_dir.to_string(),
-            store,
+            local,
             targets: ArcSwap::from_pointee(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
             callbacks: callback::CallbackClient::new()?,
             sweeper,
         }))
+    }
+
+    /// The embedded store, opened (in `data_dir`) on first use: sidecars
+    /// whose queues are all shared write nothing to disk.
+    fn local(&self) -> Result<Arc<dyn JobStore>, String> {
+        let mut slot = self.local.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = slot.as_ref() {
+            return Ok(s.clone());
+        }
+        let store: Arc<dyn JobStore> = Arc::new(
+            local::LocalStore::open(Path::new(&self.data_dir)).map_err(|e| e.to_string())?,
+        );
+        *slot = Some(store.clone());
+        Ok(store)
     }
 
     fn in_flight(&self, queue: &str) -> Arc<InFlight> {
@@ -161,6 +186,11 @@ impl QueueCounters {
 pub struct QueueRuntime {
     pub config: Queue,
     pub shared: Arc<QueueShared>,
+    /// Where this queue's jobs are.
+    pub store: Arc<dyn JobStore>,
+    /// The shared store under `store`, if any: a reload that rebuilds it
+    /// rebuilds the queue.
+    backing: Option<Arc<RedisStore>>,
     /// Told of every accepted job, so an idle dispatcher looks at once.
     pub wake: Arc<Notify>,
     pub counters: Arc<QueueCounters>,
@@ -173,10 +203,17 @@ impl QueueRuntime {
         call_back(&self.shared, &self.config, &self.counters, id, job);
     }
 
-    fn new(q: &Queue, shared: &Arc<QueueShared>, metrics: &Metrics) -> QueueRuntime {
+    fn new(
+        q: &Queue,
+        shared: &Arc<QueueShared>,
+        (store, backing): (Arc<dyn JobStore>, Option<Arc<RedisStore>>),
+        metrics: &Metrics,
+    ) -> QueueRuntime {
         QueueRuntime {
             config: q.clone(),
             shared: shared.clone(),
+            store,
+            backing,
             wake: Arc::new(Notify::new()),
             counters: Arc::new(QueueCounters::new(metrics, &q.name)),
             stop: watch::channel(false).0,
@@ -214,22 +251,14 @@ impl QueueSet {
         cfg: &Config,
         previous: Option<&QueueSet>,
         upstreams: &HashMap<String, Arc<Upstream>>,
+        stores: &StoreSet,
         metrics: &Arc<Metrics>,
     ) -> Result<QueueSet, String> {
-        if let Some(q) = cfg
-            .queues
-            .iter()
-            .find(|q| matches!(q.store, kaname_config::queue::QueueStore::Shared(_)))
-        {
-            return Err(format!(
-                "queue {:?}: a queue on a shared store is not available in this version; use store: local",
-                q.name
-            ));
-        }
+        let needs_local = cfg.queues.iter().any(|q| q.store == QueueStore::Local);
         let old_shared = previous.and_then(|p| p.shared.clone());
         let shared = match old_shared {
             Some(s) if s.data_dir == cfg.data_dir => Some(s),
-            Some(s) if !cfg.queues.is_empty() => {
+            Some(s) if needs_local => {
                 return Err(format!(
                     "data_dir changed from {:?} to {:?}: the job store moves only with a restart",
                     s.data_dir, cfg.data_dir
@@ -253,13 +282,33 @@ impl QueueSet {
             .collect();
         let mut queues = HashMap::new();
         for q in &cfg.queues {
+            let backing = match &q.store {
+                QueueStore::Local => None,
+                QueueStore::Shared(name) => Some(
+                    stores
+                        .get(name)
+                        .cloned()
+                        .ok_or_else(|| format!("queue {:?}: no store named {name:?}", q.name))?,
+                ),
+            };
+            let same_backing = |old: &QueueRuntime| match (&old.backing, &backing) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            };
             let kept = previous
                 .and_then(|p| p.queues.get(&q.name))
-                .filter(|old| old.config == *q)
+                .filter(|old| old.config == *q && same_backing(old))
                 .cloned();
             let runtime = match kept {
                 Some(r) => r,
-                None => Arc::new(QueueRuntime::new(q, &shared, metrics)),
+                None => {
+                    let store: Arc<dyn JobStore> = match &backing {
+                        None => shared.local()?,
+                        Some(b) => Arc::new(streams::StreamStore::new(b.clone(), q)),
+                    };
+                    Arc::new(QueueRuntime::new(q, &shared, (store, backing), metrics))
+                }
             };
             queues.insert(q.name.clone(), runtime);
         }
@@ -290,6 +339,7 @@ impl QueueSet {
                 deliver::Dispatcher {
                     queue: Arc::new(r.config.clone()),
                     shared: shared.clone(),
+                    store: r.store.clone(),
                     wake: r.wake.clone(),
                     counters: r.counters.clone(),
                     in_flight: shared.in_flight(&r.config.name),

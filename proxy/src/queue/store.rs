@@ -1,8 +1,10 @@
 //! The one interface a queue keeps its jobs behind: the embedded store
-//! ([`super::local`]) now, a shared one (stores.md) next to it later.
+//! ([`super::local`]) or a shared one on Redis ([`super::streams`],
+//! stores.md).
 //!
-//! Every write is durable when its future resolves: a 202 is answered only
-//! after `accept` returns.
+//! Every write is durable when its future resolves (fsync'd, or
+//! acknowledged by the shared store): a 202 is answered only after
+//! `accept` returns.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,6 +21,8 @@ pub enum StoreError {
     Io { path: String, message: String },
     #[error("job store is closed")]
     Closed,
+    #[error("store {store:?}: {message}")]
+    Shared { store: String, message: String },
 }
 
 /// A job to accept.
@@ -97,11 +101,14 @@ pub trait JobStore: Send + Sync + 'static {
         let many = self.take_many(queue, now_ms, 1);
         Box::pin(async move { Ok(many.await?.pop()) })
     }
-    /// When the next job in backoff of `queue` is due.
+    /// When the dispatcher should look again: the next job in backoff of
+    /// `queue` is due (or, on a shared store, jobs other sidecars accepted
+    /// may be waiting).
     fn next_due(&self, queue: &str) -> StoreFuture<'_, Option<u64>>;
     fn finish(&self, id: JobId, outcome: Outcome, now_ms: u64) -> StoreFuture<'_, ()>;
     fn get(&self, id: JobId) -> StoreFuture<'_, Option<Job>>;
     fn cancel(&self, id: JobId, expire_ms: u64, now_ms: u64) -> StoreFuture<'_, Cancel>;
+    /// As last known (a shared store learns it at each take).
     fn depth(&self, queue: &str) -> Depth;
     /// Removes finished jobs whose time is up; how many.
     fn expire(&self, now_ms: u64) -> StoreFuture<'_, u64>;

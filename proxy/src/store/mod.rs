@@ -106,7 +106,7 @@ struct StoreMetrics {
 }
 
 impl RedisStore {
-    fn new(config: &Store, metrics: &Metrics) -> Result<Arc<RedisStore>, String> {
+    pub(crate) fn new(config: &Store, metrics: &Metrics) -> Result<Arc<RedisStore>, String> {
         let r = &config.redis;
         let fail = |e: &dyn std::fmt::Display| {
             format!("store {:?}: {}: {e}", config.name, r.display_url())
@@ -175,20 +175,34 @@ impl RedisStore {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
+        self.run_within(self.config.redis.timeout, command).await
+    }
+
+    /// As [`run`](Self::run), bounded by `limit` instead of the store's
+    /// `timeout`: for the commands that move whole job bodies, which the
+    /// contract does not bound by the one-command `timeout` (stores.md).
+    pub async fn run_within<T, F, Fut>(&self, limit: Duration, command: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
         if !self.up.load(Ordering::Relaxed) {
             return Err(StoreError::Connection);
         }
-        self.timed(command).await
+        self.timed(limit, command).await
     }
 
-    async fn timed<T, F, Fut>(&self, command: F) -> Result<T, StoreError>
+    pub fn timeout(&self) -> Duration {
+        self.config.redis.timeout
+    }
+
+    async fn timed<T, F, Fut>(&self, limit: Duration, command: F) -> Result<T, StoreError>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let started = Instant::now();
-        let result =
-            tokio::time::timeout(self.config.redis.timeout, command(self.conn.clone())).await;
+        let result = tokio::time::timeout(limit, command(self.conn.clone())).await;
         let outcome = match result {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e))
@@ -198,10 +212,7 @@ impl RedisStore {
             }
             Ok(Err(e)) if e.is_timeout() => Err((StoreError::Timeout, e.to_string())),
             Ok(Err(e)) => Err((StoreError::Response, e.to_string())),
-            Err(_) => Err((
-                StoreError::Timeout,
-                format!("no answer within {:?}", self.config.redis.timeout),
-            )),
+            Err(_) => Err((StoreError::Timeout, format!("no answer within {limit:?}"))),
         };
         self.metrics
             .duration
@@ -261,7 +272,9 @@ async fn probe(store: std::sync::Weak<RedisStore>) {
         };
         if !s.up.load(Ordering::Relaxed) {
             let _ = s
-                .timed(|mut c| async move { redis::cmd("PING").query_async::<()>(&mut c).await })
+                .timed(s.config.redis.timeout, |mut c| async move {
+                    redis::cmd("PING").query_async::<()>(&mut c).await
+                })
                 .await;
         }
         drop(s);
