@@ -105,6 +105,22 @@ mod tests {
     }
 
     #[test]
+    fn p2c_tries_an_endpoint_that_has_not_answered_yet() {
+        // Two endpoints answered quickly (under the default RTT); the third,
+        // new, still gets picked whenever it is one of the pair.
+        let b = Balancer::new(LoadBalancing::P2cEwma);
+        let e = eps(3);
+        for ep in &e[..2] {
+            drop(ep.start());
+        }
+        let picked_new = (0..60).any(|_| b.pick(&e, None).is_some_and(|p| p.addr == e[2].addr));
+        assert!(picked_new, "the endpoint that never answered was starved");
+        // Once it has answered, its measured cost decides as for the others.
+        drop(e[2].start());
+        assert!(e[2].cost() > 0);
+    }
+
+    #[test]
     fn avoid_skips_failed_endpoint() {
         let b = Balancer::new(LoadBalancing::P2cEwma);
         let e = eps(2);

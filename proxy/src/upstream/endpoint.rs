@@ -135,10 +135,18 @@ impl Endpoint {
     }
 
     /// The load score p2c_ewma compares: expected latency times the queue.
+    /// An endpoint that has not answered yet (new, or just scaled up) is
+    /// tried: idle, it costs nothing, and each request in flight adds the
+    /// default RTT, so it is probed without a herd. Otherwise the default
+    /// RTT would starve it whenever the others answer faster than that.
     pub fn cost(&self) -> u64 {
+        let in_flight = u64::from(self.in_flight());
+        if self.stamp_ns.load(Ordering::Relaxed) == 0 {
+            return (DEFAULT_RTT.as_nanos() as u64).saturating_mul(in_flight);
+        }
         self.ewma_ns
             .load(Ordering::Relaxed)
-            .saturating_mul(u64::from(self.in_flight()) + 1)
+            .saturating_mul(in_flight + 1)
     }
 
     /// Marks a request started; the guard ends it and records its time.
@@ -152,7 +160,8 @@ impl Endpoint {
 
     fn observe(&self, rtt: Duration) {
         let now = self.epoch.elapsed().as_nanos() as u64;
-        let last = self.stamp_ns.swap(now, Ordering::Relaxed);
+        // Never 0: 0 means "not answered yet" (see `cost`).
+        let last = self.stamp_ns.swap(now.max(1), Ordering::Relaxed);
         let rtt = rtt.as_nanos() as u64;
         let prev = self.ewma_ns.load(Ordering::Relaxed);
         let next = if rtt > prev {
