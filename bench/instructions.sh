@@ -5,11 +5,15 @@
 #
 #   bench/instructions.sh [KANAME_BIN]          # default target/release/kaname
 #
-# Each config (passthrough, full chain, full chain + 10-rule authorize) runs
-# under valgrind --tool=callgrind with one worker thread in front of nginx;
-# a keep-alive client sends WARM then N requests. The figure is
-# (Ir after WARM + N) - (Ir after WARM), divided by N: start-up and warm-up
-# are not counted.
+# Each kaname config (passthrough, full chain, full chain + 10-rule
+# authorize), the bare hyper proxy (proxy/examples/hyper_floor.rs) and
+# HAProxy 2.6 (passthrough, and JWT + stick table) run under valgrind
+# --tool=callgrind with one thread in front of nginx; a keep-alive client
+# sends WARM then N requests. The figure is the instructions of the N
+# requests (callgrind's dump after them, which starts where the dump after
+# the warm-up ended), divided by N: start-up and warm-up are not counted.
+# ONLY="hyper HAProxy" measures only the rows whose names contain one of
+# the words; CG_KEEP=DIR keeps the profiles for callgrind_annotate.
 set -euo pipefail
 N=${N:-2000}
 WARM=${WARM:-200}
@@ -17,10 +21,17 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BENCH=$ROOT/bench
 KANAME=${1:-$ROOT/target/release/kaname}
 . "$BENCH/lib.sh"
+HYPER_FLOOR=${HYPER_FLOOR:-$(dirname "$KANAME")/examples/hyper_floor}
 need valgrind callgrind_control nginx python3 taskset
 mint_tokens
 start_nginx
-measure() { callgrind_ir "$@"; }
+wanted() {
+  [ -z "${ONLY:-}" ] && return 0
+  local w
+  for w in $ONLY; do [[ "$1" == *"$w"* ]] && return 0; done
+  return 1
+}
+measure() { wanted "$1" && callgrind_ir "$@"; return 0; }
 echo "| config | instructions per request |"
 echo "| --- | --- |"
 # kaname-passthrough.yaml has its ports written in: 18100, admin 18190.
@@ -28,4 +39,11 @@ measure passthrough "$BENCH/kaname-passthrough.yaml" 18100 18190
 measure "full chain (HS256)" "$BENCH/kaname-full.yaml" 18302 18392
 if env JWT_SECRET=bench-shared-secret-0123456789abcdef LISTEN_PORT=1 ADMIN_PORT=2 "$KANAME" check -c "$BENCH/kaname-authorize.yaml" >/dev/null 2>&1; then
   measure "full chain + authorize (10 rules)" "$BENCH/kaname-authorize.yaml" 18303 18393
+fi
+if [ -x "$HYPER_FLOOR" ] && wanted "bare hyper proxy"; then
+  callgrind_cmd "bare hyper proxy (floor)" 18109 "$HYPER_FLOOR" 127.0.0.1:18109 127.0.0.1:18080
+fi
+if command -v haproxy >/dev/null; then
+  wanted "HAProxy passthrough" && callgrind_cmd "HAProxy passthrough" 18082 haproxy -db -f "$BENCH/peers/haproxy-plain.cfg"
+  wanted "HAProxy JWT" && callgrind_cmd "HAProxy JWT + stick table" 18081 haproxy -db -f "$BENCH/peers/haproxy.cfg"
 fi

@@ -75,12 +75,24 @@ interleave() {
   done
 }
 
-# callgrind_ir NAME CONFIG PORT ADMIN: instructions per request under
-# callgrind with one worker; a keep-alive client sends WARM, then N
-# requests, and only the N are counted.
+# callgrind_ir NAME CONFIG PORT ADMIN: kaname's instructions per request
+# under callgrind with one worker (callgrind_cmd below).
 callgrind_ir() {
-  local out pid a b
-  out="$RUN/cg.$(tr -c 'a-z0-9' '_' <<<"$1")"
+  local name=$1 config=$2 port=$3 admin=$4
+  callgrind_cmd "$name" "$port" env KANAME_WORKERS=1 JWT_SECRET=bench-shared-secret-0123456789abcdef \
+    LISTEN_PORT="$port" ADMIN_PORT="$admin" "$KANAME" run -c "$config"
+}
+
+# callgrind_cmd NAME PORT CMD...: instructions per request of any proxy
+# (kaname, the hyper floor, HAProxy) listening on PORT, under callgrind: a
+# keep-alive client sends WARM, then N requests, and only the N are
+# counted. CG_KEEP=DIR keeps each profile (DIR/NAME.out) for
+# callgrind_annotate (which reads a later dump whole only when it was
+# written with CG_OPTS="--compress-strings=no --compress-pos=no").
+callgrind_cmd() {
+  local name=$1 port=$2 out pid b
+  shift 2
+  out="$RUN/cg.$(tr -c 'a-z0-9' '_' <<<"$name")"
   [ -f "$RUN/client.py" ] || cat >"$RUN/client.py" <<'PY'
 import http.client, sys
 port, count, token = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
@@ -91,18 +103,32 @@ for _ in range(count):
     r = c.getresponse(); r.read()
     assert r.status == 200, r.status
 PY
-  env KANAME_WORKERS=1 JWT_SECRET=bench-shared-secret-0123456789abcdef LISTEN_PORT="$3" ADMIN_PORT="$4" \
-    valgrind --tool=callgrind --callgrind-out-file="$out.%p" "$KANAME" run -c "$2" 2>"$RUN/$1.log" & pid=$!
+  # env(1) first so that valgrind traces the proxy, not a wrapper.
+  if [ "$1" = env ]; then
+    local envs=()
+    shift
+    while [[ "$1" == *=* ]]; do envs+=("$1"); shift; done
+    env "${envs[@]}" valgrind --tool=callgrind --callgrind-out-file="$out.%p" ${CG_OPTS:-} "$@" 2>"$RUN/$name.log" & pid=$!
+  else
+    valgrind --tool=callgrind --callgrind-out-file="$out.%p" ${CG_OPTS:-} "$@" 2>"$RUN/$name.log" & pid=$!
+  fi
   PIDS+=($pid)
-  wait_port "$3"
-  python3 "$RUN/client.py" "$3" "$WARM" "$HS"
-  a=$(total_ir "$pid" "$out")
-  python3 "$RUN/client.py" "$3" "$N" "$HS"
+  wait_port "$port"
+  python3 "$RUN/client.py" "$port" "$WARM" "$HS"
+  # A dump holds the instructions since the previous one: the dump after
+  # the warm-up closes start-up and warm-up, the next one holds the N.
+  total_ir "$pid" "$out" >/dev/null
+  python3 "$RUN/client.py" "$port" "$N" "$HS"
   b=$(total_ir "$pid" "$out")
+  if [ -n "${CG_KEEP:-}" ]; then
+    mkdir -p "$CG_KEEP"
+    cp "$(ls -t "$out".* | head -1)" "$CG_KEEP/$(tr -c 'a-zA-Z0-9' '_' <<<"$name").out"
+  fi
   kill "$pid"; wait "$pid" 2>/dev/null || true
-  awk -v a="$a" -v b="$b" -v n="$N" -v name="$1" 'BEGIN{printf "| %s | %.0f |\n", name, (b-a)/n}'
+  awk -v b="$b" -v n="$N" -v name="$name" 'BEGIN{printf "| %s | %.0f |\n", name, b/n}'
 }
-# Total instructions so far of the callgrind run of pid $1 writing to $2.
+# The instructions since the previous dump (each dump starts the counts
+# again) of the callgrind run of pid $1 writing to $2.
 total_ir() {
   callgrind_control -d "$1" >/dev/null 2>&1
   sleep 1

@@ -96,6 +96,97 @@ async fn http2_prior_knowledge_client_through_proxy() {
     );
 }
 
+/// A client socket whose first write sends only the first 5 bytes, and
+/// whose next waits 100 ms: the HTTP/2 preface reaches kaname in two
+/// segments, so a peek at the first bytes sees only a part of it.
+struct SplitFirstWrite {
+    tcp: tokio::net::TcpStream,
+    writes: u32,
+    pause: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl tokio::io::AsyncRead for SplitFirstWrite {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for SplitFirstWrite {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::future::Future as _;
+        if let Some(p) = self.pause.as_mut() {
+            std::task::ready!(p.as_mut().poll(cx));
+            self.pause = None;
+        }
+        let n = if self.writes == 0 {
+            buf.len().min(5)
+        } else {
+            buf.len()
+        };
+        let r = std::pin::Pin::new(&mut self.tcp).poll_write(cx, &buf[..n]);
+        if r.is_ready() && self.writes == 0 {
+            self.pause = Some(Box::pin(tokio::time::sleep(Duration::from_millis(100))));
+        }
+        self.writes += 1;
+        r
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn http2_preface_split_across_segments_is_still_served() {
+    let up = TestUpstream::start("echo").await;
+    let kaname = Kaname::start(&simple_config(&[up.addr])).await;
+    let port = kaname.port("main");
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    tcp.set_nodelay(true).expect("nodelay");
+    let io = SplitFirstWrite {
+        tcp,
+        writes: 0,
+        pause: None,
+    };
+    let (client, conn) = h2::client::handshake(io).await.expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut client = client.ready().await.expect("ready");
+    let req = Request::get(url(port, "/split")).body(()).expect("request");
+    let (resp, _) = client.send_request(req, true).expect("send");
+    let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+        .await
+        .expect("answered in time")
+        .expect("response");
+    assert_eq!(resp.status(), 200, "a split preface is served as HTTP/2");
+    assert_eq!(up.recorded()[0].path, "/split");
+    // And a plain HTTP/1.1 client on the same listener is not mistaken for one.
+    let r = HttpClient::http1().get(&url(port, "/h1")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.version, Version::HTTP_11);
+}
+
 #[tokio::test]
 async fn forwarding_headers_are_set_kept_and_stripped() {
     let up = TestUpstream::start("echo").await;

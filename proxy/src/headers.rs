@@ -42,39 +42,67 @@ static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// names (but never one of `PROTECTED`). With `keep_upgrade`, `Connection: upgrade` and `Upgrade` survive
 /// so an HTTP/1.1 upgrade (WebSocket) can pass through.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages carry none: one pass over the names (no hashing) saves
-    // the nine removals by name below.
-    if !headers
-        .keys()
-        .any(|n| n == header::UPGRADE || HOP_BY_HOP.contains(n))
-    {
+    // One pass over the names (no hashing) finds the few present: most
+    // requests carry none, most responses one (`connection: keep-alive`).
+    // Removing only those, instead of all nine by name, saved ~3,000
+    // instructions per response (bench/README.md).
+    let mut found: [Option<HeaderName>; HOP_BY_HOP.len() + 1] = Default::default();
+    let mut n = 0;
+    for name in headers.keys() {
+        if name == header::UPGRADE || HOP_BY_HOP.contains(name) {
+            // The names of a map are distinct: at most all of these.
+            if let Some(slot) = found.get_mut(n) {
+                *slot = Some(name.clone());
+                n += 1;
+            }
+        }
+    }
+    if n == 0 {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| (!keep_upgrade || n != header::UPGRADE) && !PROTECTED.contains(n))
-        .collect();
-    let te_trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
+    let found = &found[..n];
+    let has = |h: &HeaderName| found.iter().flatten().any(|f| f == h);
+    let named: Vec<HeaderName> = if has(&header::CONNECTION) {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            // `close` names no header, and the hop-by-hop ones go anyway:
+            // no name to make (an allocation) for the usual tokens.
+            .filter(|t| {
+                !t.eq_ignore_ascii_case("close")
+                    && !HOP_BY_HOP
+                        .iter()
+                        .any(|h| t.eq_ignore_ascii_case(h.as_str()))
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .filter(|n| (!keep_upgrade || n != header::UPGRADE) && !PROTECTED.contains(n))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let te_trailers = has(&header::TE)
+        && headers
+            .get_all(header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            });
     for name in named {
         headers.remove(name);
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for name in found.iter().flatten() {
+        if name != header::UPGRADE {
+            headers.remove(name);
+        }
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if has(&header::UPGRADE) {
         headers.remove(header::UPGRADE);
     }
     // `te: trailers` is the one TE value HTTP/2 (and gRPC) needs end to end.
@@ -211,6 +239,19 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn keeps_te_trailers_and_the_rest() {
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("gzip, trailers"));
+        h.insert(header::PROXY_AUTHORIZATION, HeaderValue::from_static("x"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.insert("content-type", HeaderValue::from_static("text/plain"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[header::TE], "trailers");
+        assert_eq!(h["content-type"], "text/plain");
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub mod queue;
 pub mod request_metrics;
 mod request_model;
 pub mod router;
+pub mod serve;
 mod sidecar;
 pub mod store;
 pub mod tls;

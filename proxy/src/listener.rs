@@ -11,6 +11,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use http::{HeaderValue, Request};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use kaname_config::{Listener as ListenerConfig, ListenerProtocol};
@@ -27,6 +28,7 @@ use crate::drain::Drain;
 use crate::h1_guard::H1Guard;
 use crate::h2_guard::{H2Guard, H2Limits};
 use crate::headers::client_value;
+use crate::serve::{self, ServeBuilders, Served};
 use crate::tls::io::ServerIo;
 use crate::tls::server::{ConnTls, ServerTls};
 
@@ -59,7 +61,9 @@ impl ListenerShared {
 
 /// A listener's per-connection settings: protocol, head limits, timeouts.
 pub struct ConnSettings {
-    pub builder: auto::Builder<TokioExecutor>,
+    pub builders: ServeBuilders,
+    /// What the listener serves: one protocol, or either.
+    pub protocol: ListenerProtocol,
     pub idle_timeout: Duration,
     /// `stream_idle_timeout`.
     pub stream_idle_timeout: Duration,
@@ -83,7 +87,8 @@ impl ConnSettings {
     pub fn of(cfg: &ListenerConfig, metrics: &Metrics) -> Self {
         let hit = |limit: &str| metrics.limits_hit_total.with_label_values(&[limit]);
         ConnSettings {
-            builder: server_builder(cfg),
+            builders: server_builders(cfg),
+            protocol: cfg.protocol,
             idle_timeout: cfg.idle_timeout,
             stream_idle_timeout: cfg.stream_idle_timeout,
             guard: GuardSettings::of(cfg),
@@ -139,42 +144,63 @@ fn head_limit(cfg: &ListenerConfig) -> usize {
         .max(8192)
 }
 
-/// Builds the HTTP server settings of a listener.
-pub fn server_builder(cfg: &ListenerConfig) -> auto::Builder<TokioExecutor> {
+/// Applies a listener's HTTP/1 settings to hyper's builder or to
+/// hyper-util's `auto` one (the same methods, different types).
+macro_rules! http1_settings {
+    ($b:expr, $cfg:expr) => {
+        $b
+            // kaname's H1Guard bounds request heads instead: hyper's timeout also
+            // runs while a keep-alive connection idles, closing it long before
+            // `idle_timeout`, and costs a timer per request.
+            .header_read_timeout(None)
+            // hyper's default of 100 header lines (Envoy's too) is kept: a
+            // larger limit makes hyper allocate and fill that many slots for
+            // every request head (measured: 2.3% of CPU at 1000).
+            .max_buf_size(head_limit($cfg))
+            // One flat write per message beat writev by ~9% CPU per request
+            // (bench/README.md).
+            .writev(false)
+    };
+}
+
+/// The same for HTTP/2.
+macro_rules! http2_settings {
+    ($b:expr, $cfg:expr) => {
+        $b.timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from($cfg.max_header_bytes).unwrap_or(u32::MAX))
+            // More are refused with REFUSED_STREAM (limits.md, 100 by default).
+            .max_concurrent_streams($cfg.http2_max_concurrent_streams)
+            // Rapid reset (CVE-2023-44487): a client that opens and resets
+            // streams faster than they are accepted gets a GOAWAY.
+            .max_pending_accept_reset_streams(Some(20))
+            // Streams kaname itself had to reset for the client's errors.
+            .max_local_error_reset_streams(Some(1024))
+            // What one stream may buffer to send to a slow reader: a client
+            // holding many streams at a zero window holds this much per stream
+            // (limits.md); 64 KiB is HTTP/2's default initial window.
+            .max_send_buf_size(64 * 1024)
+            .keep_alive_interval(Some(Duration::from_secs(60)))
+            .keep_alive_timeout(Duration::from_secs(20))
+    };
+}
+
+/// Builds the HTTP server settings of a listener: hyper's HTTP/1 and HTTP/2
+/// builders, and hyper-util's `auto` for a connection whose protocol is not
+/// known before it is read (serve.rs).
+pub fn server_builders(cfg: &ListenerConfig) -> ServeBuilders {
+    let mut http1 = http1::Builder::new();
+    http1_settings!(http1, cfg);
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2_settings!(http2, cfg);
     let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        // kaname's H1Guard bounds request heads instead: hyper's timeout also
-        // runs while a keep-alive connection idles, closing it long before
-        // `idle_timeout`, and costs a timer per request.
-        .header_read_timeout(None)
-        // hyper's default of 100 header lines (Envoy's too) is kept: a
-        // larger limit makes hyper allocate and fill that many slots for
-        // every request head (measured: 2.3% of CPU at 1000).
-        .max_buf_size(head_limit(cfg))
-        // One flat write per message beat writev by ~9% CPU per request
-        // (bench/README.md).
-        .writev(false);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
-        // More are refused with REFUSED_STREAM (limits.md, 100 by default).
-        .max_concurrent_streams(cfg.http2_max_concurrent_streams)
-        // Rapid reset (CVE-2023-44487): a client that opens and resets
-        // streams faster than they are accepted gets a GOAWAY.
-        .max_pending_accept_reset_streams(Some(20))
-        // Streams kaname itself had to reset for the client's errors.
-        .max_local_error_reset_streams(Some(1024))
-        // What one stream may buffer to send to a slow reader: a client
-        // holding many streams at a zero window holds this much per stream
-        // (limits.md); 64 KiB is HTTP/2's default initial window.
-        .max_send_buf_size(64 * 1024)
-        .keep_alive_interval(Some(Duration::from_secs(60)))
-        .keep_alive_timeout(Duration::from_secs(20));
-    match cfg.protocol {
+    http1_settings!(b.http1(), cfg);
+    http2_settings!(b.http2(), cfg);
+    let auto = match cfg.protocol {
         ListenerProtocol::Auto => b,
         ListenerProtocol::Http1 => b.http1_only(),
         ListenerProtocol::Http2 => b.http2_only(),
-    }
+    };
+    ServeBuilders { http1, http2, auto }
 }
 
 /// Accepts connections until `stop` turns true; connections are watched by
@@ -215,13 +241,15 @@ pub async fn accept_loop(
         let settings = shared.conn.load_full();
         let stream_idle_hit = shared.stream_idle_hit.clone();
         let mut retired = shared.epoch.subscribe();
-        tokio::spawn(async move {
+        let task = async move {
             let (idle_timeout, guard) = (settings.idle_timeout, settings.guard);
             // TLS first where configured (bounded and counted in `accept`);
             // a connection whose handshake fails is dropped.
             let (io, conn_tls) = match shared.tls.load_full() {
                 None => (ServerIo::Plain(stream), None),
-                Some(tls) => match tls.accept(stream).await {
+                // Boxed: the handshake's state is large and lives only now;
+                // inline it would make every connection's task as large.
+                Some(tls) => match Box::pin(tls.accept(stream)).await {
                     Some((s, c)) => (ServerIo::Tls(Box::new(s)), Some(c)),
                     None => {
                         gauge.dec();
@@ -229,6 +257,19 @@ pub async fn accept_loop(
                         return;
                     }
                 },
+            };
+            // A new connection's first head is bounded from its start, the
+            // wait for its first bytes included (slowloris).
+            let head_by = Instant::now() + guard.head_timeout;
+            let protocol = tokio::select! {
+                p = tokio::time::timeout_at(head_by, serve::detect(&io, settings.protocol)) => p,
+                _ = draining.wait_for(|d| *d) => Ok(Err(std::io::ErrorKind::Interrupted.into())),
+                _ = retired.changed() => Ok(Err(std::io::ErrorKind::Interrupted.into())),
+            };
+            let Ok(Ok(protocol)) = protocol else {
+                gauge.dec();
+                drop(token);
+                return;
             };
             let activity = Activity::new();
             let activity2 = activity.clone();
@@ -245,8 +286,9 @@ pub async fn accept_loop(
             });
             let io = ActivityIo::new(TokioIo::new(io), activity.clone());
             let io = H2Guard::new(io, settings.h2.clone(), Some(activity.clone()));
-            let io = H1Guard::new(io, guard.head_limit, guard.enabled, guard.head_timeout);
-            let conn = settings.builder.serve_connection_with_upgrades(io, service);
+            let io = H1Guard::new(io, guard.head_limit, guard.enabled, guard.head_timeout)
+                .first_head_by(head_by);
+            let conn = Served::new(&settings.builders, protocol, io, service);
             tokio::pin!(conn);
             let stream_idle = settings.stream_idle_timeout;
             let result = loop {
@@ -293,7 +335,8 @@ pub async fn accept_loop(
             gauge.dec();
             drop(token);
             drop(fd_slot);
-        });
+        };
+        tokio::spawn(task);
     }
 }
 

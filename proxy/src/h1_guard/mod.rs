@@ -98,6 +98,16 @@ impl<T> H1Guard<T> {
         }
     }
 
+    /// Bounds the connection's first head by `deadline` (its start plus
+    /// `header_read_timeout`, the wait for its first bytes included) rather
+    /// than from hyper's first read.
+    pub fn first_head_by(mut self, deadline: tokio::time::Instant) -> Self {
+        if self.scan.awaits_head() {
+            self.head_timer = Some(Box::pin(tokio::time::sleep_until(deadline)));
+        }
+        self
+    }
+
     /// Arms the head timer when a head is on its way, drops it otherwise
     /// (a guard that is off never awaits a head).
     fn watch_head(&mut self) {

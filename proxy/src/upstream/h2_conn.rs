@@ -83,6 +83,17 @@ impl H2Conn {
         if let Some(s) = self.open() {
             return Ok(s);
         }
+        // Boxed: the connect (TCP, TLS, HTTP/2 handshake) is rare and its
+        // state large; inline it would grow every try's future (and every
+        // route's forward future, HTTP/1 ones too) by kilobytes.
+        Box::pin(self.connect(connector, endpoint)).await
+    }
+
+    async fn connect(
+        &self,
+        connector: &Connector,
+        endpoint: &Uri,
+    ) -> Result<SendRequest<Body>, H2Error> {
         let _one = self.connecting.lock().await;
         if let Some(s) = self.open() {
             return Ok(s);
