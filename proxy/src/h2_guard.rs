@@ -201,9 +201,15 @@ impl<T> H2Guard<T> {
         }
     }
 
-    fn progress(&self) {
+    /// Bytes went either way (`idle_timeout`); `moved`: a request or
+    /// response moved with them (`stream_idle_timeout`).
+    fn seen(&self, moved: bool) {
         if let Some(a) = &self.activity {
-            a.progress();
+            if moved {
+                a.moved();
+            } else {
+                a.touch();
+            }
         }
     }
 
@@ -213,6 +219,7 @@ impl<T> H2Guard<T> {
             let n = (PREFACE.len() - seen).min(bytes.len());
             if bytes[..n] != PREFACE[seen..seen + n] {
                 self.mode = Mode::Off;
+                self.seen(true);
                 return false;
             }
             bytes = &bytes[n..];
@@ -223,7 +230,7 @@ impl<T> H2Guard<T> {
             };
         }
         if !matches!(self.mode, Mode::Frames) {
-            self.progress();
+            self.seen(true);
             return false;
         }
         let Some(limits) = &self.limits else {
@@ -271,9 +278,7 @@ impl<T> H2Guard<T> {
                 tripped = Some(&limits.control_hit);
             }
         });
-        if moved {
-            self.progress();
-        }
+        self.seen(moved);
         match tripped {
             Some(counter) => {
                 counter.inc();
@@ -326,7 +331,7 @@ impl<T: Read + Write + Unpin> Read for H2Guard<T> {
         if matches!(this.mode, Mode::Off) {
             let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
             if let Poll::Ready(Ok(())) = polled {
-                this.progress();
+                this.seen(true);
             }
             return polled;
         }
@@ -367,11 +372,9 @@ impl<T: Write + Unpin> Write for H2Guard<T> {
                         l.streams_hit.inc_by(u64::from(refused));
                     }
                 }
-                if moved {
-                    this.progress();
-                }
+                this.seen(moved);
             }
-            (Poll::Ready(Ok(_)), _) => this.progress(),
+            (Poll::Ready(Ok(_)), _) => this.seen(true),
             _ => {}
         }
         polled

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::chain::ListenerRoutes;
-use crate::conn::{Activity, ActivityIo, GuardedBody};
+use crate::conn::{Activity, GuardedBody};
 use crate::drain::Drain;
 use crate::h1_guard::H1Guard;
 use crate::h2_guard::{H2Guard, H2Limits};
@@ -284,8 +284,13 @@ pub async fn accept_loop(
                     Ok::<_, Infallible>(res.map(|body| GuardedBody::new(body, guard)))
                 }
             });
-            let io = ActivityIo::new(TokioIo::new(io), activity.clone());
-            let io = H2Guard::new(io, settings.h2.clone(), Some(activity.clone()));
+            // H2Guard tells `activity` of every byte either way. A connection
+            // known to be HTTP/1 is not sniffed for HTTP/2 frames.
+            let h2_limits = match protocol {
+                serve::Protocol::Http1 => None,
+                _ => settings.h2.clone(),
+            };
+            let io = H2Guard::new(TokioIo::new(io), h2_limits, Some(activity.clone()));
             let io = H1Guard::new(io, guard.head_limit, guard.enabled, guard.head_timeout)
                 .first_head_by(head_by);
             let conn = Served::new(&settings.builders, protocol, io, service);

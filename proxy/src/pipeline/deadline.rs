@@ -64,7 +64,7 @@ impl Service<Request<Body>> for DeadlineService {
         let upstream = self.layer.upstream.clone();
         let mut inner = self.inner.clone();
         Box::pin(async move {
-            match tokio::time::timeout(limit, ready_call(&mut inner, req)).await {
+            match tokio::time::timeout_at(at, ready_call(&mut inner, req)).await {
                 Ok(Ok(res)) if grpc_deadline.is_some() => {
                     Ok(crate::grpc_deadline::bound(res, at, &upstream))
                 }
