@@ -20,8 +20,8 @@ use http::{HeaderMap, Method, StatusCode};
 use kaname_config::Otlp;
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{
-    Span as _, SpanBuilder, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceId,
-    Tracer as _, TracerProvider as _,
+    Span as _, SpanBuilder, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags,
+    TraceId, TraceState, Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, InstrumentationScope, KeyValue, Value};
 use opentelemetry_http::HeaderExtractor;
@@ -43,6 +43,9 @@ pub struct Tracing {
 struct Recorder {
     tracer: SdkTracer,
     exporter: export::ExportTask,
+    /// `sampling`: the share of new traces recorded (kaname decides; the
+    /// SDK's sampler records what it is given, see `start`).
+    ratio: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,8 +79,14 @@ impl Tracing {
     /// `start_traces` off). A new trace that is not recorded still sends
     /// its ids on, flagged not sampled, so services behind agree.
     pub fn start(&self, headers: &mut HeaderMap) -> Started {
-        let propagator = TraceContextPropagator::new();
-        let parent = propagator.extract(&HeaderExtractor(headers));
+        // Most requests come without a trace: then there is nothing to
+        // extract (the propagator looks the header up by a name it parses
+        // each time; ~500 instructions an unsampled request paid).
+        let parent = if headers.contains_key(&TRACEPARENT) {
+            TraceContextPropagator::new().extract(&HeaderExtractor(headers))
+        } else {
+            Context::new()
+        };
         let incoming = parent.span().span_context().is_valid();
         if !incoming && !self.config.start_traces {
             return Started::Untraced;
@@ -89,6 +98,16 @@ impl Tracing {
             ensure_traceparent(headers);
             return TraceIds::of_header(headers).map_or(Started::Untraced, Started::Ids);
         };
+        if incoming {
+            let span = parent.span();
+            if !span.span_context().is_sampled() {
+                // Parent-based: not recorded, the incoming header goes on
+                // unchanged.
+                return Started::Ids(ids_of(span.span_context(), false));
+            }
+        } else if let Some(ids) = r.unsampled_root(headers) {
+            return Started::Ids(ids);
+        }
         let span = r.tracer.build_with_context(
             SpanBuilder::from_name("").with_kind(SpanKind::Server),
             &parent,
@@ -136,9 +155,10 @@ impl Recorder {
         let exporter = export::ExportTask::start(otlp, &resource, metrics)?;
         let provider = SdkTracerProvider::builder()
             .with_span_processor(exporter.queue())
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                otlp.sampling,
-            ))))
+            // Parent-based with the ratio applied by kaname before the SDK
+            // is asked (`Recorder::unsampled_root`): a request not recorded
+            // builds no SDK span.
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
             .with_resource(resource)
             .build();
         let tracer = provider.tracer_with_scope(
@@ -146,8 +166,48 @@ impl Recorder {
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
         );
-        Ok(Recorder { tracer, exporter })
+        Ok(Recorder {
+            tracer,
+            exporter,
+            ratio: otlp.sampling,
+        })
     }
+
+    /// A new trace's sampling decision, made as the SDK's
+    /// `TraceIdRatioBased` makes it (on the trace id's low 63 bits). Not
+    /// sampled: its ids, sent on in `traceparent` (flags 00), and no SDK
+    /// span built (the sampler, id generator and a non-recording span cost
+    /// ~600 instructions a request; bench/README.md). Sampled: None, and
+    /// the SDK makes the root span.
+    fn unsampled_root(&self, headers: &mut HeaderMap) -> Option<TraceIds> {
+        let trace_id = TraceId::from_bytes(rand::random::<u128>().max(1).to_be_bytes());
+        if ratio_samples(self.ratio, trace_id) {
+            return None;
+        }
+        let span_id = SpanId::from_bytes(rand::random::<u64>().max(1).to_be_bytes());
+        let sc = SpanContext::new(
+            trace_id,
+            span_id,
+            TraceFlags::default(),
+            false,
+            TraceState::default(),
+        );
+        set_traceparent(headers, &sc);
+        Some(ids_of(&sc, false))
+    }
+}
+
+/// The OpenTelemetry SDK's ratio rule: sampled when the trace id's low 64
+/// bits, shifted right once, fall under `ratio` × 2^63.
+fn ratio_samples(ratio: f64, trace_id: TraceId) -> bool {
+    if ratio >= 1.0 {
+        return true;
+    }
+    let bound = (ratio.max(0.0) * (1u64 << 63) as f64) as u64;
+    let bytes = trace_id.to_bytes();
+    let mut low = [0u8; 8];
+    low.copy_from_slice(&bytes[8..]);
+    (u64::from_be_bytes(low) >> 1) < bound
 }
 
 /// A request's trace, as the access log shows it.

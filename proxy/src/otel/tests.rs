@@ -151,3 +151,32 @@ fn words_of_spans() {
     assert_eq!(method_value(&odd), Value::from("_OTHER"));
     assert_eq!(version_word(http::Version::HTTP_2), "2");
 }
+
+#[test]
+fn ratio_sampling_follows_the_trace_id() {
+    let id = |low: u64| TraceId::from_bytes(((7u128 << 64) | u128::from(low)).to_be_bytes());
+    assert!(!ratio_samples(0.0, id(0)), "ratio 0 samples nothing");
+    assert!(
+        ratio_samples(1.0, id(u64::MAX)),
+        "ratio 1 samples everything"
+    );
+    assert!(
+        ratio_samples(0.01, id(0)),
+        "the lowest ids are sampled first"
+    );
+    assert!(!ratio_samples(0.01, id(u64::MAX)));
+    // About the ratio over many random ids.
+    let n = 20_000;
+    let sampled = (0..n)
+        .filter(|_| {
+            ratio_samples(
+                0.25,
+                TraceId::from_bytes(rand::random::<u128>().to_be_bytes()),
+            )
+        })
+        .count();
+    assert!(
+        (4_000..6_000).contains(&sampled),
+        "{sampled} of {n} at 0.25"
+    );
+}
