@@ -251,7 +251,9 @@ errors() { tr ';' '\n' | awk 'NF{e+=$3} END{print e+0}'; }
 span() { tr ';' '\n' | awk -v f="$1" 'NF{print $f}' | sort -n | awk 'NR==1{lo=$1} {hi=$1} END{printf "%s–%s", lo, hi}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0) printf "%.2f", a/b; else print "-" }'; }
 echo
-echo "$("$KANAME" --version 2>/dev/null | head -1 || true) (git $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo "?")) against $(haproxy -v | head -1 | cut -d' ' -f1-3), $(date -u +%Y-%m-%d)"
+# The tree's commit says which code only if the binary was built from it:
+# the binary's time is printed beside it.
+echo "$("$KANAME" --version 2>/dev/null | head -1 || true) (binary of $(date -u -r "$KANAME" '+%Y-%m-%d %H:%M UTC'), tree at git $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo "?")) against $(haproxy -v | head -1 | cut -d' ' -f1-3), $(date -u +%Y-%m-%d)"
 echo "$REPS reps x ${DUR}s, interleaved, medians; proxies one thread on core 0 with nginx, the client on core 1; CPU = the proxy's utime+stime"
 for t in "${TLS_NOTES[@]}"; do echo "  $t"; done
 echo
