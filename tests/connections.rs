@@ -105,6 +105,47 @@ async fn keep_alive_idle_longer_than_header_read_timeout_stays_open() {
     );
 }
 
+/// The first bytes of a connection decide how it is served (a peek for
+/// the HTTP/2 preface): a client that sends a part of the preface, or one
+/// byte of a request, and then nothing, is still cut at
+/// `header_read_timeout`, and nothing reaches the upstream.
+#[tokio::test]
+async fn a_partial_preface_or_first_byte_then_silence_is_cut() {
+    let up = TestUpstream::start("up").await;
+    let k = Kaname::start(&one_route_config(
+        up.addr,
+        "    header_read_timeout: 300ms\n    idle_timeout: 1m\n",
+        "",
+    ))
+    .await;
+    let port = k.port("main");
+    for first in [&b"PRI * HTTP/2"[..], b"G", b"GET /slow HTTP/1.1\r\n"] {
+        let mut s = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        s.write_all(first).await.expect("write");
+        let started = Instant::now();
+        let (_, closed) = read_until_close(&mut s, Duration::from_secs(5)).await;
+        assert!(
+            closed,
+            "{:?} then silence: still open 5 s later",
+            String::from_utf8_lossy(first)
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(200),
+            "{:?}: closed before header_read_timeout ({:?})",
+            String::from_utf8_lossy(first),
+            started.elapsed()
+        );
+    }
+    assert!(up.recorded().is_empty(), "nothing reached the upstream");
+    // The listener still serves.
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    get_200(&mut s, "/after", 0).await;
+}
+
 #[tokio::test]
 async fn slowloris_is_cut_and_does_not_starve_others() {
     let up = TestUpstream::start("up").await;

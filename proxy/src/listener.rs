@@ -261,12 +261,15 @@ pub async fn accept_loop(
             // A new connection's first head is bounded from its start, the
             // wait for its first bytes included (slowloris).
             let head_by = Instant::now() + guard.head_timeout;
+            // Silent past the deadline, gone, draining or retired: closed.
             let protocol = tokio::select! {
-                p = tokio::time::timeout_at(head_by, serve::detect(&io, settings.protocol)) => p,
-                _ = draining.wait_for(|d| *d) => Ok(Err(std::io::ErrorKind::Interrupted.into())),
-                _ = retired.changed() => Ok(Err(std::io::ErrorKind::Interrupted.into())),
+                p = tokio::time::timeout_at(head_by, serve::detect(&io, settings.protocol)) => {
+                    p.ok().and_then(Result::ok)
+                }
+                _ = draining.wait_for(|d| *d) => None,
+                _ = retired.changed() => None,
             };
-            let Ok(Ok(protocol)) = protocol else {
+            let Some(protocol) = protocol else {
                 gauge.dec();
                 drop(token);
                 return;

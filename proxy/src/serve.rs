@@ -84,6 +84,34 @@ pub struct ServeBuilders {
     pub auto: auto::Builder<TokioExecutor>,
 }
 
+/// What hyper's three connections ask of the service a connection is
+/// served by (one name for the bounds the impls below share).
+pub trait ConnService:
+    Service<
+        Request<Incoming>,
+        Response = Response<Self::ResBody>,
+        Error: Into<BoxError>,
+        Future: Send + 'static,
+    > + Unpin
+{
+    type ResBody: Body<Data: Send, Error: Into<BoxError>> + Send + 'static;
+}
+
+impl<S, B> ConnService for S
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Unpin,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: Body<Data: Send, Error: Into<BoxError>> + Send + 'static,
+{
+    type ResBody = B;
+}
+
+/// And of its IO.
+pub trait ConnIo: Read + Write + Unpin + Send + 'static {}
+
+impl<T: Read + Write + Unpin + Send + 'static> ConnIo for T {}
+
 /// A client connection being served.
 // The HTTP/1 variant is the large one on purpose: it is the usual one, and
 // boxing it would cost an allocation and a pointer hop per connection.
@@ -99,16 +127,7 @@ where
     Auto(Pin<Box<auto::UpgradeableConnection<'a, I, S, TokioExecutor>>>),
 }
 
-impl<'a, I, S, B> Served<'a, I, S>
-where
-    S: Service<Request<Incoming>, Response = Response<B>> + Unpin,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-    I: Read + Write + Unpin + Send + 'static,
-{
+impl<'a, I: ConnIo, S: ConnService> Served<'a, I, S> {
     pub fn new(builders: &'a ServeBuilders, protocol: Protocol, io: I, service: S) -> Self {
         match protocol {
             Protocol::Http1 => {
@@ -133,16 +152,7 @@ where
     }
 }
 
-impl<I, S, B> Future for Served<'_, I, S>
-where
-    S: Service<Request<Incoming>, Response = Response<B>> + Unpin,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-    I: Read + Write + Unpin + Send + 'static,
-{
+impl<I: ConnIo, S: ConnService> Future for Served<'_, I, S> {
     type Output = Result<(), BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
