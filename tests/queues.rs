@@ -174,6 +174,59 @@ async fn retries_to_success_to_failure_and_a_final_4xx() {
 }
 
 #[tokio::test]
+async fn a_body_that_never_ends_is_a_timed_out_try_not_a_held_consumer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    // Answers its head and a part of the body it announced, then holds.
+    let listener = bind_loopback("dribbling upstream").await;
+    let up = listener.local_addr().unwrap();
+    let tries = Arc::new(AtomicUsize::new(0));
+    let seen = tries.clone();
+    let _server = accept_each(listener, move |mut sock| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let mut buf = [0u8; 4096];
+            let _ = sock.read(&mut buf).await;
+            let head = "HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\nthe first part";
+            let _ = sock.write_all(head.as_bytes()).await;
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+    });
+    let k = Kaname::start(&config(
+        dir.path(),
+        up,
+        "    delivery: { concurrency: 1, attempts: 2, per_try_timeout: 300ms, backoff: { base: 10ms, max: 20ms } }",
+        "",
+    ))
+    .await;
+    let id = accepted(
+        &HttpClient::http1()
+            .send(post(&k, "/reports/slow-body", "x"))
+            .await,
+    );
+    let v = wait_status(&k, &id, "failed").await;
+    assert_eq!(v["attempts"], 2, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("body not complete within per_try_timeout"),
+        "{v}"
+    );
+    assert_eq!(
+        tries.load(Ordering::SeqCst),
+        2,
+        "each try on a connection of its own"
+    );
+    let timeouts = metric(
+        &k,
+        r#"kaname_job_deliveries_total{queue="reports",outcome="timeout"}"#,
+    )
+    .await;
+    assert_eq!(timeouts, 2.0);
+}
+
+#[tokio::test]
 async fn an_idempotency_key_stores_one_job() {
     let dir = tempfile::tempdir().unwrap();
     let up = JobUpstream::start(|_| (200, "ok")).await;

@@ -108,7 +108,7 @@ async fn two_sidecars_share_one_queue_each_job_delivered_once() {
     // Which sidecar delivers a job is whichever looked first.
     assert_eq!(a + b, 100.0, "{a} + {b} deliveries");
     // Nothing of the queue is on local disk.
-    assert!(!dir.path().join("jobs.redb").exists());
+    assert!(!dir.path().join("jobs").exists());
 
     // One Idempotency-Key across sidecars: one job; another body is 422.
     let keyed = |k: &Kaname, body: &'static str| {

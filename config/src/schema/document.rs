@@ -47,8 +47,8 @@ pub struct Document {
     upstreams: Option<BTreeMap<String, Upstream>>,
     /// The filters routes name, by name; each has exactly one kind.
     filters: Option<BTreeMap<String, Filter>>,
-    /// Where the embedded job store keeps its file (`jobs.redb`); created
-    /// when missing. Default `./kaname-data`.
+    /// Where the embedded job store keeps its files (`jobs/`, locked by
+    /// `jobs.lock`); created when missing. Default `./kaname-data`.
     data_dir: Option<NonEmpty>,
     /// The asynchronous hand-off (202 now, delivery later), by name.
     queues: Option<BTreeMap<String, Queue>>,

@@ -138,17 +138,41 @@ impl Dispatcher {
         let q = &self.queue;
         let Taken { id, job, body } = taken;
         let attempt = job.attempts;
-        let outcome = match self.send(&job, id, body).await {
+        // The whole answer, its body included, within one per_try_timeout:
+        // an upstream that sends its headers and then dribbles would hold a
+        // consumer for ever.
+        let deadline = tokio::time::Instant::now() + q.delivery.per_try_timeout;
+        let answer = match self.send(&job, id, body).await {
             Ok(res) => {
                 let observed = Observed::of(&res);
                 let retry_after = retry_after(&res);
-                self.count(if res.status().is_server_error() {
+                let status = res.status();
+                match tokio::time::timeout_at(deadline, self.result_of(res)).await {
+                    Ok(Ok(result)) => Ok((observed, retry_after, status, result)),
+                    Ok(Err(e)) => Err(ProxyError::upstream(
+                        ErrorKind::UpstreamUnavailable,
+                        UpstreamFailure::Reset,
+                        format!("upstream answered {status}, then its body broke: {e}"),
+                    )),
+                    Err(_) => Err(ProxyError::upstream(
+                        ErrorKind::UpstreamTimeout,
+                        UpstreamFailure::Timeout,
+                        format!(
+                            "upstream answered {status}, its body not complete within per_try_timeout {:?}",
+                            q.delivery.per_try_timeout
+                        ),
+                    )),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        let outcome = match answer {
+            Ok((observed, retry_after, status, result)) => {
+                self.count(if status.is_server_error() {
                     "http_error"
                 } else {
                     "success"
                 });
-                let status = res.status();
-                let result = self.result_of(res).await;
                 if matches(&q.delivery.retry_on, &observed) {
                     self.again(
                         attempt,
@@ -257,14 +281,16 @@ impl Dispatcher {
             .inc();
     }
 
-    /// The answer kept: status, headers, the body up to `max_result_bytes`.
-    async fn result_of(&self, res: Response<Body>) -> JobResult {
+    /// The answer kept: status, headers, the body up to `max_result_bytes`
+    /// (the rest is not read: the connection closes); an error when the
+    /// body breaks before that.
+    async fn result_of(&self, res: Response<Body>) -> Result<JobResult, String> {
         let max = self.queue.max_result_bytes as usize;
         let (parts, mut body) = res.into_parts();
         let mut kept = Vec::new();
         let mut truncated = false;
         while let Some(frame) = body.frame().await {
-            let Ok(frame) = frame else { break };
+            let frame = frame.map_err(|e| e.to_string())?;
             if let Ok(data) = frame.into_data() {
                 let room = max.saturating_sub(kept.len());
                 if data.len() > room {
@@ -275,7 +301,7 @@ impl Dispatcher {
                 kept.extend_from_slice(&data);
             }
         }
-        JobResult {
+        Ok(JobResult {
             status: parts.status.as_u16(),
             headers: parts
                 .headers
@@ -284,7 +310,7 @@ impl Dispatcher {
                 .collect(),
             body: kept,
             truncated,
-        }
+        })
     }
 
     /// Another try after the backoff (or the upstream's `Retry-After`,

@@ -1,14 +1,16 @@
-//! The embedded job store: one redb file in `data_dir` (crash-safe
-//! copy-on-write B-trees, ordered keys, pure Rust; the measurements that
-//! chose it are in bench/store-compare/).
+//! The embedded job store: one fjall database (a log-structured merge
+//! tree with a write-ahead journal, pure Rust) in `data_dir/jobs`; the
+//! measurements that chose it are in bench/store-compare/.
 //!
 //! Every write goes through one committer thread that applies all the
 //! operations waiting for it in one write transaction and commits once
-//! (group commit: one fsync for many 202s), then answers each. Reads take a
-//! read transaction of their own. Waiting jobs live on disk only; memory
-//! holds their counts.
+//! with an fsync of the journal (group commit: one fsync for many 202s),
+//! then answers each. Reads of one job take a snapshot of their own.
+//! Waiting jobs live on disk only; memory holds their counts, and the
+//! journal and memtables are bounded.
 //!
-//! Tables, keyed so that the work of each operation is one range read:
+//! Indexes, keyed so that the work of each operation is one range read
+//! (keys in [`keys`]):
 //! - `jobs` id → the record (postcard), `bodies` id → the body;
 //! - `ready` (queue, priority, seq) → id: due jobs, in serving order;
 //! - `delayed` (queue, due_ms, seq) → id: jobs waiting out a backoff;
@@ -17,32 +19,38 @@
 //! - `idempotency` (queue, key) → id; `expiry` (expire_ms, id): finished
 //!   jobs, removed with their keys when their time is up.
 
+mod import;
+mod keys;
+
 use std::collections::HashMap;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use fjall::{
+    KeyspaceCreateOptions, KvSeparationOptions, PersistMode, Readable, SingleWriterTxDatabase,
+    SingleWriterTxKeyspace as Table, Slice,
+};
 use tokio::sync::{mpsc, oneshot};
 
-use super::job::{Job, JobId, JobStatus};
+use self::keys::{Heads, Index};
+use super::job::{Job, JobId, JobStatus, HIGH, LOW, NORMAL};
 use super::store::{
     priority_index, Accepted, Cancel, Depth, JobStore, NewJob, Outcome, StoreError, StoreFuture,
     Taken,
 };
 
-const JOBS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("jobs");
-const BODIES: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("bodies");
-const READY: TableDefinition<(&str, u8, u64), &[u8; 16]> = TableDefinition::new("ready");
-const DELAYED: TableDefinition<(&str, u64, u64), &[u8; 16]> = TableDefinition::new("delayed");
-const PENDING: TableDefinition<(&str, u64), &[u8; 16]> = TableDefinition::new("pending");
-const DELIVERING: TableDefinition<(&str, u64), &[u8; 16]> = TableDefinition::new("delivering");
-const IDEMPOTENCY: TableDefinition<(&str, &str), &[u8; 16]> = TableDefinition::new("idempotency");
-const EXPIRY: TableDefinition<(u64, &[u8; 16]), ()> = TableDefinition::new("expiry");
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+type WriteTx<'a> = fjall::SingleWriterWriteTx<'a>;
 
-/// The page cache of the store file.
-const CACHE_BYTES: usize = 32 << 20;
+/// The block cache of the store's files.
+const CACHE_BYTES: u64 = 32 << 20;
+/// The journal's bound (fjall's minimum): what a restart replays at most.
+const JOURNAL_BYTES: u64 = 64 << 20;
+/// Each index's memtable: what it holds in memory before a flush.
+const MEMTABLE_BYTES: u64 = 8 << 20;
+/// Bodies from this size on are kept apart from the tree (in blob files).
+const BLOB_BYTES: u32 = 512;
 
 /// Operations applied in one transaction at most.
 const MAX_BATCH: usize = 1024;
@@ -57,39 +65,98 @@ enum Op {
     Expire(u64, Reply<u64>),
 }
 
+/// What the committer learns at each commit and readers ask without a
+/// read of the disk.
+#[derive(Default, Clone)]
+struct Counts {
+    depth: HashMap<String, Depth>,
+    /// The first due time among each queue's jobs in backoff.
+    next_due: HashMap<String, u64>,
+}
+
+#[derive(Clone)]
+struct Tables {
+    jobs: Table,
+    bodies: Table,
+    ready: Table,
+    delayed: Table,
+    pending: Table,
+    delivering: Table,
+    idempotency: Table,
+    expiry: Table,
+    meta: Table,
+}
+
 pub struct LocalStore {
     ops: Option<mpsc::Sender<Op>>,
     committer: Option<std::thread::JoinHandle<()>>,
-    db: Arc<Database>,
-    depth: Arc<Mutex<HashMap<String, Depth>>>,
+    tables: Tables,
+    counts: Arc<Mutex<Counts>>,
     path: String,
+    /// Held while open: a second sidecar on the same `data_dir` is refused
+    /// instead of writing the same journal.
+    _lock: File,
 }
 
 impl LocalStore {
-    /// Opens (or creates) `data_dir/jobs.redb`; jobs cut mid-delivery by a
+    /// Opens (or creates) `data_dir/jobs`; jobs cut mid-delivery by a
     /// crash are waiting again.
     pub fn open(data_dir: &Path) -> Result<LocalStore, StoreError> {
-        let path = data_dir.join("jobs.redb");
+        let path = data_dir.join("jobs");
         let shown = path.display().to_string();
         let io = |e: &dyn std::fmt::Display| StoreError::Io {
             path: shown.clone(),
             message: e.to_string(),
         };
         std::fs::create_dir_all(data_dir).map_err(|e| io(&e))?;
-        // redb caches pages up to 1 GiB by default: the waiting jobs would
-        // end up in memory after all. A small cache keeps RSS independent
-        // of the queue's length (the hot pages are the B-trees' edges).
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(&path)
+        let lock = File::create(data_dir.join("jobs.lock")).map_err(|e| io(&e))?;
+        lock.try_lock()
+            .map_err(|e| io(&format!("in use by another process ({e})")))?;
+        let db = SingleWriterTxDatabase::builder(&path)
+            .cache_size(CACHE_BYTES)
+            .max_journaling_size(JOURNAL_BYTES)
+            // Flushes and compactions: one thread beside the requests'.
+            .worker_threads(1)
+            .open()
             .map_err(|e| io(&e))?;
-        let depth = recover(&db).map_err(|e| io(&e))?;
-        let db = Arc::new(db);
-        let depth = Arc::new(Mutex::new(depth));
+        let table = |name: &str| {
+            db.keyspace(name, || {
+                KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+            })
+            .map_err(|e| io(&e))
+        };
+        let tables = Tables {
+            jobs: table("jobs")?,
+            // Bodies go to blob files when flushed: compaction moves their
+            // keys, never the bodies again, and its writes (which every
+            // commit's fsync waits behind) stay small.
+            bodies: db
+                .keyspace("bodies", || {
+                    KeyspaceCreateOptions::default()
+                        .max_memtable_size(MEMTABLE_BYTES)
+                        .with_kv_separation(Some(
+                            KvSeparationOptions::default().separation_threshold(BLOB_BYTES),
+                        ))
+                })
+                .map_err(|e| io(&e))?,
+            ready: table("ready")?,
+            delayed: table("delayed")?,
+            pending: table("pending")?,
+            delivering: table("delivering")?,
+            idempotency: table("idempotency")?,
+            expiry: table("expiry")?,
+            meta: table("meta")?,
+        };
+        import::import_redb(data_dir, &db, &tables).map_err(|e| io(&e))?;
+        let mut heads = Heads::default();
+        let counts = recover(&db, &tables, &mut heads).map_err(|e| io(&e))?;
+        let counts = Arc::new(Mutex::new(counts));
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         let committer = Committer {
-            db: db.clone(),
-            depth: depth.clone(),
+            db,
+            t: tables.clone(),
+            heads,
+            counts: counts.clone(),
             path: path.clone(),
         };
         let committer = std::thread::Builder::new()
@@ -99,17 +166,11 @@ impl LocalStore {
         Ok(LocalStore {
             ops: Some(tx),
             committer: Some(committer),
-            db,
-            depth,
+            tables,
+            counts,
             path: shown,
+            _lock: lock,
         })
-    }
-
-    fn io(&self, e: impl std::fmt::Display) -> StoreError {
-        StoreError::Io {
-            path: self.path.clone(),
-            message: e.to_string(),
-        }
     }
 
     fn send<T: Send + 'static>(
@@ -125,8 +186,8 @@ impl LocalStore {
     }
 }
 
-/// Writes already sent are committed, then the file is closed (its lock
-/// released): what a clean stop does.
+/// Writes already sent are committed, then the journal is synced and the
+/// lock released: what a clean stop does.
 impl Drop for LocalStore {
     fn drop(&mut self) {
         self.ops.take();
@@ -147,24 +208,12 @@ impl JobStore for LocalStore {
     }
 
     fn next_due(&self, queue: &str) -> StoreFuture<'_, Option<u64>> {
-        let queue = queue.to_string();
-        let db = self.db.clone();
-        Box::pin(async move {
-            let read = move || -> Result<Option<u64>, redb::Error> {
-                let txn = db.begin_read()?;
-                let t = txn.open_table(DELAYED)?;
-                let mut range =
-                    t.range((queue.as_str(), 0u64, 0u64)..=(queue.as_str(), u64::MAX, u64::MAX))?;
-                Ok(match range.next() {
-                    Some(entry) => Some(entry?.0.value().1),
-                    None => None,
-                })
-            };
-            tokio::task::spawn_blocking(read)
-                .await
-                .map_err(|_| StoreError::Closed)?
-                .map_err(|e| self.io(e))
-        })
+        let due = self
+            .counts
+            .lock()
+            .ok()
+            .and_then(|c| c.next_due.get(queue).copied());
+        Box::pin(async move { Ok(due) })
     }
 
     fn finish(&self, id: JobId, outcome: Outcome, now_ms: u64) -> StoreFuture<'_, ()> {
@@ -172,17 +221,16 @@ impl JobStore for LocalStore {
     }
 
     fn get(&self, id: JobId) -> StoreFuture<'_, Option<Job>> {
-        let db = self.db.clone();
+        let jobs = self.tables.jobs.clone();
         Box::pin(async move {
-            let read = move || -> Result<Option<Job>, redb::Error> {
-                let txn = db.begin_read()?;
-                let t = txn.open_table(JOBS)?;
-                Ok(t.get(&id.0)?.and_then(|v| decode(v.value())))
-            };
+            let read = move || jobs.get(id.0).map(|v| v.and_then(|v| decode(&v)));
             tokio::task::spawn_blocking(read)
                 .await
                 .map_err(|_| StoreError::Closed)?
-                .map_err(|e| self.io(e))
+                .map_err(|e| StoreError::Io {
+                    path: self.path.clone(),
+                    message: e.to_string(),
+                })
         })
     }
 
@@ -191,10 +239,10 @@ impl JobStore for LocalStore {
     }
 
     fn depth(&self, queue: &str) -> Depth {
-        self.depth
+        self.counts
             .lock()
             .ok()
-            .and_then(|d| d.get(queue).copied())
+            .and_then(|c| c.depth.get(queue).copied())
             .unwrap_or_default()
     }
 
@@ -211,82 +259,110 @@ fn encode(job: &Job) -> Vec<u8> {
     postcard::to_allocvec(job).unwrap_or_default()
 }
 
-/// Opens every table, puts jobs that were being delivered back in line,
-/// and counts what waits.
-fn recover(db: &Database) -> Result<HashMap<String, Depth>, redb::Error> {
-    let txn = db.begin_write()?;
-    {
-        // Tables exist from the first open on.
-        txn.open_table(JOBS)?;
-        txn.open_table(BODIES)?;
-        txn.open_table(IDEMPOTENCY)?;
-        txn.open_table(EXPIRY)?;
-        txn.open_table(META)?;
-        txn.open_table(DELAYED)?;
-        let mut delivering = txn.open_table(DELIVERING)?;
-        let mut jobs = txn.open_table(JOBS)?;
-        let mut ready = txn.open_table(READY)?;
-        let mut pending = txn.open_table(PENDING)?;
-        let cut: Vec<(String, u64, [u8; 16])> = delivering
-            .iter()?
-            .filter_map(Result::ok)
-            .map(|(k, v)| {
-                let (q, seq) = k.value();
-                (q.to_string(), seq, *v.value())
-            })
-            .collect();
-        for (queue, seq, id) in cut {
-            delivering.remove((queue.as_str(), seq))?;
-            let Some(mut job) = jobs.get(&id)?.and_then(|v| decode(v.value())) else {
-                continue;
-            };
-            // The cut delivery counted as an attempt (async.md).
-            job.status = JobStatus::Queued;
-            jobs.insert(&id, encode(&job).as_slice())?;
-            ready.insert((queue.as_str(), job.priority, seq), &id)?;
-            pending.insert((queue.as_str(), seq), &id)?;
+fn read_job(tx: &WriteTx, t: &Tables, id: &[u8; 16]) -> Result<Option<Job>, fjall::Error> {
+    Ok(tx.get(&t.jobs, id)?.and_then(|v| decode(&v)))
+}
+
+/// The leading live entries of `prefix` (from its [`Heads`] bound on)
+/// while `keep` holds, `limit` at most; the bound moved to the first.
+/// A caller that removes them all says so with `Heads::removed_first`.
+fn scan_head(
+    tx: &WriteTx,
+    table: &Table,
+    heads: &mut Heads,
+    index: Index,
+    prefix: &[u8],
+    limit: usize,
+    keep: impl Fn(&[u8]) -> bool,
+) -> Result<Vec<(Slice, Slice)>, fjall::Error> {
+    let mut out = Vec::new();
+    let mut first_live: Option<Vec<u8>> = None;
+    for entry in tx.range(table, heads.start(index, prefix)..) {
+        let (k, v) = entry.into_inner()?;
+        if first_live.is_none() {
+            first_live = Some(k.to_vec());
+        }
+        if !k.starts_with(prefix) || !keep(&k) || out.len() >= limit {
+            break;
+        }
+        out.push((k, v));
+    }
+    match first_live {
+        Some(k) => heads.found(index, prefix, &k),
+        // Nothing after the bound at all: any insert lands before this.
+        None => heads.found(index, prefix, &[prefix, &[0xff; 17][..]].concat()),
+    }
+    Ok(out)
+}
+
+/// Puts jobs that were being delivered back in line, and counts what
+/// waits, from the index keys (no job is read but those in backoff), so a
+/// restart with a million jobs waiting stays quick and small.
+fn recover(
+    db: &SingleWriterTxDatabase,
+    t: &Tables,
+    heads: &mut Heads,
+) -> Result<Counts, fjall::Error> {
+    let mut tx = db.write_tx().durability(Some(PersistMode::SyncAll));
+    let cut: Vec<(Slice, Slice)> = tx
+        .iter(&t.delivering)
+        .map(|e| e.into_inner())
+        .collect::<Result<_, _>>()?;
+    for (k, v) in cut {
+        tx.remove(&t.delivering, k.clone());
+        let Some(id) = keys::id_of(&v) else { continue };
+        let Some(mut job) = read_job(&tx, t, &id)? else {
+            continue;
+        };
+        // The cut delivery counted as an attempt (async.md).
+        job.status = JobStatus::Queued;
+        tx.insert(&t.jobs, id.as_slice(), encode(&job));
+        tx.insert(
+            &t.ready,
+            keys::ready(&job.queue, job.priority, job.seq),
+            id.as_slice(),
+        );
+        tx.insert(&t.pending, keys::by_seq(&job.queue, job.seq), id.as_slice());
+    }
+    let mut counts = Counts::default();
+    for entry in tx.iter(&t.ready) {
+        let k = entry.key()?;
+        if let Some((queue, rest)) = keys::split_queue(&k) {
+            let priority = rest.first().copied().unwrap_or(NORMAL);
+            counts.depth.entry(queue).or_default().waiting[priority_index(priority)] += 1;
         }
     }
-    txn.commit()?;
-    // Counted from the index keys (no job is read but those in backoff),
-    // so a restart with a million jobs waiting stays quick and small.
-    let txn = db.begin_read()?;
-    let mut depth: HashMap<String, Depth> = HashMap::new();
-    for entry in txn.open_table(READY)?.iter()? {
-        let (k, _) = entry?;
-        let (queue, priority, _) = k.value();
-        depth.entry(queue.to_string()).or_default().waiting[priority_index(priority)] += 1;
+    let delayed: Vec<(Slice, Slice)> = tx
+        .iter(&t.delayed)
+        .map(|e| e.into_inner())
+        .collect::<Result<_, _>>()?;
+    for (k, v) in delayed {
+        let Some((queue, _)) = keys::split_queue(&k) else {
+            continue;
+        };
+        let priority = match keys::id_of(&v) {
+            Some(id) => read_job(&tx, t, &id)?.map_or(NORMAL, |j| j.priority),
+            None => NORMAL,
+        };
+        counts.depth.entry(queue).or_default().waiting[priority_index(priority)] += 1;
     }
-    let jobs = txn.open_table(JOBS)?;
-    for entry in txn.open_table(DELAYED)?.iter()? {
-        let (k, v) = entry?;
-        let (queue, _, _) = k.value();
-        let priority = jobs
-            .get(v.value())?
-            .and_then(|j| decode(j.value()))
-            .map_or(super::job::NORMAL, |j| j.priority);
-        depth.entry(queue.to_string()).or_default().waiting[priority_index(priority)] += 1;
-    }
-    let pending = txn.open_table(PENDING)?;
-    for (queue, d) in depth.iter_mut() {
-        let first = pending
-            .range((queue.as_str(), 0u64)..=(queue.as_str(), u64::MAX))?
-            .next()
-            .transpose()?
-            .map(|(_, id)| *id.value());
-        if let Some(id) = first {
-            d.oldest_ms = jobs
-                .get(&id)?
-                .and_then(|j| decode(j.value()))
-                .map(|j| j.created_ms);
+    let queues: Vec<String> = counts.depth.keys().cloned().collect();
+    for queue in queues {
+        let oldest = oldest(&tx, t, heads, &queue)?;
+        counts.depth.entry(queue.clone()).or_default().oldest_ms = oldest;
+        if let Some(due) = next_due(&tx, t, heads, &queue)? {
+            counts.next_due.insert(queue, due);
         }
     }
-    Ok(depth)
+    tx.commit()?;
+    Ok(counts)
 }
 
 struct Committer {
-    db: Arc<Database>,
-    depth: Arc<Mutex<HashMap<String, Depth>>>,
+    db: SingleWriterTxDatabase,
+    t: Tables,
+    heads: Heads,
+    counts: Arc<Mutex<Counts>>,
     path: PathBuf,
 }
 
@@ -300,7 +376,7 @@ fn answer<T: Send + 'static>(reply: Reply<T>, value: Result<T, StoreError>) -> D
 }
 
 impl Committer {
-    fn run(self, mut rx: mpsc::Receiver<Op>) {
+    fn run(mut self, mut rx: mpsc::Receiver<Op>) {
         let mut seq = self.next_seq().unwrap_or(1);
         while let Some(first) = rx.blocking_recv() {
             let mut ops = vec![first];
@@ -310,18 +386,19 @@ impl Committer {
                     Err(_) => break,
                 }
             }
-            let mut depth = self.depth.lock().map(|d| d.clone()).unwrap_or_default();
+            let mut counts = self.counts.lock().map(|c| c.clone()).unwrap_or_default();
             let mut answers: Vec<Deferred> = Vec::with_capacity(ops.len());
-            let result = self.batch(ops, &mut seq, &mut depth, &mut answers);
-            match result {
+            match self.batch(ops, &mut seq, &mut counts, &mut answers) {
                 Ok(()) => {
-                    if let Ok(mut d) = self.depth.lock() {
-                        *d = depth;
+                    if let Ok(mut c) = self.counts.lock() {
+                        *c = counts;
                     }
                     answers.into_iter().for_each(|a| a(Ok(())));
                 }
                 Err(e) => {
                     tracing::error!(path = %self.path.display(), error = %e, "job store write failed");
+                    // The batch's removals did not happen.
+                    self.heads.clear();
                     let err = StoreError::Io {
                         path: self.path.display().to_string(),
                         message: e.to_string(),
@@ -332,35 +409,45 @@ impl Committer {
                 }
             }
         }
+        // A clean stop: what was committed is on disk before the lock goes.
+        if let Err(e) = self.db.persist(PersistMode::SyncAll) {
+            tracing::error!(path = %self.path.display(), error = %e, "job store sync at close failed");
+        }
     }
 
-    fn next_seq(&self) -> Result<u64, redb::Error> {
-        let txn = self.db.begin_read()?;
-        let meta = txn.open_table(META)?;
-        Ok(meta.get("seq")?.map_or(1, |v| v.value()))
+    fn next_seq(&self) -> Result<u64, fjall::Error> {
+        Ok(self
+            .t
+            .meta
+            .get("seq")?
+            .and_then(|v| keys::u64_at(&v, 0))
+            .unwrap_or(1))
     }
 
     fn batch(
-        &self,
+        &mut self,
         ops: Vec<Op>,
         seq: &mut u64,
-        depth: &mut HashMap<String, Depth>,
+        counts: &mut Counts,
         answers: &mut Vec<Deferred>,
-    ) -> Result<(), redb::Error> {
-        let txn = self.db.begin_write()?;
+    ) -> Result<(), fjall::Error> {
+        let t = &self.t;
+        let heads = &mut self.heads;
+        let depth = &mut counts.depth;
+        let mut tx = self.db.write_tx().durability(Some(PersistMode::SyncAll));
         let mut touched: Vec<String> = Vec::new();
         for op in ops {
             match op {
                 Op::Accept(new, reply) => {
                     touched.push(new.job.queue.clone());
-                    let r = accept(&txn, *new, seq, depth)?;
+                    let r = accept(&mut tx, t, heads, *new, seq, depth)?;
                     answers.push(answer(reply, Ok(r)));
                 }
                 Op::Take(queue, now, max, reply) => {
                     let mut taken = Vec::new();
                     while taken.len() < max.min(MAX_BATCH) {
-                        match take(&txn, &queue, now, depth)? {
-                            Some(t) => taken.push(t),
+                        match take(&mut tx, t, heads, &queue, now, depth)? {
+                            Some(j) => taken.push(j),
                             None => break,
                         }
                     }
@@ -368,57 +455,76 @@ impl Committer {
                     answers.push(answer(reply, Ok(taken)));
                 }
                 Op::Finish(id, outcome, now, reply) => {
-                    if let Some(q) = finish(&txn, id, outcome, now, seq, depth)? {
+                    if let Some(q) = finish(&mut tx, t, heads, id, outcome, now, seq, depth)? {
                         touched.push(q);
                     }
                     answers.push(answer(reply, Ok(())));
                 }
                 Op::Cancel(id, expire, now, reply) => {
-                    let r = cancel(&txn, id, expire, now, depth)?;
+                    let r = cancel(&mut tx, t, heads, id, expire, now, depth)?;
                     if let Cancel::Cancelled(job) = &r {
                         touched.push(job.queue.clone());
                     }
                     answers.push(answer(reply, Ok(r)));
                 }
                 Op::Expire(now, reply) => {
-                    let n = expire(&txn, now)?;
+                    let n = expire(&mut tx, t, heads, now)?;
                     answers.push(answer(reply, Ok(n)));
                 }
             }
         }
-        txn.open_table(META)?.insert("seq", *seq)?;
+        tx.insert(&t.meta, "seq", seq.to_be_bytes());
         touched.sort();
         touched.dedup();
         for q in touched {
-            let oldest = oldest(&txn, &q)?;
-            depth.entry(q).or_default().oldest_ms = oldest;
+            let oldest = oldest(&tx, t, heads, &q)?;
+            match next_due(&tx, t, heads, &q)? {
+                Some(due) => counts.next_due.insert(q.clone(), due),
+                None => counts.next_due.remove(&q),
+            };
+            counts.depth.entry(q).or_default().oldest_ms = oldest;
         }
-        txn.commit()?;
-        Ok(())
+        tx.commit()
     }
 }
 
-fn oldest(txn: &WriteTransaction, queue: &str) -> Result<Option<u64>, redb::Error> {
-    let pending = txn.open_table(PENDING)?;
-    let jobs = txn.open_table(JOBS)?;
-    let mut range = pending.range((queue, 0u64)..=(queue, u64::MAX))?;
-    let Some(entry) = range.next() else {
+/// Created time of `queue`'s oldest waiting job.
+fn oldest(
+    tx: &WriteTx,
+    t: &Tables,
+    heads: &mut Heads,
+    queue: &str,
+) -> Result<Option<u64>, fjall::Error> {
+    let prefix = keys::queue_prefix(queue);
+    let first = scan_head(tx, &t.pending, heads, Index::Pending, &prefix, 1, |_| true)?;
+    let Some(id) = first.first().and_then(|(_, v)| keys::id_of(v)) else {
         return Ok(None);
     };
-    let (_, id) = entry?;
-    let created = jobs
-        .get(id.value())?
-        .and_then(|j| decode(j.value()))
-        .map(|j| j.created_ms);
-    Ok(created)
+    Ok(read_job(tx, t, &id)?.map(|j| j.created_ms))
+}
+
+/// The first due time among `queue`'s jobs in backoff.
+fn next_due(
+    tx: &WriteTx,
+    t: &Tables,
+    heads: &mut Heads,
+    queue: &str,
+) -> Result<Option<u64>, fjall::Error> {
+    let prefix = keys::queue_prefix(queue);
+    let first = scan_head(tx, &t.delayed, heads, Index::Delayed, &prefix, 1, |_| true)?;
+    Ok(first
+        .first()
+        .and_then(|(k, _)| keys::u64_at(k, prefix.len())))
 }
 
 fn accept(
-    txn: &WriteTransaction,
+    tx: &mut WriteTx,
+    t: &Tables,
+    heads: &mut Heads,
     new: NewJob,
     seq: &mut u64,
     depth: &mut HashMap<String, Depth>,
-) -> Result<Accepted, redb::Error> {
+) -> Result<Accepted, fjall::Error> {
     let NewJob {
         id,
         mut job,
@@ -427,14 +533,9 @@ fn accept(
     } = new;
     let queue = job.queue.clone();
     if let Some((key, digest)) = &job.idempotency {
-        let idem = txn.open_table(IDEMPOTENCY)?;
-        let taken = idem
-            .get((queue.as_str(), key.as_str()))?
-            .map(|v| *v.value());
-        if let Some(first) = taken {
-            let jobs = txn.open_table(JOBS)?;
-            let old = jobs.get(&first)?.and_then(|v| decode(v.value()));
-            if let Some(old) = old {
+        let taken = tx.get(&t.idempotency, keys::idempotency(&queue, key))?;
+        if let Some(first) = taken.and_then(|v| keys::id_of(&v)) {
+            if let Some(old) = read_job(tx, t, &first)? {
                 let same = old.idempotency.as_ref().is_some_and(|(_, d)| d == digest);
                 return Ok(match same {
                     true => Accepted::Duplicate {
@@ -452,74 +553,108 @@ fn accept(
     }
     job.seq = *seq;
     *seq += 1;
-    txn.open_table(JOBS)?
-        .insert(&id.0, encode(&job).as_slice())?;
-    txn.open_table(BODIES)?.insert(&id.0, body.as_ref())?;
-    txn.open_table(READY)?
-        .insert((queue.as_str(), job.priority, job.seq), &id.0)?;
-    txn.open_table(PENDING)?
-        .insert((queue.as_str(), job.seq), &id.0)?;
+    tx.insert(&t.jobs, id.0.as_slice(), encode(&job));
+    tx.insert(&t.bodies, id.0.as_slice(), body.as_ref());
+    insert_ready(tx, t, heads, &queue, job.priority, job.seq, &id.0);
+    insert_pending(tx, t, heads, &queue, job.seq, &id.0);
     if let Some((key, _)) = &job.idempotency {
-        txn.open_table(IDEMPOTENCY)?
-            .insert((queue.as_str(), key.as_str()), &id.0)?;
+        tx.insert(
+            &t.idempotency,
+            keys::idempotency(&queue, key),
+            id.0.as_slice(),
+        );
     }
     d.waiting[priority_index(job.priority)] += 1;
     Ok(Accepted::New { seq: job.seq })
 }
 
+fn insert_ready(
+    tx: &mut WriteTx,
+    t: &Tables,
+    heads: &mut Heads,
+    queue: &str,
+    priority: u8,
+    seq: u64,
+    id: &[u8; 16],
+) {
+    let key = keys::ready(queue, priority, seq);
+    heads.inserted(Index::Ready, &keys::ready_prefix(queue, priority), &key);
+    tx.insert(&t.ready, key, id.as_slice());
+}
+
+fn insert_pending(
+    tx: &mut WriteTx,
+    t: &Tables,
+    heads: &mut Heads,
+    queue: &str,
+    seq: u64,
+    id: &[u8; 16],
+) {
+    let key = keys::by_seq(queue, seq);
+    heads.inserted(Index::Pending, &keys::queue_prefix(queue), &key);
+    tx.insert(&t.pending, key, id.as_slice());
+}
+
 fn take(
-    txn: &WriteTransaction,
+    tx: &mut WriteTx,
+    t: &Tables,
+    heads: &mut Heads,
     queue: &str,
     now: u64,
     depth: &mut HashMap<String, Depth>,
-) -> Result<Option<Taken>, redb::Error> {
+) -> Result<Option<Taken>, fjall::Error> {
     // Jobs whose backoff is over join the line first.
-    {
-        let mut delayed = txn.open_table(DELAYED)?;
-        let mut ready = txn.open_table(READY)?;
-        let jobs = txn.open_table(JOBS)?;
-        let due: Vec<(u64, u64, [u8; 16])> = delayed
-            .range((queue, 0u64, 0u64)..=(queue, now, u64::MAX))?
-            .take(MAX_BATCH)
-            .filter_map(Result::ok)
-            .map(|(k, v)| {
-                let (_, due, seq) = k.value();
-                (due, seq, *v.value())
-            })
-            .collect();
-        for (due, seq, id) in due {
-            delayed.remove((queue, due, seq))?;
-            let priority = jobs
-                .get(&id)?
-                .and_then(|j| decode(j.value()))
-                .map_or(super::job::NORMAL, |j| j.priority);
-            ready.insert((queue, priority, seq), &id)?;
+    let prefix = keys::queue_prefix(queue);
+    let at = prefix.len();
+    let due = scan_head(
+        tx,
+        &t.delayed,
+        heads,
+        Index::Delayed,
+        &prefix,
+        MAX_BATCH,
+        |k| keys::u64_at(k, at).is_some_and(|due| due <= now),
+    )?;
+    if let Some((last, _)) = due.last() {
+        heads.removed_first(Index::Delayed, &prefix, last);
+    }
+    for (k, v) in due {
+        tx.remove(&t.delayed, k.clone());
+        let (Some(seq), Some(id)) = (keys::u64_at(&k, at + 8), keys::id_of(&v)) else {
+            continue;
+        };
+        let priority = read_job(tx, t, &id)?.map_or(NORMAL, |j| j.priority);
+        insert_ready(tx, t, heads, queue, priority, seq, &id);
+    }
+    let mut first = None;
+    for priority in HIGH..=LOW {
+        let prefix = keys::ready_prefix(queue, priority);
+        let head = scan_head(tx, &t.ready, heads, Index::Ready, &prefix, 1, |_| true)?;
+        if let Some((k, v)) = head.into_iter().next() {
+            heads.removed_first(Index::Ready, &prefix, &k);
+            first = Some((k, v));
+            break;
         }
     }
-    let mut ready = txn.open_table(READY)?;
-    let first = ready
-        .range((queue, 0u8, 0u64)..=(queue, u8::MAX, u64::MAX))?
-        .next()
-        .transpose()?
-        .map(|(k, v)| (k.value().1, k.value().2, *v.value()));
-    let Some((priority, seq, id)) = first else {
+    let Some((key, value)) = first else {
         return Ok(None);
     };
-    ready.remove((queue, priority, seq))?;
-    txn.open_table(PENDING)?.remove((queue, seq))?;
-    txn.open_table(DELIVERING)?.insert((queue, seq), &id)?;
-    let mut jobs = txn.open_table(JOBS)?;
-    let Some(mut job) = jobs.get(&id)?.and_then(|v| decode(v.value())) else {
+    tx.remove(&t.ready, key.clone());
+    let (Some(seq), Some(id)) = (keys::u64_at(&key, at + 1), keys::id_of(&value)) else {
+        return Ok(None);
+    };
+    tx.remove(&t.pending, keys::by_seq(queue, seq));
+    tx.insert(&t.delivering, keys::by_seq(queue, seq), id.as_slice());
+    let Some(mut job) = read_job(tx, t, &id)? else {
         return Ok(None);
     };
     job.status = JobStatus::Delivering;
     job.attempts += 1;
     job.updated_ms = now;
-    jobs.insert(&id, encode(&job).as_slice())?;
-    let body = txn
-        .open_table(BODIES)?
-        .get(&id)?
-        .map(|b| Bytes::copy_from_slice(b.value()))
+    tx.insert(&t.jobs, id.as_slice(), encode(&job));
+    let body = tx
+        .get(&t.bodies, id)?
+        .map(|b| Bytes::copy_from_slice(&b))
         .unwrap_or_default();
     let d = depth.entry(queue.to_string()).or_default();
     let i = priority_index(job.priority);
@@ -532,24 +667,25 @@ fn take(
     }))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn finish(
-    txn: &WriteTransaction,
+    tx: &mut WriteTx,
+    t: &Tables,
+    heads: &mut Heads,
     id: JobId,
     outcome: Outcome,
     now: u64,
     seq: &mut u64,
     depth: &mut HashMap<String, Depth>,
-) -> Result<Option<String>, redb::Error> {
-    let mut jobs = txn.open_table(JOBS)?;
-    let Some(mut job) = jobs.get(&id.0)?.and_then(|v| decode(v.value())) else {
+) -> Result<Option<String>, fjall::Error> {
+    let Some(mut job) = read_job(tx, t, &id.0)? else {
         return Ok(None);
     };
     if job.status != JobStatus::Delivering {
         return Ok(None);
     }
     let queue = job.queue.clone();
-    txn.open_table(DELIVERING)?
-        .remove((queue.as_str(), job.seq))?;
+    tx.remove(&t.delivering, keys::by_seq(&queue, job.seq));
     let d = depth.entry(queue.clone()).or_default();
     d.delivering = d.delivering.saturating_sub(1);
     job.updated_ms = now;
@@ -563,8 +699,8 @@ fn finish(
             job.status = status;
             job.result = result;
             job.error = error;
-            txn.open_table(BODIES)?.remove(&id.0)?;
-            txn.open_table(EXPIRY)?.insert((expire_ms, &id.0), ())?;
+            tx.remove(&t.bodies, id.0.as_slice());
+            insert_expiry(tx, t, heads, expire_ms, &id.0);
         }
         Outcome::RetryAt { due_ms, error } => {
             job.status = JobStatus::Queued;
@@ -574,36 +710,41 @@ fn finish(
             job.seq = *seq;
             *seq += 1;
             job.due_ms = due_ms;
-            txn.open_table(DELAYED)?
-                .insert((queue.as_str(), due_ms, job.seq), &id.0)?;
-            txn.open_table(PENDING)?
-                .insert((queue.as_str(), job.seq), &id.0)?;
+            let key = keys::delayed(&queue, due_ms, job.seq);
+            heads.inserted(Index::Delayed, &keys::queue_prefix(&queue), &key);
+            tx.insert(&t.delayed, key, id.0.as_slice());
+            insert_pending(tx, t, heads, &queue, job.seq, &id.0);
             d.waiting[priority_index(job.priority)] += 1;
         }
         Outcome::Requeue => {
             job.status = JobStatus::Queued;
             // The attempt did not happen: not counted.
             job.attempts = job.attempts.saturating_sub(1);
-            txn.open_table(READY)?
-                .insert((queue.as_str(), job.priority, job.seq), &id.0)?;
-            txn.open_table(PENDING)?
-                .insert((queue.as_str(), job.seq), &id.0)?;
+            insert_ready(tx, t, heads, &queue, job.priority, job.seq, &id.0);
+            insert_pending(tx, t, heads, &queue, job.seq, &id.0);
             d.waiting[priority_index(job.priority)] += 1;
         }
     }
-    jobs.insert(&id.0, encode(&job).as_slice())?;
+    tx.insert(&t.jobs, id.0.as_slice(), encode(&job));
     Ok(Some(queue))
 }
 
+fn insert_expiry(tx: &mut WriteTx, t: &Tables, heads: &mut Heads, at_ms: u64, id: &[u8; 16]) {
+    let key = keys::expiry(at_ms, id);
+    heads.inserted(Index::Expiry, &[], &key);
+    tx.insert(&t.expiry, key.as_slice(), &[] as &[u8]);
+}
+
 fn cancel(
-    txn: &WriteTransaction,
+    tx: &mut WriteTx,
+    t: &Tables,
+    heads: &mut Heads,
     id: JobId,
     expire_ms: u64,
     now: u64,
     depth: &mut HashMap<String, Depth>,
-) -> Result<Cancel, redb::Error> {
-    let mut jobs = txn.open_table(JOBS)?;
-    let Some(mut job) = jobs.get(&id.0)?.and_then(|v| decode(v.value())) else {
+) -> Result<Cancel, fjall::Error> {
+    let Some(mut job) = read_job(tx, t, &id.0)? else {
         return Ok(Cancel::NotFound);
     };
     if job.status != JobStatus::Queued {
@@ -611,43 +752,39 @@ fn cancel(
     }
     let q = job.queue.as_str();
     // Waiting either in line or out a backoff.
-    let removed = txn
-        .open_table(READY)?
-        .remove((q, job.priority, job.seq))?
+    let removed = tx
+        .take(&t.ready, keys::ready(q, job.priority, job.seq))?
         .is_some();
     if !removed {
-        txn.open_table(DELAYED)?.remove((q, job.due_ms, job.seq))?;
+        tx.remove(&t.delayed, keys::delayed(q, job.due_ms, job.seq));
     }
-    txn.open_table(PENDING)?.remove((q, job.seq))?;
-    txn.open_table(BODIES)?.remove(&id.0)?;
-    txn.open_table(EXPIRY)?.insert((expire_ms, &id.0), ())?;
+    tx.remove(&t.pending, keys::by_seq(q, job.seq));
+    tx.remove(&t.bodies, id.0.as_slice());
+    insert_expiry(tx, t, heads, expire_ms, &id.0);
     let d = depth.entry(job.queue.clone()).or_default();
     let i = priority_index(job.priority);
     d.waiting[i] = d.waiting[i].saturating_sub(1);
     job.status = JobStatus::Cancelled;
     job.updated_ms = now;
-    jobs.insert(&id.0, encode(&job).as_slice())?;
+    tx.insert(&t.jobs, id.0.as_slice(), encode(&job));
     Ok(Cancel::Cancelled(Box::new(job)))
 }
 
-fn expire(txn: &WriteTransaction, now: u64) -> Result<u64, redb::Error> {
-    let mut expiry = txn.open_table(EXPIRY)?;
-    let gone: Vec<(u64, [u8; 16])> = expiry
-        .range((0u64, &[0u8; 16])..=(now, &[0xffu8; 16]))?
-        .take(MAX_BATCH)
-        .filter_map(Result::ok)
-        .map(|(k, _)| {
-            let (at, id) = k.value();
-            (at, *id)
-        })
-        .collect();
-    let mut jobs = txn.open_table(JOBS)?;
-    let mut idem = txn.open_table(IDEMPOTENCY)?;
-    for (at, id) in &gone {
-        expiry.remove((*at, id))?;
-        if let Some(job) = jobs.remove(id)?.and_then(|v| decode(v.value())) {
+fn expire(tx: &mut WriteTx, t: &Tables, heads: &mut Heads, now: u64) -> Result<u64, fjall::Error> {
+    let gone = scan_head(tx, &t.expiry, heads, Index::Expiry, &[], MAX_BATCH, |k| {
+        keys::u64_at(k, 0).is_some_and(|at| at <= now)
+    })?;
+    if let Some((last, _)) = gone.last() {
+        heads.removed_first(Index::Expiry, &[], last);
+    }
+    for (k, _) in &gone {
+        tx.remove(&t.expiry, k.clone());
+        let Some(id) = k.get(8..).and_then(keys::id_of) else {
+            continue;
+        };
+        if let Some(job) = tx.take(&t.jobs, id.as_slice())?.and_then(|v| decode(&v)) {
             if let Some((key, _)) = &job.idempotency {
-                idem.remove((job.queue.as_str(), key.as_str()))?;
+                tx.remove(&t.idempotency, keys::idempotency(&job.queue, key));
             }
         }
     }

@@ -170,3 +170,111 @@ async fn a_reopen_puts_cut_deliveries_back_and_finished_jobs_expire() {
     let (_, r) = put(&s, job("q", NORMAL, Some(("k", 9))), 10).await;
     assert!(matches!(r, Accepted::New { .. }));
 }
+
+#[tokio::test]
+async fn a_second_open_of_the_same_dir_is_refused_while_the_first_holds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = LocalStore::open(dir.path()).unwrap();
+    let Err(e) = LocalStore::open(dir.path()) else {
+        panic!("two stores on one data_dir");
+    };
+    assert!(e.to_string().contains("in use by another process"), "{e}");
+    drop(first);
+    LocalStore::open(dir.path()).unwrap();
+}
+
+#[tokio::test]
+async fn draining_many_jobs_serves_every_one_in_order_after_restarts() {
+    // Take from the head again and again (tombstones pile up there), with
+    // retries going to backoff and back, across reopenings.
+    let dir = tempfile::tempdir().unwrap();
+    let mut ids = Vec::new();
+    {
+        let s = LocalStore::open(dir.path()).unwrap();
+        for _ in 0..600 {
+            ids.push(put(&s, job("q", NORMAL, None), 10_000).await.0);
+        }
+        for (i, want) in ids.iter().take(300).enumerate() {
+            let t = s.take("q", 2_000).await.unwrap().unwrap();
+            assert_eq!(&t.id, want, "job {i}");
+            let outcome = match i % 3 {
+                0 => Outcome::RetryAt {
+                    due_ms: 5_000 + i as u64,
+                    error: "503".into(),
+                },
+                _ => Outcome::Finished {
+                    status: JobStatus::Done,
+                    result: None,
+                    error: None,
+                    expire_ms: 10_000,
+                },
+            };
+            s.finish(t.id, outcome, 2_000).await.unwrap();
+        }
+        assert_eq!(s.depth("q").total_waiting(), 400);
+        assert_eq!(s.next_due("q").await.unwrap(), Some(5_000));
+    }
+    let s = LocalStore::open(dir.path()).unwrap();
+    assert_eq!(s.depth("q").total_waiting(), 400);
+    assert_eq!(s.next_due("q").await.unwrap(), Some(5_000));
+    // Before the backoffs end: the rest, in order.
+    for want in &ids[300..] {
+        assert_eq!(&s.take("q", 3_000).await.unwrap().unwrap().id, want);
+    }
+    assert!(s.take("q", 3_000).await.unwrap().is_none());
+    // After: the retried ones, in the order they went to backoff.
+    let retried: Vec<JobId> = ids.iter().take(300).step_by(3).copied().collect();
+    let got = s.take_many("q", 6_000, 1_000).await.unwrap();
+    assert_eq!(got.iter().map(|t| t.id).collect::<Vec<_>>(), retried);
+    assert_eq!(s.next_due("q").await.unwrap(), None);
+    assert_eq!(s.expire(10_000).await.unwrap(), 200);
+    assert_eq!(s.expire(10_000).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn the_jobs_of_an_earlier_redb_store_are_brought_over_once() {
+    use super::import::{BODIES, JOBS, META, PENDING, READY};
+    use redb::Database;
+    let dir = tempfile::tempdir().unwrap();
+    let id = JobId::random();
+    let mut old = job("orders", HIGH, None);
+    old.seq = 7;
+    {
+        let db = Database::create(dir.path().join("jobs.redb")).unwrap();
+        let w = db.begin_write().unwrap();
+        w.open_table(JOBS)
+            .unwrap()
+            .insert(&id.0, encode(&old).as_slice())
+            .unwrap();
+        w.open_table(BODIES)
+            .unwrap()
+            .insert(&id.0, b"old body".as_slice())
+            .unwrap();
+        w.open_table(READY)
+            .unwrap()
+            .insert(("orders", HIGH, 7u64), &id.0)
+            .unwrap();
+        w.open_table(PENDING)
+            .unwrap()
+            .insert(("orders", 7u64), &id.0)
+            .unwrap();
+        w.open_table(META).unwrap().insert("seq", 8u64).unwrap();
+        w.commit().unwrap();
+    }
+    {
+        let s = LocalStore::open(dir.path()).unwrap();
+        assert_eq!(s.depth("orders").waiting, [1, 0, 0]);
+        assert!(!dir.path().join("jobs.redb").exists());
+        assert!(dir.path().join("jobs.redb.imported").exists());
+        let (_, r) = put(&s, job("orders", LOW, None), 10).await;
+        assert!(
+            matches!(r, Accepted::New { seq: 8 }),
+            "seqs go on from the old store's"
+        );
+    }
+    let s = LocalStore::open(dir.path()).unwrap();
+    let t = s.take("orders", 2_000).await.unwrap().unwrap();
+    assert_eq!(t.id, id);
+    assert_eq!(&t.body[..], b"old body");
+    assert_eq!(s.depth("orders").waiting, [0, 0, 1]);
+}
