@@ -12,6 +12,7 @@
 #
 #   bench/queue.sh                  # DUR=10 JOBS=1000000
 #   DUR=5 JOBS=200000 bench/queue.sh
+#   KANAME=/tmp/kaname-other DUR=8 JOBS=0 bench/queue.sh   # phases 1-2 only
 set -euo pipefail
 DUR=${DUR:-10}
 JOBS=${JOBS:-1000000}
@@ -19,8 +20,11 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BENCH=$ROOT/bench
 . "$BENCH/lib.sh"
 need wrk nginx python3 taskset curl
-(cd "$ROOT" && cargo build --release --locked -p kaname --bin kaname >&2)
-KANAME=$ROOT/target/release/kaname
+# KANAME=path measures another build (an A/B of two stores) as it is.
+if [ -z "${KANAME:-}" ]; then
+  (cd "$ROOT" && cargo build --release --locked -p kaname --bin kaname >&2)
+  KANAME=$ROOT/target/release/kaname
+fi
 HS=""
 start_nginx
 # An upstream that takes connections and never answers.
@@ -82,6 +86,7 @@ end=$(date +%s.%N)
 awk -v n="$done_n" -v a="$start" -v b="$end" 'BEGIN { printf "delivered: %d jobs in %.1f s (restart included): %.0f jobs/s to nginx, 32 consumers\n", n, b - a, n / (b - a) }'
 stop_kaname
 
+[ "$JOBS" -gt 0 ] || exit 0
 rm -rf "$RUN/data"
 run_kaname "$RUN/held.yaml"
 echo "filling $JOBS jobs (128 clients) ..."

@@ -11,7 +11,11 @@
 //!
 //! Indexes, keyed so that the work of each operation is one range read
 //! (keys in [`keys`]):
-//! - `jobs` id → the record (postcard), `bodies` id → the body;
+//! - `ids` id → the job's place (the seq it was accepted with);
+//! - `jobs` place → the record (postcard), `bodies` place → the body:
+//!   keyed by acceptance order, both grow at their end like a log, so
+//!   compaction moves whole files instead of merging random ids (its
+//!   writes are what every commit's fsync waits behind);
 //! - `ready` (queue, priority, seq) → id: due jobs, in serving order;
 //! - `delayed` (queue, due_ms, seq) → id: jobs waiting out a backoff;
 //! - `pending` (queue, seq) → id: every waiting job, oldest first;
@@ -76,6 +80,7 @@ struct Counts {
 
 #[derive(Clone)]
 struct Tables {
+    ids: Table,
     jobs: Table,
     bodies: Table,
     ready: Table,
@@ -126,6 +131,7 @@ impl LocalStore {
             .map_err(|e| io(&e))
         };
         let tables = Tables {
+            ids: table("ids")?,
             jobs: table("jobs")?,
             // Bodies go to blob files when flushed: compaction moves their
             // keys, never the bodies again, and its writes (which every
@@ -221,9 +227,14 @@ impl JobStore for LocalStore {
     }
 
     fn get(&self, id: JobId) -> StoreFuture<'_, Option<Job>> {
-        let jobs = self.tables.jobs.clone();
+        let (ids, jobs) = (self.tables.ids.clone(), self.tables.jobs.clone());
         Box::pin(async move {
-            let read = move || jobs.get(id.0).map(|v| v.and_then(|v| decode(&v)));
+            let read = move || -> Result<Option<Job>, fjall::Error> {
+                let Some(at) = ids.get(id.0)? else {
+                    return Ok(None);
+                };
+                Ok(jobs.get(at)?.and_then(|v| decode(&v)))
+            };
             tokio::task::spawn_blocking(read)
                 .await
                 .map_err(|_| StoreError::Closed)?
@@ -259,8 +270,21 @@ fn encode(job: &Job) -> Vec<u8> {
     postcard::to_allocvec(job).unwrap_or_default()
 }
 
-fn read_job(tx: &WriteTx, t: &Tables, id: &[u8; 16]) -> Result<Option<Job>, fjall::Error> {
-    Ok(tx.get(&t.jobs, id)?.and_then(|v| decode(&v)))
+/// Where a job's record and body are kept.
+type Place = [u8; 8];
+
+fn place_of(tx: &WriteTx, t: &Tables, id: &[u8; 16]) -> Result<Option<Place>, fjall::Error> {
+    Ok(tx.get(&t.ids, id)?.and_then(|v| v.as_ref().try_into().ok()))
+}
+
+fn read_job(tx: &WriteTx, t: &Tables, id: &[u8; 16]) -> Result<Option<(Job, Place)>, fjall::Error> {
+    let Some(at) = place_of(tx, t, id)? else {
+        return Ok(None);
+    };
+    Ok(tx
+        .get(&t.jobs, at)?
+        .and_then(|v| decode(&v))
+        .map(|j| (j, at)))
 }
 
 /// The leading live entries of `prefix` (from its [`Heads`] bound on)
@@ -311,12 +335,12 @@ fn recover(
     for (k, v) in cut {
         tx.remove(&t.delivering, k.clone());
         let Some(id) = keys::id_of(&v) else { continue };
-        let Some(mut job) = read_job(&tx, t, &id)? else {
+        let Some((mut job, at)) = read_job(&tx, t, &id)? else {
             continue;
         };
         // The cut delivery counted as an attempt (async.md).
         job.status = JobStatus::Queued;
-        tx.insert(&t.jobs, id.as_slice(), encode(&job));
+        tx.insert(&t.jobs, at.as_slice(), encode(&job));
         tx.insert(
             &t.ready,
             keys::ready(&job.queue, job.priority, job.seq),
@@ -341,7 +365,7 @@ fn recover(
             continue;
         };
         let priority = match keys::id_of(&v) {
-            Some(id) => read_job(&tx, t, &id)?.map_or(NORMAL, |j| j.priority),
+            Some(id) => read_job(&tx, t, &id)?.map_or(NORMAL, |(j, _)| j.priority),
             None => NORMAL,
         };
         counts.depth.entry(queue).or_default().waiting[priority_index(priority)] += 1;
@@ -500,7 +524,7 @@ fn oldest(
     let Some(id) = first.first().and_then(|(_, v)| keys::id_of(v)) else {
         return Ok(None);
     };
-    Ok(read_job(tx, t, &id)?.map(|j| j.created_ms))
+    Ok(read_job(tx, t, &id)?.map(|(j, _)| j.created_ms))
 }
 
 /// The first due time among `queue`'s jobs in backoff.
@@ -535,7 +559,7 @@ fn accept(
     if let Some((key, digest)) = &job.idempotency {
         let taken = tx.get(&t.idempotency, keys::idempotency(&queue, key))?;
         if let Some(first) = taken.and_then(|v| keys::id_of(&v)) {
-            if let Some(old) = read_job(tx, t, &first)? {
+            if let Some((old, _)) = read_job(tx, t, &first)? {
                 let same = old.idempotency.as_ref().is_some_and(|(_, d)| d == digest);
                 return Ok(match same {
                     true => Accepted::Duplicate {
@@ -553,8 +577,10 @@ fn accept(
     }
     job.seq = *seq;
     *seq += 1;
-    tx.insert(&t.jobs, id.0.as_slice(), encode(&job));
-    tx.insert(&t.bodies, id.0.as_slice(), body.as_ref());
+    let at: Place = job.seq.to_be_bytes();
+    tx.insert(&t.ids, id.0.as_slice(), at.as_slice());
+    tx.insert(&t.jobs, at.as_slice(), encode(&job));
+    tx.insert(&t.bodies, at.as_slice(), body.as_ref());
     insert_ready(tx, t, heads, &queue, job.priority, job.seq, &id.0);
     insert_pending(tx, t, heads, &queue, job.seq, &id.0);
     if let Some((key, _)) = &job.idempotency {
@@ -623,7 +649,7 @@ fn take(
         let (Some(seq), Some(id)) = (keys::u64_at(&k, at + 8), keys::id_of(&v)) else {
             continue;
         };
-        let priority = read_job(tx, t, &id)?.map_or(NORMAL, |j| j.priority);
+        let priority = read_job(tx, t, &id)?.map_or(NORMAL, |(j, _)| j.priority);
         insert_ready(tx, t, heads, queue, priority, seq, &id);
     }
     let mut first = None;
@@ -645,15 +671,15 @@ fn take(
     };
     tx.remove(&t.pending, keys::by_seq(queue, seq));
     tx.insert(&t.delivering, keys::by_seq(queue, seq), id.as_slice());
-    let Some(mut job) = read_job(tx, t, &id)? else {
+    let Some((mut job, at)) = read_job(tx, t, &id)? else {
         return Ok(None);
     };
     job.status = JobStatus::Delivering;
     job.attempts += 1;
     job.updated_ms = now;
-    tx.insert(&t.jobs, id.as_slice(), encode(&job));
+    tx.insert(&t.jobs, at.as_slice(), encode(&job));
     let body = tx
-        .get(&t.bodies, id)?
+        .get(&t.bodies, at)?
         .map(|b| Bytes::copy_from_slice(&b))
         .unwrap_or_default();
     let d = depth.entry(queue.to_string()).or_default();
@@ -678,7 +704,7 @@ fn finish(
     seq: &mut u64,
     depth: &mut HashMap<String, Depth>,
 ) -> Result<Option<String>, fjall::Error> {
-    let Some(mut job) = read_job(tx, t, &id.0)? else {
+    let Some((mut job, at)) = read_job(tx, t, &id.0)? else {
         return Ok(None);
     };
     if job.status != JobStatus::Delivering {
@@ -699,7 +725,7 @@ fn finish(
             job.status = status;
             job.result = result;
             job.error = error;
-            tx.remove(&t.bodies, id.0.as_slice());
+            tx.remove(&t.bodies, at.as_slice());
             insert_expiry(tx, t, heads, expire_ms, &id.0);
         }
         Outcome::RetryAt { due_ms, error } => {
@@ -725,7 +751,7 @@ fn finish(
             d.waiting[priority_index(job.priority)] += 1;
         }
     }
-    tx.insert(&t.jobs, id.0.as_slice(), encode(&job));
+    tx.insert(&t.jobs, at.as_slice(), encode(&job));
     Ok(Some(queue))
 }
 
@@ -744,7 +770,7 @@ fn cancel(
     now: u64,
     depth: &mut HashMap<String, Depth>,
 ) -> Result<Cancel, fjall::Error> {
-    let Some(mut job) = read_job(tx, t, &id.0)? else {
+    let Some((mut job, at)) = read_job(tx, t, &id.0)? else {
         return Ok(Cancel::NotFound);
     };
     if job.status != JobStatus::Queued {
@@ -759,14 +785,14 @@ fn cancel(
         tx.remove(&t.delayed, keys::delayed(q, job.due_ms, job.seq));
     }
     tx.remove(&t.pending, keys::by_seq(q, job.seq));
-    tx.remove(&t.bodies, id.0.as_slice());
+    tx.remove(&t.bodies, at.as_slice());
     insert_expiry(tx, t, heads, expire_ms, &id.0);
     let d = depth.entry(job.queue.clone()).or_default();
     let i = priority_index(job.priority);
     d.waiting[i] = d.waiting[i].saturating_sub(1);
     job.status = JobStatus::Cancelled;
     job.updated_ms = now;
-    tx.insert(&t.jobs, id.0.as_slice(), encode(&job));
+    tx.insert(&t.jobs, at.as_slice(), encode(&job));
     Ok(Cancel::Cancelled(Box::new(job)))
 }
 
@@ -782,7 +808,12 @@ fn expire(tx: &mut WriteTx, t: &Tables, heads: &mut Heads, now: u64) -> Result<u
         let Some(id) = k.get(8..).and_then(keys::id_of) else {
             continue;
         };
-        if let Some(job) = tx.take(&t.jobs, id.as_slice())?.and_then(|v| decode(&v)) {
+        let Some(at) = place_of(tx, t, &id)? else {
+            continue;
+        };
+        tx.remove(&t.ids, id.as_slice());
+        tx.remove(&t.bodies, at.as_slice());
+        if let Some(job) = tx.take(&t.jobs, at.as_slice())?.and_then(|v| decode(&v)) {
             if let Some((key, _)) = &job.idempotency {
                 tx.remove(&t.idempotency, keys::idempotency(&job.queue, key));
             }

@@ -2,7 +2,7 @@
 //! file, `data_dir/jobs.redb`) the first time this one opens `data_dir`:
 //! an upgrade must not leave accepted jobs behind in a file nobody reads.
 //!
-//! Each table is copied as it is, its keys rewritten in [`super::keys`]'s
+//! Each index is copied as it is, its keys rewritten in [`super::keys`]'s
 //! layout, in transactions of a bounded size; the file is renamed to
 //! `jobs.redb.imported` once all of it is committed. A crash part way
 //! leaves the file in place and the next start copies it again (the same
@@ -73,11 +73,35 @@ pub(super) fn import_redb(
             }
         };
     }
-    copy!(JOBS, t.jobs, |k, v| k.to_vec(), {
-        jobs += 1;
-        v.to_vec()
-    });
-    copy!(BODIES, t.bodies, |k, v| k.to_vec(), v.to_vec());
+    // A job's place in the new store is its seq in the old one (unique,
+    // and below every seq the new store gives from the old counter on).
+    let bodies = match read.open_table(BODIES) {
+        Ok(b) => Some(b),
+        Err(TableError::TableDoesNotExist(_)) => None,
+        Err(e) => return Err(old(e.into())),
+    };
+    match read.open_table(JOBS) {
+        Ok(records) => {
+            for entry in records.iter().map_err(|e| old(e.into()))? {
+                let (k, v) = entry.map_err(|e| old(e.into()))?;
+                let (id, record) = (k.value(), v.value());
+                let Some(job) = super::decode(record) else {
+                    continue;
+                };
+                let at = job.seq.to_be_bytes().to_vec();
+                out.put(&t.ids, id.to_vec(), at.clone())?;
+                out.put(&t.jobs, at.clone(), record.to_vec())?;
+                if let Some(bodies) = &bodies {
+                    if let Some(body) = bodies.get(id).map_err(|e| old(e.into()))? {
+                        out.put(&t.bodies, at, body.value().to_vec())?;
+                    }
+                }
+                jobs += 1;
+            }
+        }
+        Err(TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(old(e.into())),
+    }
     copy!(
         READY,
         t.ready,
