@@ -147,6 +147,58 @@ async fn a_partial_preface_or_first_byte_then_silence_is_cut() {
 }
 
 #[tokio::test]
+async fn an_http2_preface_with_no_request_is_closed_at_header_read_timeout() {
+    let up = TestUpstream::start("up").await;
+    let k = Kaname::start(&one_route_config(
+        up.addr,
+        "    header_read_timeout: 300ms\n    idle_timeout: 1m\n",
+        "",
+    ))
+    .await;
+    let port = k.port("main");
+    // The whole preface and an empty SETTINGS frame, then PINGs only: a
+    // connection that never asks for anything.
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .expect("preface");
+    let started = Instant::now();
+    let ping = b"\0\0\x08\x06\0\0\0\0\0pingping";
+    let _ = s.write_all(ping).await;
+    let (seen, closed) = read_until_close(&mut s, Duration::from_secs(5)).await;
+    assert!(closed, "preface then nothing: still open 5 s later");
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "closed before header_read_timeout ({:?})",
+        started.elapsed()
+    );
+    assert!(
+        !seen.is_empty(),
+        "kaname's SETTINGS (and GOAWAY) came first"
+    );
+
+    // A connection that asked once is not cut by it: its next request,
+    // past header_read_timeout, is served on the same connection.
+    let mut client = support::request_model::h2_connect(port).await.expect("h2");
+    for i in 0..2 {
+        let req = http::Request::get(format!("http://127.0.0.1:{port}/again/{i}"))
+            .body(())
+            .unwrap();
+        client = client.ready().await.expect("ready");
+        let (res, _) = client.send_request(req, true).expect("send");
+        let res = res.await.expect("answered on the same connection");
+        assert_eq!(res.status(), 200);
+        if i == 0 {
+            // Past header_read_timeout with the connection idle.
+            tokio::time::sleep(Duration::from_millis(700)).await;
+        }
+    }
+    assert_eq!(up.recorded().len(), 2);
+}
+
+#[tokio::test]
 async fn slowloris_is_cut_and_does_not_starve_others() {
     let up = TestUpstream::start("up").await;
     let k = Kaname::start(&one_route_config(

@@ -4,7 +4,7 @@
 //! IO under hyper, tells `Activity` of every byte.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -21,6 +21,9 @@ pub struct Activity {
     /// frames move nothing): `stream_idle_timeout`.
     progress_ms: AtomicU64,
     in_flight: AtomicUsize,
+    /// A request came on this connection (HTTP/2's first HEADERS are bounded
+    /// by `header_read_timeout`, as HTTP/1's first head).
+    requested: AtomicBool,
 }
 
 impl Activity {
@@ -30,6 +33,7 @@ impl Activity {
             last_ms: AtomicU64::new(0),
             progress_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            requested: AtomicBool::new(false),
         })
     }
 
@@ -66,6 +70,11 @@ impl Activity {
         self.in_flight.load(Ordering::Relaxed) > 0
     }
 
+    /// A request came on this connection.
+    pub fn has_had_requests(&self) -> bool {
+        self.requested.load(Ordering::Relaxed)
+    }
+
     /// Requests are in flight and none moved a byte for `timeout`.
     pub fn is_stalled(&self, timeout: Duration) -> bool {
         self.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() >= self.stall_deadline(timeout)
@@ -74,6 +83,7 @@ impl Activity {
     /// Marks a request in flight until the guard drops.
     pub fn request(self: &Arc<Self>) -> RequestGuard {
         self.progress();
+        self.requested.store(true, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         RequestGuard(self.clone())
     }

@@ -299,6 +299,16 @@ pub async fn accept_loop(
             let conn = Served::new(&settings.builders, protocol, io, service);
             tokio::pin!(conn);
             let stream_idle = settings.stream_idle_timeout;
+            // HTTP/2: the first request by `head_by`, or the connection is
+            // closed (H1Guard bounds HTTP/1's first head itself, with its
+            // 408: not yet known, it is given a second to act first). A
+            // client that sends the preface and then nothing, or only
+            // SETTINGS and PINGs, holds no connection until idle_timeout.
+            let first_request_by = match protocol {
+                serve::Protocol::Http1 => None,
+                serve::Protocol::Http2 => Some(head_by),
+                serve::Protocol::Unknown => Some(head_by + Duration::from_secs(1)),
+            };
             let result = loop {
                 // The one timer that can act now: the stall of the requests
                 // in flight, or, with none, the idle end of the connection
@@ -311,6 +321,10 @@ pub async fn accept_loop(
                     activity
                         .idle_deadline(idle_timeout)
                         .min(Instant::now() + stream_idle)
+                };
+                let deadline = match first_request_by {
+                    Some(by) if !activity.has_had_requests() => deadline.min(by),
+                    _ => deadline,
                 };
                 let event = tokio::select! {
                     r = conn.as_mut() => ConnEvent::Done(r),
@@ -327,6 +341,19 @@ pub async fn accept_loop(
                         stream_idle_hit.inc();
                         tracing::debug!(%peer, "stream_idle_timeout: connection reset");
                         break Ok(());
+                    }
+                    ConnEvent::Tick
+                        if first_request_by.is_some_and(|by| Instant::now() >= by)
+                            && !activity.has_had_requests() =>
+                    {
+                        tracing::debug!(%peer, "no request within header_read_timeout: connection closed");
+                        // GOAWAY for a client that listens; one that does
+                        // not answer its PING is not waited for.
+                        conn.as_mut().graceful_shutdown();
+                        let grace = Instant::now() + Duration::from_secs(1);
+                        break tokio::time::timeout_at(grace, conn.as_mut())
+                            .await
+                            .unwrap_or(Ok(()));
                     }
                     // Not due: the deadline moved on, or a request came or went.
                     ConnEvent::Tick if !activity.is_idle(idle_timeout) => continue,
