@@ -10,6 +10,13 @@ use support::{one_route_config, HttpClient, Kaname, TestUpstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// A raw TCP connection to kaname's listener.
+async fn connect(port: u16) -> TcpStream {
+    TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect")
+}
+
 /// Reads until EOF or `deadline`; returns what was read and whether the
 /// peer closed.
 async fn read_until_close(s: &mut TcpStream, deadline: Duration) -> (String, bool) {
@@ -49,9 +56,7 @@ async fn idle_keep_alive_connection_is_closed_after_idle_timeout() {
     let k = Kaname::start(&one_route_config(up.addr, "    idle_timeout: 300ms\n", "")).await;
     let port = k.port("main");
 
-    let mut s = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
+    let mut s = connect(port).await;
     // Busy for ~1 s (a request every 100 ms): activity keeps it open.
     for i in 0..10 {
         get_200(&mut s, "/busy", i).await;
@@ -76,9 +81,7 @@ async fn keep_alive_idle_longer_than_header_read_timeout_stays_open() {
     .await;
     let port = k.port("main");
 
-    let mut s = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
+    let mut s = connect(port).await;
     for i in 0..2 {
         get_200(&mut s, "/kept", i).await;
         // Idle three times header_read_timeout: the time itself is the test.
@@ -91,9 +94,7 @@ async fn keep_alive_idle_longer_than_header_read_timeout_stays_open() {
 
     // A connection that never sends a head is cut after header_read_timeout,
     // not after idle_timeout.
-    let mut quiet = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
+    let mut quiet = connect(port).await;
     let started = Instant::now();
     let (text, closed) = read_until_close(&mut quiet, Duration::from_secs(5)).await;
     assert!(closed, "a silent connection still open 5 s later");
@@ -120,9 +121,7 @@ async fn a_partial_preface_or_first_byte_then_silence_is_cut() {
     .await;
     let port = k.port("main");
     for first in [&b"PRI * HTTP/2"[..], b"G", b"GET /slow HTTP/1.1\r\n"] {
-        let mut s = TcpStream::connect(("127.0.0.1", port))
-            .await
-            .expect("connect");
+        let mut s = connect(port).await;
         s.write_all(first).await.expect("write");
         let started = Instant::now();
         let (_, closed) = read_until_close(&mut s, Duration::from_secs(5)).await;
@@ -140,9 +139,7 @@ async fn a_partial_preface_or_first_byte_then_silence_is_cut() {
     }
     assert!(up.recorded().is_empty(), "nothing reached the upstream");
     // The listener still serves.
-    let mut s = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
+    let mut s = connect(port).await;
     get_200(&mut s, "/after", 0).await;
 }
 
@@ -158,9 +155,7 @@ async fn an_http2_preface_with_no_request_is_closed_at_header_read_timeout() {
     let port = k.port("main");
     // The whole preface and an empty SETTINGS frame, then PINGs only: a
     // connection that never asks for anything.
-    let mut s = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
+    let mut s = connect(port).await;
     s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
         .await
         .expect("preface");
@@ -213,9 +208,7 @@ async fn slowloris_is_cut_and_does_not_starve_others() {
     let mut slow = Vec::new();
     for _ in 0..50 {
         slow.push(tokio::spawn(async move {
-            let mut s = TcpStream::connect(("127.0.0.1", port))
-                .await
-                .expect("connect");
+            let mut s = connect(port).await;
             let head =
                 b"GET /slow HTTP/1.1\r\nhost: x\r\nx-a: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
             let started = Instant::now();
@@ -261,9 +254,7 @@ async fn oversized_head_gets_431() {
     ))
     .await;
     let port = k.port("main");
-    let mut s = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
+    let mut s = connect(port).await;
     let big = "a".repeat(20 * 1024);
     let req = format!("GET /big HTTP/1.1\r\nhost: x\r\nx-big: {big}\r\n\r\n");
     let _ = s.write_all(req.as_bytes()).await;
@@ -288,9 +279,7 @@ async fn body_over_the_limit_gets_413() {
     .await;
     let port = k.port("main");
     // Declared length over the limit: refused before the upstream is asked.
-    let mut s = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
+    let mut s = connect(port).await;
     let body = "b".repeat(4096);
     let req = format!(
         "POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{body}",
@@ -307,9 +296,7 @@ async fn body_over_the_limit_gets_413() {
     assert_eq!(up.hits(), 0, "the upstream never saw the request");
 
     // Chunked, no declared length: cut when the limit is crossed.
-    let mut s = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
+    let mut s = connect(port).await;
     let mut req =
         String::from("POST /up HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n");
     for _ in 0..8 {
@@ -378,9 +365,7 @@ async fn refused_with_400(cases: &[(&str, &str)]) {
     let port = k.port("main");
     let mut wrong = Vec::new();
     for (name, raw) in cases {
-        let mut s = TcpStream::connect(("127.0.0.1", port))
-            .await
-            .expect("connect");
+        let mut s = connect(port).await;
         let _ = s.write_all(raw.as_bytes()).await;
         let (text, closed) = read_until_close(&mut s, Duration::from_secs(3)).await;
         let status = text.lines().next().unwrap_or("").to_owned();
