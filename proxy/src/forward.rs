@@ -309,8 +309,7 @@ impl ForwardTo {
         }
         if let Some(trace) = req.extensions().get::<RecordedTrace>().cloned() {
             let method = req.method().clone();
-            record.span =
-                Some(trace.start_try(req.headers_mut(), &method, &up.name, endpoint.addr));
+            record.span = Some(trace.start_try(req.headers_mut(), &method, &up.name, &endpoint));
         }
         let replay = (upgrade.is_none() && replayable(&req)).then(|| head_copy(&req));
         let mut result = up.send(&endpoint, req).await;

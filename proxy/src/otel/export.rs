@@ -4,24 +4,35 @@
 //! Why not the SDK's `BatchSpanProcessor`: it counts the spans it drops
 //! only internally (tracing.md asks for `kaname_tracing_spans_dropped_total`
 //! by reason) and runs on its own thread with a blocking executor, while
-//! tonic's channel wants the tokio runtime kaname already has. This is
-//! the same design (bounded queue, batches, one export at a time), counted.
+//! kaname already has a tokio runtime. This is the same design (bounded
+//! queue, batches, one export at a time), counted.
+//!
+//! Why not opentelemetry-otlp's exporter: see [`super::encode`]. A batch is
+//! encoded there and sent here, by hyper: OTLP/gRPC is one unary call (a
+//! length-prefixed message, the answer's `grpc-status`), OTLP/HTTP one
+//! POST of the same bytes.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use kaname_config::{Otlp, OtlpProtocol};
-use opentelemetry::Context;
-use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig, WithTonicConfig};
+use opentelemetry::{Context, InstrumentationScope};
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter as _, SpanProcessor};
+use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
 use opentelemetry_sdk::Resource;
 use prometheus::IntCounter;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::encode::RequestEncoder;
 use super::TracingError;
 use crate::metrics::Metrics;
 
@@ -85,10 +96,10 @@ impl ExportTask {
     pub fn start(
         otlp: &Otlp,
         resource: &Resource,
+        scope: &InstrumentationScope,
         metrics: &Metrics,
     ) -> Result<Self, TracingError> {
-        let mut exporter = exporter(otlp)?;
-        exporter.set_resource(resource);
+        let collector = Collector::new(otlp, RequestEncoder::new(resource, scope))?;
         let (tx, rx) = mpsc::channel(otlp.max_queue);
         let dropped = |reason| {
             metrics
@@ -102,7 +113,7 @@ impl ExportTask {
         };
         let finish = std::sync::Arc::new(Notify::new());
         let task = tokio::spawn(run(
-            exporter,
+            collector,
             rx,
             otlp.timeout,
             otlp.endpoint.clone(),
@@ -143,7 +154,7 @@ impl Drop for ExportTask {
 }
 
 async fn run(
-    exporter: opentelemetry_otlp::SpanExporter,
+    collector: Collector,
     mut rx: mpsc::Receiver<SpanData>,
     timeout: Duration,
     endpoint: String,
@@ -183,13 +194,14 @@ async fn run(
                 }
             }
         }
-        let spans = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-        let n = spans.len() as u64;
-        match tokio::time::timeout(timeout, exporter.export(spans)).await {
+        let n = batch.len() as u64;
+        let sent = tokio::time::timeout(timeout, collector.export(&batch)).await;
+        batch.clear();
+        match sent {
             Ok(Ok(())) => c.exported.inc_by(n),
             Ok(Err(e)) => {
                 c.failed.inc_by(n);
-                complaint.say(&endpoint, &e.to_string(), &c);
+                complaint.say(&endpoint, &e, &c);
             }
             Err(_) => {
                 c.failed.inc_by(n);
@@ -208,7 +220,6 @@ async fn run(
             );
         }
     }
-    let _ = exporter.shutdown();
 }
 
 /// The at-most-once-a-minute warning about a collector in trouble.
@@ -235,43 +246,115 @@ impl Complaint {
     }
 }
 
-fn exporter(otlp: &Otlp) -> Result<opentelemetry_otlp::SpanExporter, TracingError> {
-    let builder = opentelemetry_otlp::SpanExporter::builder();
-    let built = match otlp.protocol {
-        OtlpProtocol::Grpc => {
-            let mut headers = http::HeaderMap::new();
-            for (k, v) in &otlp.headers {
-                let name = http::HeaderName::from_bytes(k.as_bytes())
-                    .map_err(|e| TracingError(format!("header {k:?}: {e}")))?;
-                let value = http::HeaderValue::from_str(v).map_err(|_| {
-                    TracingError(format!("header {k:?}: a value a header cannot carry"))
-                })?;
-                headers.insert(name, value);
-            }
-            let mut b = builder
-                .with_tonic()
-                .with_endpoint(otlp.endpoint.clone())
-                .with_timeout(otlp.timeout)
-                .with_metadata(tonic::metadata::MetadataMap::from_headers(headers));
-            if otlp.endpoint.starts_with("https://") {
-                b = b.with_tls_config(tonic::transport::ClientTlsConfig::new().with_webpki_roots());
-            }
-            b.build()
+/// The gRPC method of OTLP's trace service.
+const GRPC_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+/// What is read of a collector's answer (an `ExportTraceServiceResponse`, a
+/// status): a collector cannot make the exporter hold more.
+const MAX_ANSWER: usize = 64 * 1024;
+
+/// One collector endpoint, by OTLP/gRPC or OTLP/HTTP (protobuf).
+struct Collector {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    uri: Uri,
+    headers: HeaderMap,
+    grpc: bool,
+    encoder: RequestEncoder,
+}
+
+impl Collector {
+    fn new(otlp: &Otlp, encoder: RequestEncoder) -> Result<Self, TracingError> {
+        let grpc = otlp.protocol == OtlpProtocol::Grpc;
+        let given: Uri = otlp
+            .endpoint
+            .parse()
+            .map_err(|e| TracingError(format!("endpoint {:?}: {e}", otlp.endpoint)))?;
+        // gRPC: the method's path on the endpoint's authority; HTTP: the
+        // URL as given (`…/v1/traces`).
+        let uri = if grpc {
+            let mut parts = given.into_parts();
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static(GRPC_EXPORT));
+            Uri::from_parts(parts)
+                .map_err(|e| TracingError(format!("endpoint {:?}: {e}", otlp.endpoint)))?
+        } else {
+            given
+        };
+        let mut headers = HeaderMap::new();
+        for (k, v) in &otlp.headers {
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|e| TracingError(format!("header {k:?}: {e}")))?;
+            let value = HeaderValue::from_str(v).map_err(|_| {
+                TracingError(format!("header {k:?}: a value a header cannot carry"))
+            })?;
+            headers.insert(name, value);
         }
-        OtlpProtocol::HttpProtobuf => {
-            let headers: HashMap<String, String> = otlp.headers.iter().cloned().collect();
-            let connector = crate::tls::client::web_connector(None, otlp.timeout)
-                .map_err(|e| TracingError(format!("TLS setup: {e}")))?;
-            let client = opentelemetry_http::hyper::HyperClient::new(connector, otlp.timeout, None);
-            builder
-                .with_http()
-                .with_endpoint(otlp.endpoint.clone())
-                .with_timeout(otlp.timeout)
-                .with_protocol(Protocol::HttpBinary)
-                .with_headers(headers)
-                .with_http_client(client)
-                .build()
+        let content_type = if grpc {
+            headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+            "application/grpc"
+        } else {
+            "application/x-protobuf"
+        };
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static(content_type),
+        );
+        let connector = crate::tls::client::web_connector(None, otlp.timeout)
+            .map_err(|e| TracingError(format!("TLS setup: {e}")))?;
+        let client = Client::builder(TokioExecutor::new())
+            .http2_only(grpc)
+            .build(connector);
+        Ok(Collector {
+            client,
+            uri,
+            headers,
+            grpc,
+            encoder,
+        })
+    }
+
+    /// One export call; Err says why the collector did not take it.
+    async fn export(&self, spans: &[SpanData]) -> Result<(), String> {
+        let body = Bytes::from(self.encoder.encode(spans, self.grpc));
+        let mut req = Request::post(self.uri.clone())
+            .body(Full::new(body))
+            .map_err(|e| e.to_string())?;
+        *req.headers_mut() = self.headers.clone();
+        let res = self.client.request(req).await.map_err(|e| {
+            use std::error::Error as _;
+            match e.source() {
+                Some(cause) => format!("{e}: {cause}"),
+                None => e.to_string(),
+            }
+        })?;
+        let status = res.status();
+        let (parts, body) = res.into_parts();
+        let answer = Limited::new(body, MAX_ANSWER).collect().await;
+        if !self.grpc {
+            return match status.is_success() {
+                true => Ok(()),
+                false => Err(format!("HTTP {status}")),
+            };
         }
-    };
-    built.map_err(|e| TracingError(e.to_string()))
+        if status != StatusCode::OK {
+            return Err(format!("HTTP {status} to a gRPC call"));
+        }
+        // Trailers-only answers carry the status in the head.
+        let trailers = answer.ok().and_then(|a| a.trailers().cloned());
+        let grpc_status = parts
+            .headers
+            .get("grpc-status")
+            .or_else(|| trailers.as_ref().and_then(|t| t.get("grpc-status")));
+        match grpc_status.and_then(|v| v.to_str().ok()) {
+            Some("0") => Ok(()),
+            Some(code) => {
+                let message = parts
+                    .headers
+                    .get("grpc-message")
+                    .or_else(|| trailers.as_ref().and_then(|t| t.get("grpc-message")))
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                Err(format!("grpc-status {code} {message}"))
+            }
+            None => Err("a gRPC answer without grpc-status".into()),
+        }
+    }
 }

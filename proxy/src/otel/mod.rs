@@ -9,9 +9,9 @@
 //! builds a new one (new exporter) while requests in flight end their spans
 //! on the old, which exports them and stops once the last is dropped.
 
+mod encode;
 pub mod export;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -152,7 +152,10 @@ impl Recorder {
             )
             .with_service_name(otlp.service_name.clone())
             .build();
-        let exporter = export::ExportTask::start(otlp, &resource, metrics)?;
+        let scope = InstrumentationScope::builder("kaname")
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build();
+        let exporter = export::ExportTask::start(otlp, &resource, &scope, metrics)?;
         let provider = SdkTracerProvider::builder()
             .with_span_processor(exporter.queue())
             // Parent-based with the ratio applied by kaname before the SDK
@@ -161,11 +164,7 @@ impl Recorder {
             .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
             .with_resource(resource)
             .build();
-        let tracer = provider.tracer_with_scope(
-            InstrumentationScope::builder("kaname")
-                .with_version(env!("CARGO_PKG_VERSION"))
-                .build(),
-        );
+        let tracer = provider.tracer_with_scope(scope);
         Ok(Recorder {
             tracer,
             exporter,
@@ -257,7 +256,8 @@ pub struct ServerRequest<'a> {
     pub path: &'a str,
     pub tls: bool,
     pub host: Option<&'a str>,
-    pub client: Option<SocketAddr>,
+    /// The client's IP as text (the connection wrote it once).
+    pub client_ip: Option<&'a str>,
     pub version: http::Version,
     pub listener: &'a Arc<str>,
     pub route: &'a Arc<str>,
@@ -278,8 +278,8 @@ impl ServerSpan {
         if let Some(host) = r.host {
             span.set_attribute(KeyValue::new("server.address", host_of(host).to_owned()));
         }
-        if let Some(c) = r.client {
-            span.set_attribute(KeyValue::new("client.address", c.ip().to_string()));
+        if let Some(ip) = r.client_ip {
+            span.set_attribute(KeyValue::new("client.address", ip.to_owned()));
         }
     }
 
@@ -334,8 +334,8 @@ impl RecordedTrace {
         &self,
         headers: &mut HeaderMap,
         method: &Method,
-        upstream: &str,
-        endpoint: SocketAddr,
+        upstream: &Arc<str>,
+        endpoint: &crate::upstream::Endpoint,
     ) -> TrySpan {
         let t = &self.0;
         let attempt = t.attempts.fetch_add(1, Ordering::Relaxed) + 1;
@@ -343,9 +343,9 @@ impl RecordedTrace {
             .with_kind(SpanKind::Client)
             .with_attributes([
                 KeyValue::new("http.request.method", method_value(method)),
-                KeyValue::new("server.address", endpoint.ip().to_string()),
-                KeyValue::new("server.port", i64::from(endpoint.port())),
-                KeyValue::new("kaname.upstream", upstream.to_owned()),
+                KeyValue::new("server.address", endpoint.ip.clone()),
+                KeyValue::new("server.port", i64::from(endpoint.addr.port())),
+                KeyValue::new("kaname.upstream", upstream.clone()),
                 KeyValue::new("kaname.attempt", i64::from(attempt)),
             ]);
         let span = t.tracer.build_with_context(builder, &t.parent);

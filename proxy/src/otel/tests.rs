@@ -99,15 +99,16 @@ async fn parent_based_sampling_and_what_the_upstream_is_sent() {
         "4bf92f3577b34da6a3ce929d0e0e4736"
     );
     // Each try: its own span id in the header, numbered.
-    let addr: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+    let endpoint = crate::upstream::Endpoint::new("127.0.0.1:8080".parse().unwrap());
+    let app: Arc<str> = "app".into();
     let mut first = HeaderMap::new();
     let mut second = HeaderMap::new();
     let a = server
         .trace
-        .start_try(&mut first, &Method::GET, "app", addr);
+        .start_try(&mut first, &Method::GET, &app, &endpoint);
     let b = server
         .trace
-        .start_try(&mut second, &Method::GET, "app", addr);
+        .start_try(&mut second, &Method::GET, &app, &endpoint);
     assert_ne!(first["traceparent"], second["traceparent"]);
     assert_eq!(server.trace.0.attempts.load(Ordering::Relaxed), 2);
     let server_span = server.ids.span_id.unwrap().to_string();

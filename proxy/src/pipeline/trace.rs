@@ -70,7 +70,7 @@ impl Service<Request<Body>> for Trace {
                 .headers()
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok()),
-            client: ctx.map(|c| c.client_addr),
+            client_ip: ctx.and_then(|c| c.client_ip.to_str().ok()),
             version: req.version(),
             listener: &l.listener,
             route: &l.route,

@@ -24,6 +24,8 @@ const DECAY: Duration = Duration::from_secs(10);
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub authority: Authority,
+    /// The address's IP as text, written once (a try's span names it).
+    pub ip: Arc<str>,
     in_flight: AtomicU32,
     /// EWMA of round-trip time, in nanoseconds.
     ewma_ns: AtomicU64,
@@ -60,6 +62,7 @@ impl Endpoint {
         Endpoint {
             addr,
             authority: authority.clone(),
+            ip: addr.ip().to_string().into(),
             in_flight: AtomicU32::new(0),
             ewma_ns: AtomicU64::new(DEFAULT_RTT.as_nanos() as u64),
             stamp_ns: AtomicU64::new(0),
