@@ -249,7 +249,12 @@ async fn stale_pooled_connections_are_retried_transparently() {
     // upstream is closing or has just closed.
     let keep_alive = Duration::from_millis(100);
     let up = RawUpstream::start(keep_alive).await;
-    let k = Kaname::start(&one_route_config(up.addr, "", "")).await;
+    // Debug logs of the forwarder: a failure shows what the try met.
+    let k = Kaname::start_with_env(
+        &one_route_config(up.addr, "", ""),
+        &[("RUST_LOG", "info,kaname::forward=debug,hyper_util=debug")],
+    )
+    .await;
     let port = k.port("main");
     let client = HttpClient::http1();
     let url = format!("http://127.0.0.1:{port}/ok");
@@ -273,7 +278,15 @@ async fn stale_pooled_connections_are_retried_transparently() {
         up.connections.load(Ordering::SeqCst) > 10,
         "the upstream did not close idle connections: the test proved nothing"
     );
-    assert!(errors.is_empty(), "client errors: {errors:#?}");
+    if !errors.is_empty() {
+        // The lines that are not a plain 200, for a log too long to read.
+        let logs = k.stderr();
+        let unusual: Vec<&str> = logs.lines().filter(|l| !l.contains("status=200")).collect();
+        panic!(
+            "client errors: {errors:#?}\nkaname's other lines:\n{}",
+            unusual.join("\n")
+        );
+    }
     assert_eq!(up.served.load(Ordering::SeqCst), n);
 }
 
