@@ -229,10 +229,17 @@ fn nested(b: &mut Vec<u8>, field: u32, write: impl FnOnce(&mut Vec<u8>)) {
     if n < 0x80 {
         b[at] = n as u8;
     } else {
-        let mut len = Vec::with_capacity(10);
-        varint(&mut len, n as u64);
+        let mut len = [0u8; 10];
+        let mut w = 0;
+        let mut v = n as u64;
+        while v >= 0x80 {
+            len[w] = v as u8 | 0x80;
+            v >>= 7;
+            w += 1;
+        }
+        len[w] = v as u8;
         b[at] = len[0];
-        b.splice(at + 1..at + 1, len[1..].iter().copied());
+        b.splice(at + 1..at + 1, len[1..=w].iter().copied());
     }
 }
 

@@ -55,6 +55,9 @@ pub struct ExportTask {
 pub struct SpanQueue {
     tx: mpsc::Sender<SpanData>,
     queue_full: IntCounter,
+    /// Told when a batch's worth is queued: the export task sleeps through
+    /// a batch's gathering instead of waking for every span.
+    batch_ready: std::sync::Arc<Notify>,
 }
 
 impl std::fmt::Debug for SpanQueue {
@@ -73,6 +76,8 @@ impl SpanProcessor for SpanQueue {
         // span, not the request.
         if self.tx.try_send(span).is_err() {
             self.queue_full.inc();
+        } else if self.tx.max_capacity() - self.tx.capacity() >= BATCH {
+            self.batch_ready.notify_one();
         }
     }
 
@@ -83,6 +88,12 @@ impl SpanProcessor for SpanQueue {
     fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
         Ok(())
     }
+}
+
+/// What wakes the export task early: shutdown, a full batch.
+struct Wakers {
+    finish: std::sync::Arc<Notify>,
+    batch_ready: std::sync::Arc<Notify>,
 }
 
 /// The export outcome counters and the collector's last complaint.
@@ -112,18 +123,23 @@ impl ExportTask {
             queue_full: dropped("queue_full"),
         };
         let finish = std::sync::Arc::new(Notify::new());
+        let batch_ready = std::sync::Arc::new(Notify::new());
         let task = tokio::spawn(run(
             collector,
             rx,
             otlp.timeout,
             otlp.endpoint.clone(),
             counters,
-            finish.clone(),
+            Wakers {
+                finish: finish.clone(),
+                batch_ready: batch_ready.clone(),
+            },
         ));
         Ok(ExportTask {
             queue: SpanQueue {
                 tx,
                 queue_full: dropped("queue_full"),
+                batch_ready,
             },
             finish,
             task: Mutex::new(Some(task)),
@@ -159,8 +175,12 @@ async fn run(
     timeout: Duration,
     endpoint: String,
     c: Counters,
-    finish: std::sync::Arc<Notify>,
+    wakers: Wakers,
 ) {
+    let Wakers {
+        finish,
+        batch_ready,
+    } = wakers;
     let mut batch: Vec<SpanData> = Vec::with_capacity(BATCH);
     let mut complaint = Complaint::default();
     let mut finishing = false;
@@ -171,28 +191,25 @@ async fn run(
                 () = finish.notified() => finishing = true,
             }
         }
-        if finishing {
-            // Whatever is queued, without waiting for more.
-            while batch.len() < BATCH {
-                match rx.try_recv() {
-                    Ok(span) => batch.push(span),
-                    Err(_) => break,
-                }
+        // Finishing: whatever is queued, without waiting for more.
+        if !finishing && batch.len() + rx.len() < BATCH {
+            // Fewer, fuller exports: let the batch fill for a moment, woken
+            // once when it is full, not by each span (a wake and a timer
+            // per span cost ~1,500 instructions a request at sampling 1.0).
+            tokio::select! {
+                () = tokio::time::sleep(GATHER) => {}
+                () = batch_ready.notified() => {}
+                () = finish.notified() => finishing = true,
             }
-            if batch.is_empty() {
-                break;
+        }
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(span) => batch.push(span),
+                Err(_) => break,
             }
-        } else {
-            // Fewer, fuller exports: let the batch fill for a moment.
-            let until = Instant::now() + GATHER;
-            while batch.len() < BATCH {
-                let room = BATCH - batch.len();
-                let more = tokio::time::timeout_at(until, rx.recv_many(&mut batch, room));
-                match more.await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
-            }
+        }
+        if batch.is_empty() {
+            break;
         }
         let n = batch.len() as u64;
         let sent = tokio::time::timeout(timeout, collector.export(&batch)).await;

@@ -97,6 +97,9 @@ fn kaname_like_spans() -> Vec<SpanData> {
                 KeyValue::new("url.path", long),
                 KeyValue::new("http.response.status_code", 503),
                 KeyValue::new("kaname.error", ""),
+                // Lengths of two and three bytes, counted ahead.
+                KeyValue::new("k".repeat(200), "v".repeat(20_000)),
+                KeyValue::new("max", i64::MAX),
             ],
         ),
         span(
