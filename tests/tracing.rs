@@ -556,3 +556,53 @@ async fn the_access_log_names_the_failure_of_an_upstream() {
         "{line}"
     );
 }
+
+#[tokio::test]
+async fn a_repeated_traceparent_is_no_trace_and_is_not_sent_on() {
+    // Two traceparents name two traces: kaname could record the first
+    // while the upstream's tracer read the second. Neither is believed;
+    // one new trace is recorded and sent on, alone.
+    let otlp = OtlpReceiver::grpc().await;
+    let up = TestUpstream::start("app").await;
+    let k = Kaname::start(&route_config(up.addr, &otlp.tracing_yaml(""), "")).await;
+    let client = HttpClient::http1();
+    let first = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let second = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    for flags in ["01", "00"] {
+        let req = Request::get(k.url("main", "/orders"))
+            .header(
+                "traceparent",
+                format!("00-{first}-1111222233334444-{flags}"),
+            )
+            .header(
+                "traceparent",
+                format!("00-{second}-5555666677778888-{flags}"),
+            )
+            .header("tracestate", "vendor=x")
+            .body(empty())
+            .unwrap();
+        assert_eq!(client.send(req).await.status, 200);
+        let sent = up.last();
+        let values: Vec<_> = sent.headers.get_all("traceparent").iter().collect();
+        assert_eq!(values.len(), 1, "one traceparent upstream: {values:?}");
+        let (trace, client_span, sampled) = traceparent(values[0].to_str().unwrap());
+        assert!(trace != first && trace != second, "a new trace: {trace}");
+        assert_eq!(sampled, "01", "recorded at the default ratio 1.0");
+        assert_eq!(
+            sent.header("tracestate"),
+            None,
+            "no state of a trace not continued"
+        );
+        let spans = otlp.wait_trace(&trace, 2).await;
+        let server = one_of(&spans, SERVER);
+        assert_eq!(server.parent_span_id, "", "the new trace's root");
+        assert_eq!(one_of(&spans, CLIENT).span_id, client_span);
+    }
+    let exported = otlp.spans();
+    assert!(
+        exported
+            .iter()
+            .all(|s| s.trace_id != first && s.trace_id != second),
+        "neither repeated trace recorded: {exported:#?}"
+    );
+}

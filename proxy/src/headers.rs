@@ -35,7 +35,7 @@ static PROTECTED: [HeaderName; 9] = [
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// Removes hop-by-hop headers, including those the `Connection` header
@@ -191,6 +191,17 @@ pub fn ensure_traceparent(headers: &mut HeaderMap) {
     }
 }
 
+/// A `traceparent` sent more than once names no one trace (combined into
+/// one field, as HTTP allows, it is no valid value): all of them go, with
+/// `tracestate`, so that the trace kaname records and logs is the one the
+/// upstream is sent, not the first value here and another one there.
+pub fn drop_repeated_traceparent(headers: &mut HeaderMap) {
+    if headers.get_all(&TRACEPARENT).iter().nth(1).is_some() {
+        headers.remove(&TRACEPARENT);
+        headers.remove(&TRACESTATE);
+    }
+}
+
 /// `version-traceid-parentid-flags` in lowercase hex, ids not all zero;
 /// a later version may append fields after a dash (§4.2.4).
 fn valid_traceparent(v: &[u8]) -> bool {
@@ -213,7 +224,8 @@ fn valid_traceparent(v: &[u8]) -> bool {
         && (v.len() == 55 || v[55] == b'-')
 }
 
-fn hex_into(out: &mut [u8], bytes: &[u8]) {
+/// `bytes` as lowercase hex into `out` (two bytes of it each).
+pub fn hex_into(out: &mut [u8], bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
         pair[0] = HEX[usize::from(b >> 4)];
@@ -302,6 +314,23 @@ mod tests {
         let id = ensure_request_id(&mut h);
         assert_eq!(id.len(), 32);
         assert_eq!(h["x-request-id"], id);
+    }
+
+    #[test]
+    fn a_repeated_traceparent_goes_with_its_tracestate_a_single_one_stays() {
+        let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut h = HeaderMap::new();
+        h.insert("traceparent", HeaderValue::from_static(valid));
+        h.insert("tracestate", HeaderValue::from_static("k=v"));
+        drop_repeated_traceparent(&mut h);
+        assert_eq!(h["traceparent"], valid);
+        assert_eq!(h["tracestate"], "k=v");
+        h.append("traceparent", HeaderValue::from_static(valid));
+        drop_repeated_traceparent(&mut h);
+        assert!(h.get("traceparent").is_none() && h.get("tracestate").is_none());
+        // Then `start_traces` makes one of its own.
+        ensure_traceparent(&mut h);
+        assert!(valid_traceparent(h["traceparent"].as_bytes()));
     }
 
     #[test]

@@ -175,12 +175,11 @@ async fn run(
     timeout: Duration,
     endpoint: String,
     c: Counters,
-    wakers: Wakers,
-) {
-    let Wakers {
+    Wakers {
         finish,
         batch_ready,
-    } = wakers;
+    }: Wakers,
+) {
     let mut batch: Vec<SpanData> = Vec::with_capacity(BATCH);
     let mut complaint = Complaint::default();
     let mut finishing = false;

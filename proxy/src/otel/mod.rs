@@ -29,7 +29,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, Span};
 use opentelemetry_sdk::Resource;
 
-use crate::headers::ensure_traceparent;
+use crate::headers::{drop_repeated_traceparent, ensure_traceparent, hex_into, TRACEPARENT};
 use crate::metrics::Metrics;
 
 /// The trace context of one `tracing` section.
@@ -83,6 +83,7 @@ impl Tracing {
         // extract (the propagator looks the header up by a name it parses
         // each time; ~500 instructions an unsampled request paid).
         let parent = if headers.contains_key(&TRACEPARENT) {
+            drop_repeated_traceparent(headers);
             TraceContextPropagator::new().extract(&HeaderExtractor(headers))
         } else {
             Context::new()
@@ -410,23 +411,14 @@ impl TrySpan {
 /// unsampled request's trace handling (bench/tracing.sh), and it would add
 /// an empty `tracestate`.
 fn set_traceparent(headers: &mut HeaderMap, sc: &SpanContext) {
-    fn hex(bytes: &[u8], out: &mut [u8]) {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
-            pair[0] = HEX[usize::from(b >> 4)];
-            pair[1] = HEX[usize::from(b & 0xf)];
-        }
-    }
     let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
-    hex(&sc.trace_id().to_bytes(), &mut out[3..35]);
-    hex(&sc.span_id().to_bytes(), &mut out[36..52]);
-    hex(&[sc.trace_flags().to_u8() & 1], &mut out[53..55]);
+    hex_into(&mut out[3..35], &sc.trace_id().to_bytes());
+    hex_into(&mut out[36..52], &sc.span_id().to_bytes());
+    hex_into(&mut out[53..55], &[sc.trace_flags().to_u8() & 1]);
     if let Ok(v) = http::HeaderValue::from_bytes(&out) {
         headers.insert(TRACEPARENT.clone(), v);
     }
 }
-
-static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
 /// The standard methods as static strings: no allocation per span.
 fn method_name(m: &Method) -> std::borrow::Cow<'static, str> {
