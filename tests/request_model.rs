@@ -942,6 +942,47 @@ async fn response_with_content_length_and_chunked_loses_its_content_length() {
     );
 }
 
+/// The pool keys upstream connections by a short name of the endpoint, not
+/// its address (proxy/src/upstream/connector.rs): that name must never
+/// reach the upstream. An HTTP/1.0 request without Host gets the
+/// endpoint's address as Host (as it did when hyper-util set it from the
+/// URI); a request with Host keeps its own; both over one pooled connection.
+#[tokio::test]
+async fn the_pool_key_is_never_sent_a_request_without_host_names_the_endpoint() {
+    let up = RawUpstream::start(|_| ok_reply("ok")).await;
+    let k = Kaname::start(&one_route_config(up.addr, "", "")).await;
+    let port = k.port("main");
+    let mut wire = Wire::connect(port).await;
+    wire.send(b"GET /old HTTP/1.0\r\n\r\n")
+        .await
+        .expect("write");
+    let resp = wire.response(DEADLINE).await;
+    assert_eq!(resp.status, 200, "{}", resp.summary());
+    let mut wire = Wire::connect(port).await;
+    wire.send(b"GET /new HTTP/1.1\r\nhost: svc.example:8080\r\n\r\n")
+        .await
+        .expect("write");
+    let resp = wire.response(DEADLINE).await;
+    assert_eq!(resp.status, 200, "{}", resp.summary());
+    let seen = up.requests();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0].header("host"), Some(up.addr.to_string().as_str()));
+    assert_eq!(seen[1].header("host"), Some("svc.example:8080"));
+    for r in &seen {
+        assert!(
+            r.target.starts_with('/'),
+            "origin-form target: {}",
+            r.target
+        );
+        assert_eq!(r.headers.iter().filter(|(n, _)| n == "host").count(), 1);
+    }
+    assert_eq!(
+        up.connections(),
+        1,
+        "the second request reused the pooled connection"
+    );
+}
+
 /// An HTTP/1.0 upstream (Python's http.server) does not make kaname answer
 /// an HTTP/1.1 client in HTTP/1.0: kaname answers in its own version and
 /// the client's connection stays open for the next request.

@@ -226,8 +226,9 @@ impl ForwardTo {
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let (scheme, shown) = match up.config.protocol {
-            // The pool keys connections by this authority: the endpoint's.
-            UpstreamProtocol::Http1 => ("http", endpoint.authority.clone()),
+            // The pool keys connections by this authority: the endpoint's
+            // short key, which the connector dials as its address.
+            UpstreamProtocol::Http1 => ("http", endpoint.pool_key.clone()),
             UpstreamProtocol::Http2 => (
                 if up.config.tls.is_some() {
                     "https"
@@ -255,10 +256,12 @@ impl ForwardTo {
         }
         let upgrade = match up.config.protocol {
             UpstreamProtocol::Http1 => {
-                // HTTP/2 has :authority, not Host (trap 8).
+                // HTTP/2 has :authority, not Host (trap 8); a request with
+                // neither (HTTP/1.0) names the endpoint, as hyper-util's
+                // own Host did before the URI carried a pool key.
                 if !req.headers().contains_key(header::HOST) {
-                    if let Some(a) = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-                    {
+                    let a = authority.unwrap_or_else(|| endpoint.authority.clone());
+                    if let Ok(a) = HeaderValue::from_str(a.as_str()) {
                         req.headers_mut().insert(header::HOST, a);
                     }
                 }

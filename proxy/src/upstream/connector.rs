@@ -1,13 +1,15 @@
 //! The connector of an upstream's pool: TCP, then TLS when the upstream has
 //! a `tls` section. TLS is decided by the upstream, not by the URI scheme,
 //! so requests keep their `http` URIs (the pool keys connections by
-//! address; the name to verify comes from `server_name`).
+//! endpoint; the name to verify comes from `server_name`).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use arc_swap::ArcSwap;
+use http::uri::Authority;
 use http::Uri;
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -17,9 +19,48 @@ use tokio::net::TcpStream;
 
 use crate::tls::client::ClientTls;
 
+/// The pool's keys and the addresses they stand for. hyper-util's pool
+/// keys connections by the request URI's scheme and authority and hashes
+/// that key with SipHash, a write per byte, three times a request
+/// (checkout, return, the idle list); an address such as
+/// `127.0.0.1:8080` cost ~3,000 instructions a request, 5% of a
+/// passthrough (bench/README.md). The URI carries the endpoint's short
+/// `pool_key` instead and the connector dials the address it stands for.
+#[derive(Clone, Default)]
+pub struct PoolKeys(Arc<ArcSwap<Vec<(Authority, Uri)>>>);
+
+impl PoolKeys {
+    /// The keys of the endpoints now (each resolve stores them).
+    pub fn set(&self, keys: Vec<(Authority, Uri)>) {
+        self.0.store(Arc::new(keys));
+    }
+
+    /// What to dial for `uri`: the address its key stands for, or the URI
+    /// itself when it names an IP address (health checks, HTTP/2
+    /// connections). Anything else is refused: a key whose endpoint left
+    /// the upstream must never go to DNS (`e7` could name a host there).
+    fn dial(&self, uri: Uri) -> Result<Uri, BoxError> {
+        let authority = uri.authority().map(Authority::as_str).unwrap_or_default();
+        if let Some((_, to)) = self.0.load().iter().find(|(k, _)| k.as_str() == authority) {
+            return Ok(to.clone());
+        }
+        let host = uri.host().unwrap_or_default();
+        if host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok()
+        {
+            return Ok(uri);
+        }
+        Err(format!("endpoint {authority} is no longer in the upstream").into())
+    }
+}
+
 #[derive(Clone)]
 pub struct Connector {
     http: HttpConnector,
+    pub keys: PoolKeys,
     /// Err: the TLS files did not load, so every connect fails with why
     /// (never falls back to plain text).
     tls: Result<Option<Arc<ClientTls>>, Arc<str>>,
@@ -29,6 +70,7 @@ impl Connector {
     pub fn new(http: HttpConnector, tls: Result<Option<Arc<ClientTls>>, String>) -> Self {
         Connector {
             http,
+            keys: PoolKeys::default(),
             tls: tls.map_err(Arc::from),
         }
     }
@@ -44,6 +86,10 @@ impl tower::Service<Uri> for Connector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
+        let uri = match self.keys.dial(uri) {
+            Ok(uri) => uri,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
         let tcp = self.http.call(uri.clone());
         let tls = self.tls.clone();
         Box::pin(async move {
@@ -54,5 +100,29 @@ impl tower::Service<Uri> for Connector {
                 Err(why) => Err(why.to_string().into()),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_dials_its_address_an_ip_dials_itself_a_name_is_refused() {
+        let keys = PoolKeys::default();
+        let to = Uri::from_static("http://127.0.0.1:8080/");
+        keys.set(vec![(Authority::from_static("e7"), to.clone())]);
+        let dial = |u: &'static str| keys.dial(Uri::from_static(u));
+        assert_eq!(dial("http://e7/").ok(), Some(to));
+        let ip = "http://10.0.0.1:9000/";
+        assert_eq!(dial(ip).ok(), Some(Uri::from_static(ip)));
+        let v6 = "http://[::1]:9000/";
+        assert_eq!(dial(v6).ok(), Some(Uri::from_static(v6)));
+        // A key whose endpoint left, or any name: never to DNS.
+        let e = dial("http://e8/").expect_err("unknown key");
+        assert!(e.to_string().contains("e8"), "{e}");
+        assert!(dial("http://localhost:8080/").is_err());
+        keys.set(Vec::new());
+        assert!(dial("http://e7/").is_err(), "removed with its endpoint");
     }
 }

@@ -13,6 +13,15 @@ use prometheus::IntGauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+/// A pool key no other endpoint of this process has had: `e` and a
+/// number (a reg-name, never an IP literal, so never mistaken for one).
+fn next_pool_key() -> Authority {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    Authority::from_maybe_shared(bytes::Bytes::from(format!("e{n}")))
+        .unwrap_or_else(|_| Authority::from_static("e0"))
+}
+
 /// The round-trip time an endpoint is assumed to have before it answered once.
 const DEFAULT_RTT: Duration = Duration::from_millis(1);
 /// How fast old round-trip times fade from the EWMA.
@@ -24,6 +33,10 @@ const DECAY: Duration = Duration::from_secs(10);
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub authority: Authority,
+    /// What the HTTP/1.1 pool keys this endpoint's connections by: a short
+    /// name (`e7`) that the connector dials as `addr` (see
+    /// `connector::PoolKeys` for why not the address itself).
+    pub pool_key: Authority,
     /// The address's IP as text, written once (a try's span names it).
     pub ip: Arc<str>,
     in_flight: AtomicU32,
@@ -62,6 +75,7 @@ impl Endpoint {
         Endpoint {
             addr,
             authority: authority.clone(),
+            pool_key: next_pool_key(),
             ip: addr.ip().to_string().into(),
             in_flight: AtomicU32::new(0),
             ewma_ns: AtomicU64::new(DEFAULT_RTT.as_nanos() as u64),

@@ -81,7 +81,10 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             // Flat writes, as the listeners (bench/README.md).
-            .http1_writev(false);
+            .http1_writev(false)
+            // The URI's authority is a pool key, not a name to show:
+            // kaname sets Host itself (forward.rs).
+            .set_host(false);
         if config.protocol == UpstreamProtocol::Http2 {
             builder.http2_only(true);
         }
@@ -223,6 +226,11 @@ impl Upstream {
                 .healthy_gauge
                 .remove_label_values(&[&*self.name, &gone.addr.to_string()]);
         }
+        self.connector.keys.set(
+            next.iter()
+                .map(|e| (e.pool_key.clone(), e.connect_uri.clone()))
+                .collect(),
+        );
         self.endpoints.store(Arc::new(next));
     }
 }
