@@ -254,9 +254,8 @@ impl Shared {
         }
         self.keys.wait_first_fetch().await;
         let now = jsonwebtoken::get_current_timestamp();
-        let cache_key = TokenCache::key(&token);
         let mut current = self.keys.current();
-        if let Some(claims) = self.tokens.get(&cache_key, current.generation, now) {
+        if let Some(claims) = self.tokens.get(&token, current.generation, now) {
             return Ok(claims);
         }
         let header = self.verifier.inspect(&token)?;
@@ -289,7 +288,7 @@ impl Shared {
             }
         };
         self.tokens.insert(
-            cache_key,
+            &token,
             current.generation,
             verified.exp.saturating_add(self.verifier.leeway),
             verified.claims.clone(),
