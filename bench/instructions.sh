@@ -12,6 +12,8 @@
 # sends WARM then N requests. The figure is the instructions of the N
 # requests (callgrind's dump after them, which starts where the dump after
 # the warm-up ended), divided by N: start-up and warm-up are not counted.
+# Then protocols.sh's TLS, HTTP/2 and gRPC rows for kaname and HAProxy
+# (below), when h2load and openssl are installed.
 # ONLY="hyper HAProxy" measures only the rows whose names contain one of
 # the words; CG_KEEP=DIR keeps the profiles for callgrind_annotate.
 set -euo pipefail
@@ -46,4 +48,31 @@ fi
 if command -v haproxy >/dev/null; then
   wanted "HAProxy passthrough" && callgrind_cmd "HAProxy passthrough" 18082 haproxy -db -f "$BENCH/peers/haproxy-plain.cfg"
   wanted "HAProxy JWT" && callgrind_cmd "HAProxy JWT + stick table" 18081 haproxy -db -f "$BENCH/peers/haproxy.cfg"
+fi
+
+# protocols.sh's rows, same configs and peers, when h2load and openssl are
+# here: TLS keep-alive (HTTP/1.1), HTTP/2 h2c with 8 connections of 100
+# streams to HTTP/1.1 nginx, gRPC unary calls to an h2c upstream; the
+# HTTP/2 rows count 20,000 requests after 4,000.
+protocol_row() { # kind name port cmd...
+  local kind=$1 name=$2
+  shift 2
+  wanted "$name" || return 0
+  case $kind in
+    tls) CG_CLIENT=cg_https callgrind_cmd "$name" "$@" ;;
+    *) CG_CLIENT=cg_$kind N=${H2_N:-20000} WARM=${H2_WARM:-4000} callgrind_cmd "$name" "$@" ;;
+  esac
+}
+if command -v h2load >/dev/null && command -v openssl >/dev/null; then
+  make_certs
+  grpc_files
+  start_nginx_grpc
+  K=(env KANAME_WORKERS=1 "$KANAME" run -c "$BENCH/kaname-protocols.yaml")
+  H=(haproxy -db -f "$BENCH/peers/haproxy-protocols.cfg")
+  for row in "tls|TLS keep-alive|18500|18510" "h2|HTTP/2 8 x 100 streams to HTTP/1.1|18502|18512" \
+    "grpc|gRPC unary 8 x 100 streams to h2c|18503|18513"; do
+    IFS='|' read -r kind label kport hport <<<"$row"
+    protocol_row "$kind" "kaname $label" "$kport" "${K[@]}"
+    command -v haproxy >/dev/null && protocol_row "$kind" "HAProxy $label" "$hport" "${H[@]}"
+  done
 fi

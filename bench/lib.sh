@@ -16,6 +16,52 @@ start_nginx() {
   wait_port 18080
 }
 
+# make_certs: in TLS_DIR ($RUN/tls, exported), one CA, a server
+# certificate (127.0.0.1) and a client certificate, all ECDSA P-256;
+# server.pem is HAProxy's crt (certificate and key in one file). kaname and
+# HAProxy serve the same files (kaname-protocols.yaml,
+# peers/haproxy-protocols.cfg).
+make_certs() {
+  TLS_DIR=$RUN/tls
+  export TLS_DIR
+  mkdir -p "$TLS_DIR"
+  (
+    cd "$TLS_DIR"
+    ec() { openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "$@" 2>/dev/null; }
+    ec -x509 -days 2 -subj "/CN=kaname bench CA" -keyout ca.key -out ca.crt \
+      -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+    sign() { # name extensions
+      ec -subj "/CN=$1" -keyout "$1.key" -out "$1.csr"
+      openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -out "$1.crt" \
+        -extfile <(printf '%s\n' "$2" basicConstraints=CA:FALSE keyUsage=critical,digitalSignature) 2>/dev/null
+    }
+    sign server "subjectAltName=IP:127.0.0.1,DNS:localhost"$'\n'"extendedKeyUsage=serverAuth"
+    sign client "subjectAltName=URI:spiffe://bench/client"$'\n'"extendedKeyUsage=clientAuth"
+    cat server.crt server.key >server.pem
+  )
+}
+
+# grpc_files: the gRPC call ($RUN/call.bin) and the gRPC-shaped reply of
+# peers/nginx-grpc.conf: a 5-byte prefix (not compressed, length 3) and 3
+# bytes of protobuf (field 1, "x" / "y"); GRPC_PATH and GRPC_H for h2load.
+grpc_files() {
+  printf '\x00\x00\x00\x00\x03\x0a\x01y' >"$RUN/call.bin"
+  mkdir -p "$RUN/nginx-grpc/tmp" "$RUN/nginx-grpc/grpc"
+  printf '\x00\x00\x00\x00\x03\x0a\x01x' >"$RUN/nginx-grpc/grpc/reply"
+  # nginx's worker (user nobody) must reach the file through mktemp's 0700 dir.
+  chmod o+x "$RUN" "$RUN/nginx-grpc" "$RUN/nginx-grpc/grpc"
+  chmod o+r "$RUN/nginx-grpc/grpc/reply"
+  GRPC_PATH=/bench.Echo/Call
+  GRPC_H=(-H 'content-type: application/grpc' -H 'te: trailers')
+}
+
+# The gRPC-shaped HTTP/2 upstream (18520) on core 0, after grpc_files.
+start_nginx_grpc() {
+  taskset -c 0 nginx -e stderr -p "$RUN/nginx-grpc" -c "$BENCH/peers/nginx-grpc.conf" \
+    -g 'daemon off; worker_processes 1;' 2>"$RUN/nginx-grpc.log" & PIDS+=($!)
+  wait_port 18520
+}
+
 # The bench tokens (HS256 and more) in $RUN; HS is the HS256 one.
 mint_tokens() { python3 "$BENCH/mint.py" "$RUN"; HS=$(cat "$RUN/hs256.jwt"); }
 
@@ -85,40 +131,33 @@ callgrind_ir() {
 
 # callgrind_cmd NAME PORT CMD...: instructions per request of any proxy
 # (kaname, the hyper floor, HAProxy) listening on PORT, under callgrind: a
-# keep-alive client sends WARM, then N requests, and only the N are
-# counted. CG_KEEP=DIR keeps each profile (DIR/NAME.out) for
-# callgrind_annotate (which reads a later dump whole only when it was
-# written with CG_OPTS="--compress-strings=no --compress-pos=no").
+# client sends WARM, then N requests, and only the N are counted. The
+# client is CG_CLIENT PORT COUNT: cg_http (default: keep-alive HTTP/1.1,
+# the HS token if set), cg_https (the same over TLS, TLS_DIR's CA), cg_h2
+# and cg_grpc (h2load, H2_CONNS connections of H2_STREAMS streams).
+# CG_KEEP=DIR keeps each profile (DIR/NAME.out) for callgrind_annotate
+# (which reads a later dump whole only when it was written with
+# CG_OPTS="--compress-strings=no --compress-pos=no").
 callgrind_cmd() {
-  local name=$1 port=$2 out pid b
+  local name=$1 port=$2 out pid b client=${CG_CLIENT:-cg_http}
   shift 2
   out="$RUN/cg.$(tr -c 'a-z0-9' '_' <<<"$name")"
-  [ -f "$RUN/client.py" ] || cat >"$RUN/client.py" <<'PY'
-import http.client, sys
-port, count, token = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-c = http.client.HTTPConnection("127.0.0.1", port)
-h = {"Authorization": "Bearer " + token} if token else {}
-for _ in range(count):
-    c.request("GET", "/", headers=h)
-    r = c.getresponse(); r.read()
-    assert r.status == 200, r.status
-PY
   # env(1) first so that valgrind traces the proxy, not a wrapper.
   if [ "$1" = env ]; then
     local envs=()
     shift
     while [[ "$1" == *=* ]]; do envs+=("$1"); shift; done
-    env "${envs[@]}" valgrind --tool=callgrind --callgrind-out-file="$out.%p" ${CG_OPTS:-} "$@" 2>"$RUN/$name.log" & pid=$!
+    env "${envs[@]}" valgrind --tool=callgrind --callgrind-out-file="$out.%p" ${CG_OPTS:-} "$@" 2>"$RUN/log.${out##*/}" & pid=$!
   else
-    valgrind --tool=callgrind --callgrind-out-file="$out.%p" ${CG_OPTS:-} "$@" 2>"$RUN/$name.log" & pid=$!
+    valgrind --tool=callgrind --callgrind-out-file="$out.%p" ${CG_OPTS:-} "$@" 2>"$RUN/log.${out##*/}" & pid=$!
   fi
   PIDS+=($pid)
   wait_port "$port"
-  python3 "$RUN/client.py" "$port" "$WARM" "$HS"
+  "$client" "$port" "$WARM"
   # A dump holds the instructions since the previous one: the dump after
   # the warm-up closes start-up and warm-up, the next one holds the N.
   total_ir "$pid" "$out" >/dev/null
-  python3 "$RUN/client.py" "$port" "$N" "$HS"
+  "$client" "$port" "$N"
   b=$(total_ir "$pid" "$out")
   if [ -n "${CG_KEEP:-}" ]; then
     mkdir -p "$CG_KEEP"
@@ -127,6 +166,33 @@ PY
   kill "$pid"; wait "$pid" 2>/dev/null || true
   awk -v b="$b" -v n="$N" -v name="$name" 'BEGIN{printf "| %s | %.0f |\n", name, b/n}'
 }
+cg_client_py() {
+  [ -f "$RUN/client.py" ] || cat >"$RUN/client.py" <<'PY'
+import http.client, ssl, sys
+port, count, token, ca = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+if ca:
+    ctx = ssl.create_default_context(cafile=ca)
+    c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx)
+else:
+    c = http.client.HTTPConnection("127.0.0.1", port)
+h = {"Authorization": "Bearer " + token} if token else {}
+for _ in range(count):
+    c.request("GET", "/", headers=h)
+    r = c.getresponse(); r.read()
+    assert r.status == 200, r.status
+PY
+  python3 "$RUN/client.py" "$@"
+}
+cg_http() { cg_client_py "$1" "$2" "${HS:-}" ""; }
+cg_https() { cg_client_py "$1" "$2" "" "$TLS_DIR/ca.crt"; }
+cg_h2load() { # port count extra...
+  local port=$1 count=$2 out
+  shift 2
+  out=$(taskset -c 1 h2load -c"${H2_CONNS:-8}" -m"${H2_STREAMS:-100}" -n "$count" "$@") || true
+  grep -q "status codes: $count 2xx" <<<"$out" || { echo "h2load on $port: $(grep -E '^(requests|status)' <<<"$out")" >&2; exit 5; }
+}
+cg_h2() { cg_h2load "$1" "$2" "http://127.0.0.1:$1/"; }
+cg_grpc() { cg_h2load "$1" "$2" -d "$RUN/call.bin" "${GRPC_H[@]}" "http://127.0.0.1:$1$GRPC_PATH"; }
 # The instructions since the previous dump (each dump starts the counts
 # again) of the callgrind run of pid $1 writing to $2.
 total_ir() {

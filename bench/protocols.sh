@@ -53,42 +53,13 @@ for p in 18080 18500 18501 18502 18503 18504 18509 18510 18511 18512 18513 18520
   if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "port $p is in use (another benchmark?)" >&2; exit 3; fi
 done
 
-# --- certificates: one CA, a server certificate (127.0.0.1) and a client
-# certificate, all ECDSA P-256; both proxies serve the same files.
-TLS_DIR=$RUN/tls
-export TLS_DIR
-mkdir -p "$TLS_DIR"
-(
-  cd "$TLS_DIR"
-  ec() { openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "$@" 2>/dev/null; }
-  ec -x509 -days 2 -subj "/CN=kaname bench CA" -keyout ca.key -out ca.crt \
-    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
-  sign() { # name extensions
-    ec -subj "/CN=$1" -keyout "$1.key" -out "$1.csr"
-    openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -out "$1.crt" \
-      -extfile <(printf '%s\n' "$2" basicConstraints=CA:FALSE keyUsage=critical,digitalSignature) 2>/dev/null
-  }
-  sign server "subjectAltName=IP:127.0.0.1,DNS:localhost"$'\n'"extendedKeyUsage=serverAuth"
-  sign client "subjectAltName=URI:spiffe://bench/client"$'\n'"extendedKeyUsage=clientAuth"
-  cat server.crt server.key >server.pem   # HAProxy's crt: certificate and key in one file
-)
-
-# --- the gRPC call and the gRPC-shaped reply: a 5-byte prefix (not
-# compressed, length 3) and 3 bytes of protobuf (field 1, "x" / "y").
-printf '\x00\x00\x00\x00\x03\x0a\x01y' >"$RUN/call.bin"
-mkdir -p "$RUN/nginx-grpc/tmp" "$RUN/nginx-grpc/grpc"
-printf '\x00\x00\x00\x00\x03\x0a\x01x' >"$RUN/nginx-grpc/grpc/reply"
-# nginx's worker (user nobody) must reach the file through mktemp's 0700 dir.
-chmod o+x "$RUN" "$RUN/nginx-grpc" "$RUN/nginx-grpc/grpc"
-chmod o+r "$RUN/nginx-grpc/grpc/reply"
-GRPC_PATH=/bench.Echo/Call
-GRPC_H=(-H 'content-type: application/grpc' -H 'te: trailers')
+# --- certificates (TLS_DIR) and the gRPC call and upstream (lib.sh).
+make_certs
+grpc_files
 
 # --- the upstreams, then the proxies, everything on core 0.
 start_nginx
-taskset -c 0 nginx -e stderr -p "$RUN/nginx-grpc" -c "$BENCH/peers/nginx-grpc.conf" \
-  -g 'daemon off; worker_processes 1;' 2>"$RUN/nginx-grpc.log" & PIDS+=($!)
-wait_port 18520
+start_nginx_grpc
 start_kaname kaname "$BENCH/kaname-protocols.yaml" 18500 18509
 for p in 18501 18502 18503 18504; do wait_port $p; done
 taskset -c 0 haproxy -db -f "$BENCH/peers/haproxy-protocols.cfg" 2>"$RUN/haproxy.log" & PIDS+=($!)

@@ -213,13 +213,17 @@ impl ForwardTo {
         }
         let tried = TriedEndpoint(endpoint.addr);
         // The request's one authority (request-model.md: the listener put
-        // it in Host) is what the upstream receives: as Host on HTTP/1.1,
-        // as :authority on HTTP/2.
-        let authority = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
-            .or_else(|| req.uri().authority().cloned());
+        // it in Host) is what the upstream receives: as Host on HTTP/1.1
+        // (sent as it is), as :authority on HTTP/2 (parsed for the URI).
+        let has_host = req.headers().contains_key(header::HOST);
+        let authority = match up.config.protocol {
+            UpstreamProtocol::Http1 if has_host => None,
+            _ => req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                .or_else(|| req.uri().authority().cloned()),
+        };
         let pq = req
             .uri()
             .path_and_query()
@@ -259,7 +263,7 @@ impl ForwardTo {
                 // HTTP/2 has :authority, not Host (trap 8); a request with
                 // neither (HTTP/1.0) names the endpoint, as hyper-util's
                 // own Host did before the URI carried a pool key.
-                if !req.headers().contains_key(header::HOST) {
+                if !has_host {
                     let a = authority.unwrap_or_else(|| endpoint.authority.clone());
                     if let Ok(a) = HeaderValue::from_str(a.as_str()) {
                         req.headers_mut().insert(header::HOST, a);
