@@ -18,82 +18,130 @@ pub(super) enum Framing {
 }
 
 /// Checks a whole request head, from its request line to its blank line.
+///
+/// One pass: the CR, LF and NUL bytes memchr finds are both the byte checks
+/// and the line ends (every CR must be followed by LF, so a line ends at its
+/// CR). A bad byte anywhere is the verdict even after a bad line, as a
+/// check of all bytes first would have it.
 pub(super) fn check_head(head: &[u8]) -> Result<HeadInfo, &'static str> {
+    let mut lines = HeadLines::default();
+    let mut line_error = None;
+    let mut from = 0;
+    // The LF of the CRLF last seen: the one LF that is not bare.
+    let mut crlf_lf = usize::MAX;
     for i in memchr::memchr3_iter(b'\n', b'\r', 0, head) {
         match head[i] {
-            b'\n' if i == 0 || head[i - 1] != b'\r' => return Err("bare LF line ending"),
-            b'\r' if head.get(i + 1) != Some(&b'\n') => return Err("bare CR"),
             0 => return Err("NUL byte"),
-            _ => {}
+            b'\n' if i != crlf_lf => return Err("bare LF line ending"),
+            b'\n' => {}
+            _ if head.get(i + 1) != Some(&b'\n') => return Err("bare CR"),
+            _ => {
+                crlf_lf = i + 1;
+                if line_error.is_none() && !lines.ended {
+                    line_error = lines.line(&head[from..i]).err();
+                }
+                from = i + 2;
+            }
         }
     }
-    // Every line ends in CRLF now; the last line is the empty one.
-    let mut from = 0;
-    let mut lines = memchr::memchr_iter(b'\n', head).map(|end| {
-        let line = &head[from..end];
-        from = end + 1;
-        line.strip_suffix(b"\r").unwrap_or(line)
-    });
-    let request_line = lines.next().unwrap_or_default();
-    let connect = request_line.starts_with(b"CONNECT ");
-    let mut length: Option<u64> = None;
-    let mut te_seen = false;
-    let mut te_chunked = 0u32;
-    let mut te_last_chunked = false;
-    let mut upgrade = false;
-    for line in lines {
-        if line.is_empty() {
-            break;
+    match line_error {
+        Some(e) => Err(e),
+        None => lines.info(),
+    }
+}
+
+/// What the lines of a head said so far.
+#[derive(Default)]
+struct HeadLines {
+    /// The request line has been seen.
+    started: bool,
+    /// The blank line has been seen: what follows is not the head's.
+    ended: bool,
+    connect: bool,
+    length: Option<u64>,
+    te_seen: bool,
+    te_chunked: u32,
+    te_last_chunked: bool,
+    upgrade: bool,
+}
+
+impl HeadLines {
+    /// One line, its CRLF taken off.
+    fn line(&mut self, line: &[u8]) -> Result<(), &'static str> {
+        if !self.started {
+            self.started = true;
+            self.connect = line.starts_with(b"CONNECT ");
+            return Ok(());
         }
-        if matches!(line[0], b' ' | b'\t') {
+        let Some(&first) = line.first() else {
+            self.ended = true;
+            return Ok(());
+        };
+        if matches!(first, b' ' | b'\t') {
             return Err("obs-fold header line");
         }
-        let Some(colon) = memchr::memchr(b':', line) else {
+        // Names are short: a plain scan to the colon, whitespace noted.
+        let mut colon = None;
+        let mut space = false;
+        for (i, &b) in line.iter().enumerate() {
+            match b {
+                b':' => {
+                    colon = Some(i);
+                    break;
+                }
+                b' ' | b'\t' => space = true,
+                _ => {}
+            }
+        }
+        let Some(colon) = colon else {
             return Err("header line without a colon");
         };
-        let name = &line[..colon];
-        if name.iter().any(|&b| matches!(b, b' ' | b'\t')) {
+        if space {
             return Err("whitespace before the colon");
         }
-        let value = &line[colon + 1..];
+        let (name, value) = (&line[..colon], &line[colon + 1..]);
         if name.eq_ignore_ascii_case(b"content-length") {
             for part in value.split(|&b| b == b',') {
                 let n = parse_length(part.trim_ascii()).ok_or("invalid content-length")?;
-                if length.is_some_and(|l| l != n) {
+                if self.length.is_some_and(|l| l != n) {
                     return Err("differing content-lengths");
                 }
-                length = Some(n);
+                self.length = Some(n);
             }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            te_seen = true;
+            self.te_seen = true;
             for coding in value.split(|&b| b == b',') {
                 let coding = coding.trim_ascii();
                 if coding.is_empty() {
                     continue;
                 }
-                te_last_chunked = coding.eq_ignore_ascii_case(b"chunked");
-                te_chunked += u32::from(te_last_chunked);
+                self.te_last_chunked = coding.eq_ignore_ascii_case(b"chunked");
+                self.te_chunked += u32::from(self.te_last_chunked);
             }
         } else if name.eq_ignore_ascii_case(b"upgrade") {
-            upgrade = true;
+            self.upgrade = true;
         }
+        Ok(())
     }
-    let framing = if te_seen {
-        if length.is_some() {
-            return Err("both content-length and transfer-encoding");
-        }
-        if !te_last_chunked || te_chunked != 1 {
-            return Err("transfer-encoding not ending in one chunked");
-        }
-        Framing::Chunked
-    } else {
-        match length {
-            None | Some(0) => Framing::None,
-            Some(n) => Framing::Length(n),
-        }
-    };
-    let switch = (upgrade || connect).then_some(connect);
-    Ok(HeadInfo { framing, switch })
+
+    fn info(&self) -> Result<HeadInfo, &'static str> {
+        let framing = if self.te_seen {
+            if self.length.is_some() {
+                return Err("both content-length and transfer-encoding");
+            }
+            if !self.te_last_chunked || self.te_chunked != 1 {
+                return Err("transfer-encoding not ending in one chunked");
+            }
+            Framing::Chunked
+        } else {
+            match self.length {
+                None | Some(0) => Framing::None,
+                Some(n) => Framing::Length(n),
+            }
+        };
+        let switch = (self.upgrade || self.connect).then_some(self.connect);
+        Ok(HeadInfo { framing, switch })
+    }
 }
 
 fn parse_length(v: &[u8]) -> Option<u64> {

@@ -150,6 +150,9 @@ fn smuggling_shapes_are_refused() {
         ("GET / HTTP/1.1\r\nx-a: a\0b\r\n\r\n", "NUL"),
         ("GET / HTTP/1.1\r\nx-a: a\rb\r\n\r\n", "bare CR"),
         ("GET / HTTP/1.1\r\nno colon\r\n\r\n", "colon"),
+        // A bad byte is the verdict even after a bad line.
+        ("GET / HTTP/1.1\r\nhost : x\r\nx-a: a\0b\r\n\r\n", "NUL"),
+        ("GET / HTTP/1.1\r\nno colon\r\nhost: x\n\r\n", "bare LF"),
     ];
     for (head, want) in cases {
         let reason = refused(head);
