@@ -10,7 +10,9 @@ use http::{Method, Version};
 use kaname_config::{EscapedSlashes as ConfigSlashes, Listener};
 use kaname_filters::{ErrorKind, ProxyError};
 
-use crate::normalize::{normalize_path, request_authority, EscapedSlashes, PathOptions};
+use crate::normalize::{
+    normalize_path, request_authority, EscapedSlashes, PathOptions, RequestAuthority,
+};
 
 /// A listener's request-model settings, built once per config.
 #[derive(Debug, Clone)]
@@ -76,8 +78,13 @@ impl RequestModel {
         if parts.method == Method::CONNECT {
             return Err(Refusal::Connect);
         }
-        let authority = request_authority(parts.version, &parts.uri, &parts.headers)
-            .map_err(|e| Refusal::BadRequest(e.to_string()))?;
+        // Only a target's authority has to be written into Host; a checked
+        // Host is left as it is.
+        let authority = match request_authority(parts.version, &parts.uri, &parts.headers) {
+            Ok(Some(RequestAuthority::Target(t))) => Some(t.clone()),
+            Ok(_) => None,
+            Err(e) => return Err(Refusal::BadRequest(e.to_string())),
+        };
         if parts.uri.path() == "*" {
             // Asterisk-form is for `OPTIONS *` alone (RFC 9112 §3.2.4).
             return Err(if parts.method == Method::OPTIONS {
