@@ -39,12 +39,8 @@ impl TokenCache {
         }
     }
 
-    /// A token's shard: by its last byte, a character of the signature
-    /// (only verified tokens are stored, and their signatures are not
-    /// chosen by a client).
     fn shard(&self, token: &str) -> &Mutex<HashMap<Box<str>, Entry>> {
-        let last = token.as_bytes().last().copied().unwrap_or(0);
-        &self.shards[last as usize % SHARDS]
+        &self.shards[shard_of(token)]
     }
 
     pub fn get(&self, token: &str, generation: u64, now: u64) -> Option<Arc<Map<String, Value>>> {
@@ -95,6 +91,20 @@ impl TokenCache {
     }
 }
 
+/// A token's shard, from the last 8 bytes of its signature, mixed
+/// (only verified tokens are stored, and their signatures are not chosen by
+/// a client). Not the last byte alone: the last base64url character of an
+/// HS256 or RS256 signature carries 2 bits, which would leave 12 of the 16
+/// shards empty and the cache a quarter of its size.
+fn shard_of(token: &str) -> usize {
+    let b = token.as_bytes();
+    let n = b.len().min(8);
+    let mut tail = [0u8; 8];
+    tail[..n].copy_from_slice(&b[b.len() - n..]);
+    let mixed = u64::from_le_bytes(tail).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (mixed >> 56) as usize % SHARDS
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +124,37 @@ mod tests {
         // Same shard (same last byte), another token: no hit.
         assert!(c.get("x.b.c", 1, 950).is_none());
         assert!(c.get("a.b.", 1, 950).is_none());
+    }
+
+    #[test]
+    fn real_signatures_spread_over_every_shard() {
+        // HS256 signatures end in one of 4 characters; every shard must
+        // still be used, or the cache holds a quarter of its capacity.
+        let key = jsonwebtoken::EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef");
+        let mut used = [0u32; SHARDS];
+        for i in 0..400 {
+            let token = jsonwebtoken::encode(
+                &jsonwebtoken::Header::default(),
+                &serde_json::json!({ "sub": format!("user-{i}") }),
+                &key,
+            )
+            .expect("HS256 signs");
+            used[shard_of(&token)] += 1;
+        }
+        assert!(used.iter().all(|&n| n > 0), "shards used: {used:?}");
+        let c = TokenCache::new(160);
+        for i in 0..120 {
+            let token = jsonwebtoken::encode(
+                &jsonwebtoken::Header::default(),
+                &serde_json::json!({ "n": i }),
+                &key,
+            )
+            .expect("HS256 signs");
+            c.insert(&token, 1, 10_000, claims(), 0);
+        }
+        // 120 tokens in a cache of 160: most stay (with 4 shards used, at
+        // most 40 could).
+        assert!(c.len() > 80, "{} of 120 kept", c.len());
     }
 
     #[test]
