@@ -17,60 +17,61 @@ use hyper_util::rt::TokioIo;
 use kaname_filters::BoxError;
 use tokio::net::TcpStream;
 
+use super::endpoint::Endpoint;
 use crate::tls::client::ClientTls;
 
-/// The pool's keys and the addresses they stand for. hyper-util's pool
-/// keys connections by the request URI's scheme and authority and hashes
-/// that key with SipHash, a write per byte, three times a request
-/// (checkout, return, the idle list); an address such as
+/// The upstream's endpoints, shared with it: what the pool's keys stand
+/// for. hyper-util's pool keys connections by the request URI's scheme and
+/// authority and hashes that key with SipHash, a write per byte, three
+/// times a request (checkout, return, the idle list); an address such as
 /// `127.0.0.1:8080` cost ~3,000 instructions a request, 5% of a
 /// passthrough (bench/README.md). The URI carries the endpoint's short
 /// `pool_key` instead and the connector dials the address it stands for.
-#[derive(Clone, Default)]
-pub struct PoolKeys(Arc<ArcSwap<Vec<(Authority, Uri)>>>);
+pub type EndpointList = Arc<ArcSwap<Vec<Arc<Endpoint>>>>;
 
-impl PoolKeys {
-    /// The keys of the endpoints now (each resolve stores them).
-    pub fn set(&self, keys: Vec<(Authority, Uri)>) {
-        self.0.store(Arc::new(keys));
+/// What to dial for `uri`: the address its key stands for, or the URI
+/// itself when it names an IP address (health checks, HTTP/2
+/// connections). Anything else is refused: a key whose endpoint left the
+/// upstream must never go to DNS (`e7` could name a host there).
+fn dial(endpoints: &EndpointList, uri: Uri) -> Result<Uri, BoxError> {
+    let authority = uri.authority().map(Authority::as_str).unwrap_or_default();
+    if let Some(e) = endpoints
+        .load()
+        .iter()
+        .find(|e| e.pool_key.as_str() == authority)
+    {
+        return Ok(e.connect_uri.clone());
     }
-
-    /// What to dial for `uri`: the address its key stands for, or the URI
-    /// itself when it names an IP address (health checks, HTTP/2
-    /// connections). Anything else is refused: a key whose endpoint left
-    /// the upstream must never go to DNS (`e7` could name a host there).
-    fn dial(&self, uri: Uri) -> Result<Uri, BoxError> {
-        let authority = uri.authority().map(Authority::as_str).unwrap_or_default();
-        if let Some((_, to)) = self.0.load().iter().find(|(k, _)| k.as_str() == authority) {
-            return Ok(to.clone());
-        }
-        let host = uri.host().unwrap_or_default();
-        if host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok()
-        {
-            return Ok(uri);
-        }
-        Err(format!("endpoint {authority} is no longer in the upstream").into())
+    let host = uri.host().unwrap_or_default();
+    if host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+        .is_ok()
+    {
+        return Ok(uri);
     }
+    Err(format!("endpoint {authority} is no longer in the upstream").into())
 }
 
 #[derive(Clone)]
 pub struct Connector {
     http: HttpConnector,
-    pub keys: PoolKeys,
+    endpoints: EndpointList,
     /// Err: the TLS files did not load, so every connect fails with why
     /// (never falls back to plain text).
     tls: Result<Option<Arc<ClientTls>>, Arc<str>>,
 }
 
 impl Connector {
-    pub fn new(http: HttpConnector, tls: Result<Option<Arc<ClientTls>>, String>) -> Self {
+    pub fn new(
+        http: HttpConnector,
+        tls: Result<Option<Arc<ClientTls>>, String>,
+        endpoints: EndpointList,
+    ) -> Self {
         Connector {
             http,
-            keys: PoolKeys::default(),
+            endpoints,
             tls: tls.map_err(Arc::from),
         }
     }
@@ -86,7 +87,7 @@ impl tower::Service<Uri> for Connector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let uri = match self.keys.dial(uri) {
+        let uri = match dial(&self.endpoints, uri) {
             Ok(uri) => uri,
             Err(e) => return Box::pin(async move { Err(e) }),
         };
@@ -109,20 +110,24 @@ mod tests {
 
     #[test]
     fn a_key_dials_its_address_an_ip_dials_itself_a_name_is_refused() {
-        let keys = PoolKeys::default();
-        let to = Uri::from_static("http://127.0.0.1:8080/");
-        keys.set(vec![(Authority::from_static("e7"), to.clone())]);
-        let dial = |u: &'static str| keys.dial(Uri::from_static(u));
-        assert_eq!(dial("http://e7/").ok(), Some(to));
+        let endpoint = Arc::new(Endpoint::new("127.0.0.1:8080".parse().expect("addr")));
+        let key = endpoint.pool_key.to_string();
+        let to = endpoint.connect_uri.clone();
+        let endpoints: EndpointList = Arc::new(ArcSwap::from_pointee(vec![endpoint]));
+        let dial = |u: &str| dial(&endpoints, u.parse().expect("uri"));
+        assert_eq!(dial(&format!("http://{key}/")).ok(), Some(to));
         let ip = "http://10.0.0.1:9000/";
         assert_eq!(dial(ip).ok(), Some(Uri::from_static(ip)));
         let v6 = "http://[::1]:9000/";
         assert_eq!(dial(v6).ok(), Some(Uri::from_static(v6)));
-        // A key whose endpoint left, or any name: never to DNS.
-        let e = dial("http://e8/").expect_err("unknown key");
-        assert!(e.to_string().contains("e8"), "{e}");
+        // A key of no endpoint here, or any name: never to DNS.
+        let e = dial("http://e0/").expect_err("unknown key");
+        assert!(e.to_string().contains("e0"), "{e}");
         assert!(dial("http://localhost:8080/").is_err());
-        keys.set(Vec::new());
-        assert!(dial("http://e7/").is_err(), "removed with its endpoint");
+        endpoints.store(Arc::new(Vec::new()));
+        assert!(
+            dial(&format!("http://{key}/")).is_err(),
+            "gone with its endpoint"
+        );
     }
 }

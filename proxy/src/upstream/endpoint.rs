@@ -35,7 +35,7 @@ pub struct Endpoint {
     pub authority: Authority,
     /// What the HTTP/1.1 pool keys this endpoint's connections by: a short
     /// name (`e7`) that the connector dials as `addr` (see
-    /// `connector::PoolKeys` for why not the address itself).
+    /// `connector::EndpointList` for why not the address itself).
     pub pool_key: Authority,
     /// The address's IP as text, written once (a try's span names it).
     pub ip: Arc<str>,

@@ -14,7 +14,6 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use crate::metrics::Metrics;
-use arc_swap::ArcSwap;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -56,7 +55,8 @@ pub struct Upstream {
     /// HTTP/2 tries connect through this, one connection per endpoint.
     connector: connector::Connector,
     balancer: Balancer,
-    endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
+    /// Shared with the connector, which dials the pool keys by it.
+    endpoints: connector::EndpointList,
     outlier: Option<OutlierDetector>,
     /// `kaname_upstream_endpoint_healthy`, for endpoints as they appear.
     healthy_gauge: IntGaugeVec,
@@ -90,15 +90,19 @@ impl Upstream {
         }
         // TLS files were checked before this build; if they broke since,
         // the connector refuses to connect rather than send plain text.
-        let connector =
-            connector::Connector::new(connector, crate::tls::client::ClientTls::build(config));
+        let endpoints = connector::EndpointList::default();
+        let connector = connector::Connector::new(
+            connector,
+            crate::tls::client::ClientTls::build(config),
+            endpoints.clone(),
+        );
         let up = Arc::new(Upstream {
             name: config.name.as_str().into(),
             config: config.clone(),
             client: builder.build(connector.clone()),
             connector,
             balancer: Balancer::new(config.load_balancing),
-            endpoints: ArcSwap::from_pointee(Vec::new()),
+            endpoints,
             outlier: config.outlier_detection.clone().map(|o| {
                 let ejections = metrics
                     .upstream_ejections_total
@@ -226,11 +230,6 @@ impl Upstream {
                 .healthy_gauge
                 .remove_label_values(&[&*self.name, &gone.addr.to_string()]);
         }
-        self.connector.keys.set(
-            next.iter()
-                .map(|e| (e.pool_key.clone(), e.connect_uri.clone()))
-                .collect(),
-        );
         self.endpoints.store(Arc::new(next));
     }
 }
