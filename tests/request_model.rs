@@ -983,6 +983,42 @@ async fn the_pool_key_is_never_sent_a_request_without_host_names_the_endpoint() 
     );
 }
 
+/// A client that names pool keys (`e1`, `e2`, ...: the short names kaname's
+/// pool uses for endpoints) as its Host or absolute-form target changes
+/// nothing kaname dials: each request reaches the route's one upstream over
+/// the pooled connection, with the authority the client sent as its Host.
+#[tokio::test]
+async fn a_client_naming_pool_keys_changes_nothing_kaname_dials() {
+    let up = RawUpstream::start(|_| ok_reply("ok")).await;
+    let k = Kaname::start(&one_route_config(up.addr, "", "")).await;
+    let port = k.port("main");
+    let mut wire = Wire::connect(port).await;
+    let mut sent = Vec::new();
+    for n in 0..4 {
+        let key = format!("e{n}");
+        for head in [
+            format!("GET /host HTTP/1.1\r\nhost: {key}\r\n\r\n"),
+            format!("GET http://{key}/abs HTTP/1.1\r\nhost: {key}\r\n\r\n"),
+        ] {
+            wire.send(head.as_bytes()).await.expect("write");
+            let resp = wire.response(DEADLINE).await;
+            assert_eq!(resp.status, 200, "{head:?}: {}", resp.summary());
+            sent.push(key.clone());
+        }
+    }
+    let seen = up.requests();
+    assert_eq!(seen.len(), sent.len(), "{seen:?}");
+    for (r, key) in seen.iter().zip(&sent) {
+        assert_eq!(r.header("host"), Some(key.as_str()), "{r:?}");
+        assert!(r.target.starts_with('/'), "origin-form: {}", r.target);
+    }
+    assert_eq!(
+        up.connections(),
+        1,
+        "one pooled connection to the one endpoint"
+    );
+}
+
 /// An HTTP/1.0 upstream (Python's http.server) does not make kaname answer
 /// an HTTP/1.1 client in HTTP/1.0: kaname answers in its own version and
 /// the client's connection stays open for the next request.
