@@ -300,12 +300,12 @@ impl ForwardTo {
                 }
             }
         };
-        let _in_flight = endpoint.start();
+        let in_flight = endpoint.start();
         let mut record = AttemptRecord {
             metrics: &self.metrics,
             upstream: up,
             endpoint: &endpoint,
-            started: Instant::now(),
+            started: in_flight.started(),
             deadline: req.extensions().get::<Deadline>().copied(),
             body: ClientBodyWatch::of(req.extensions()).cloned(),
             span: None,

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
@@ -143,19 +143,25 @@ pub fn client_value(client: IpAddr) -> HeaderValue {
 /// Appends the client (`client_value`) to `x-forwarded-for` and sets
 /// `x-forwarded-proto`.
 pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, tls: bool) {
-    let xff = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
-        Some(prev) if !prev.is_empty() => {
+    // One lookup (an entry) where a get and an insert each hashed the name.
+    match headers.entry(&X_FORWARDED_FOR) {
+        Entry::Occupied(mut e) if !e.get().is_empty() => {
+            let prev = e.get().as_bytes();
             let mut v = Vec::with_capacity(prev.len() + 2 + client.len());
             v.extend_from_slice(prev);
             v.extend_from_slice(b", ");
             v.extend_from_slice(client.as_bytes());
-            HeaderValue::from_bytes(&v).ok()
+            if let Ok(v) = HeaderValue::from_bytes(&v) {
+                e.insert(v);
+            }
         }
         // A clone shares the connection's bytes: no allocation.
-        _ => Some(client.clone()),
-    };
-    if let Some(v) = xff {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+        Entry::Occupied(mut e) => {
+            e.insert(client.clone());
+        }
+        Entry::Vacant(e) => {
+            e.insert(client.clone());
+        }
     }
     headers.insert(
         X_FORWARDED_PROTO.clone(),
@@ -165,15 +171,34 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, tls: bool) {
 
 /// The request's `x-request-id`, or a new random one set on the request.
 pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(&X_REQUEST_ID) {
-        if !v.is_empty() {
-            return v.clone();
+    let new_id = || {
+        let mut hex = [0u8; 32];
+        hex_into(&mut hex, &rand::random::<u128>().to_be_bytes());
+        once_per_request(HeaderValue::from_bytes(&hex).unwrap_or(HeaderValue::from_static("0")))
+    };
+    // One lookup (an entry) for the look and the insert.
+    match headers.entry(&X_REQUEST_ID) {
+        Entry::Occupied(mut e) => {
+            let v = e.get_mut();
+            if v.is_empty() {
+                *v = new_id();
+            }
+            v.set_sensitive(true);
+            v.clone()
         }
+        Entry::Vacant(e) => e.insert(new_id()).clone(),
     }
-    let mut hex = [0u8; 32];
-    hex_into(&mut hex, &rand::random::<u128>().to_be_bytes());
-    let v = HeaderValue::from_bytes(&hex).unwrap_or(HeaderValue::from_static("0"));
-    headers.insert(X_REQUEST_ID.clone(), v.clone());
+}
+
+/// A value new on every request (`x-request-id`, `traceparent`), marked so
+/// that HTTP/2's HPACK sends it as a never-indexed literal. Indexed, each
+/// one went into the connection's dynamic table, evicting entries that do
+/// repeat, after h2 had compared it with every earlier id still there:
+/// 5,253 of an HTTP/2 request's 73,456 instructions were `Table::index`
+/// (bench/README.md). HTTP/1.1 ignores the mark; a value compares equal
+/// with or without it.
+pub fn once_per_request(mut v: HeaderValue) -> HeaderValue {
+    v.set_sensitive(true);
     v
 }
 
@@ -198,7 +223,7 @@ pub fn ensure_traceparent(headers: &mut HeaderMap) {
     hex_into(&mut v[36..52], &span_id.to_be_bytes());
     v[52..].copy_from_slice(b"-01");
     if let Ok(v) = HeaderValue::from_bytes(&v) {
-        headers.insert(TRACEPARENT.clone(), v);
+        headers.insert(TRACEPARENT.clone(), once_per_request(v));
     }
 }
 
@@ -341,10 +366,13 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-request-id", HeaderValue::from_static("abc"));
         assert_eq!(ensure_request_id(&mut h), "abc");
+        // Kept or made, an id is never put in an HPACK dynamic table.
+        assert!(h["x-request-id"].is_sensitive());
         let mut h = HeaderMap::new();
         let id = ensure_request_id(&mut h);
         assert_eq!(id.len(), 32);
         assert_eq!(h["x-request-id"], id);
+        assert!(id.is_sensitive() && h["x-request-id"].is_sensitive());
     }
 
     #[test]
@@ -383,6 +411,7 @@ mod tests {
             String::from_utf8_lossy(&made)
         );
         assert!(made.ends_with(b"-01"), "sampled");
+        assert!(h["traceparent"].is_sensitive(), "never HPACK-indexed");
 
         for bad in [
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",

@@ -348,6 +348,37 @@ fn checked_host(value: &HeaderValue) -> Result<&str, AuthorityError> {
     Ok(s)
 }
 
+/// The bytes of a reg-name (RFC 3986 §3.2.2: unreserved and sub-delims),
+/// as a table: one load per byte of every request's Host, where the two
+/// tests it replaces cost ~20 instructions a byte.
+static REG_NAME: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            );
+        b += 1;
+    }
+    t
+};
+
 /// `host[:port]`: a reg-name (which covers dotted IPv4) or `[IPv6]`, and an
 /// optional port of 1–5 digits up to 65535. No userinfo, no whitespace.
 fn valid_authority(s: &str) -> bool {
@@ -368,11 +399,11 @@ fn valid_authority(s: &str) -> bool {
             Some((host, port)) => (host, Some(port)),
             None => (s, None),
         };
-        let reg_name = |b: u8| is_unreserved(b) || b"!$&'()*+,;=".contains(&b);
         // A trailing dot (`admin.example.`) is the same DNS name to an
         // upstream but not to a `host:` route: refused, as one name must
         // be read one way.
-        if host.is_empty() || host.ends_with('.') || !host.bytes().all(reg_name) {
+        if host.is_empty() || host.ends_with('.') || !host.bytes().all(|b| REG_NAME[usize::from(b)])
+        {
             return false;
         }
         port
@@ -380,7 +411,7 @@ fn valid_authority(s: &str) -> bool {
     port.is_none_or(|p| {
         (1..=5).contains(&p.len())
             && p.bytes().all(|b| b.is_ascii_digit())
-            && p.parse::<u32>().is_ok_and(|n| n <= 65535)
+            && p.bytes().fold(0u32, |n, b| n * 10 + u32::from(b - b'0')) <= 65535
     })
 }
 
@@ -925,6 +956,25 @@ mod tests {
                     assert!(Authority::try_from(a.as_str()).is_ok(), "{:?}", a.as_str());
                 }
             }
+        }
+    }
+
+    #[test]
+    fn the_reg_name_table_is_unreserved_and_sub_delims() {
+        for b in 0..=255u8 {
+            let want = is_unreserved(b) || b"!$&'()*+,;=".contains(&b);
+            assert_eq!(REG_NAME[usize::from(b)], want, "byte {b:#04x}");
+        }
+        for (port, ok) in [
+            ("1", true),
+            ("65535", true),
+            ("65536", false),
+            ("99999", false),
+        ] {
+            assert_eq!(valid_authority(&format!("h:{port}")), ok, "{port}");
+        }
+        for bad in ["h:", "h:123456", "h:+1", "h:0x1"] {
+            assert!(!valid_authority(bad), "{bad}");
         }
     }
 }

@@ -27,16 +27,16 @@ pub(super) fn check_head(head: &[u8]) -> Result<HeadInfo, &'static str> {
     let mut lines = HeadLines::default();
     let mut line_error = None;
     let mut from = 0;
-    // The LF of the CRLF last seen: the one LF that is not bare.
-    let mut crlf_lf = usize::MAX;
-    for i in memchr::memchr3_iter(b'\n', b'\r', 0, head) {
+    // Each search starts past the last CRLF: the LF of a CRLF is never
+    // searched for, so every LF found is bare, and a head takes one memchr
+    // call per line, not two (each call costs ~70 instructions to start).
+    while let Some(found) = memchr::memchr3(b'\n', b'\r', 0, &head[from..]) {
+        let i = from + found;
         match head[i] {
             0 => return Err("NUL byte"),
-            b'\n' if i != crlf_lf => return Err("bare LF line ending"),
-            b'\n' => {}
+            b'\n' => return Err("bare LF line ending"),
             _ if head.get(i + 1) != Some(&b'\n') => return Err("bare CR"),
             _ => {
-                crlf_lf = i + 1;
                 if line_error.is_none() && !lines.ended {
                     line_error = lines.line(&head[from..i]).err();
                 }

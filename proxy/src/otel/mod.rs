@@ -29,7 +29,9 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, Span};
 use opentelemetry_sdk::Resource;
 
-use crate::headers::{drop_repeated_traceparent, ensure_traceparent, hex_into, TRACEPARENT};
+use crate::headers::{
+    drop_repeated_traceparent, ensure_traceparent, hex_into, once_per_request, TRACEPARENT,
+};
 use crate::metrics::Metrics;
 
 /// The trace context of one `tracing` section.
@@ -416,7 +418,7 @@ fn set_traceparent(headers: &mut HeaderMap, sc: &SpanContext) {
     hex_into(&mut out[36..52], &sc.span_id().to_bytes());
     hex_into(&mut out[53..55], &[sc.trace_flags().to_u8() & 1]);
     if let Ok(v) = http::HeaderValue::from_bytes(&out) {
-        headers.insert(TRACEPARENT.clone(), v);
+        headers.insert(TRACEPARENT.clone(), once_per_request(v));
     }
 }
 

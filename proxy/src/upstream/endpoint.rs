@@ -175,8 +175,12 @@ impl Endpoint {
         }
     }
 
-    fn observe(&self, rtt: Duration) {
-        let now = self.epoch.elapsed().as_nanos() as u64;
+    /// A request started at `started` was answered now: one reading of the
+    /// clock for its time and for the stamp.
+    fn observe(&self, started: Instant) {
+        let at = Instant::now();
+        let rtt = at.saturating_duration_since(started);
+        let now = at.saturating_duration_since(self.epoch).as_nanos() as u64;
         // Never 0: 0 means "not answered yet" (see `cost`).
         let last = self.stamp_ns.swap(now.max(1), Ordering::Relaxed);
         let rtt = rtt.as_nanos() as u64;
@@ -200,9 +204,16 @@ pub struct InFlight<'a> {
     started: Instant,
 }
 
+impl InFlight<'_> {
+    /// When the request started (the try's own clock reading, shared).
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+}
+
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.endpoint.observe(self.started.elapsed());
+        self.endpoint.observe(self.started);
     }
 }
