@@ -187,6 +187,50 @@ async fn http2_preface_split_across_segments_is_still_served() {
     assert_eq!(r.version, Version::HTTP_11);
 }
 
+/// HTTP/2 answers carry `x-request-id` as a never-indexed HPACK literal: a
+/// value new on every request would only churn the client's dynamic
+/// table (and cost kaname a search of it). Both answers on one connection
+/// carry exactly one such field; their other fields are indexed as before.
+#[tokio::test]
+async fn an_http2_answer_never_indexes_its_request_id() {
+    use support::h2_frames::{frame, get_block, hpack_representations, read_frame, PREFACE};
+    use tokio::io::AsyncWriteExt;
+    let up = TestUpstream::start("echo").await;
+    let kaname = Kaname::start(&simple_config(&[up.addr])).await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", kaname.port("main")))
+        .await
+        .expect("connect");
+    let mut out = PREFACE.to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    // HEADERS with END_STREAM and END_HEADERS, streams 1 and 3.
+    out.extend(frame(0x1, 0x5, 1, &get_block("/a")));
+    out.extend(frame(0x1, 0x5, 3, &get_block("/b")));
+    s.write_all(&out).await.expect("write");
+    let mut blocks = HashMap::new();
+    let read = async {
+        while blocks.len() < 2 {
+            let (kind, flags, stream, payload) = read_frame(&mut s).await.expect("frame");
+            if kind == 0x1 {
+                assert_eq!(flags & 0x4, 0x4, "one HEADERS frame per answer here");
+                blocks.insert(stream, payload);
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("both answers in time");
+    for stream in [1, 3] {
+        let kinds = hpack_representations(&blocks[&stream]);
+        let never = kinds.iter().filter(|&&k| k == 0x10).count();
+        assert_eq!(
+            never, 1,
+            "stream {stream}: x-request-id alone never indexed: {kinds:x?}"
+        );
+        assert!(kinds.len() > 2, "stream {stream}: {kinds:x?}");
+    }
+    assert_eq!(up.recorded().len(), 2);
+}
+
 #[tokio::test]
 async fn forwarding_headers_are_set_kept_and_stripped() {
     let up = TestUpstream::start("echo").await;
