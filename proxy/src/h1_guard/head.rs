@@ -17,37 +17,71 @@ pub(super) enum Framing {
     Chunked,
 }
 
+/// What one pass over the start of a head found.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum HeadScan {
+    /// The head's verdict, and where it ends (just past its blank line).
+    Done(Result<HeadInfo, &'static str>, usize),
+    /// A NUL, bare CR or bare LF: the verdict on any head this is part
+    /// of, wherever it ends.
+    BadByte(&'static str),
+    /// No blank line yet, and no bad byte: the head goes on in later reads.
+    More,
+}
+
 /// Checks a whole request head, from its request line to its blank line.
+pub(super) fn check_head(head: &[u8]) -> Result<HeadInfo, &'static str> {
+    match scan_head(head) {
+        HeadScan::Done(verdict, _) => verdict,
+        HeadScan::BadByte(e) => Err(e),
+        // Not for a head ending in its blank line; never refused silently.
+        HeadScan::More => Err("incomplete head"),
+    }
+}
+
+/// Checks the head at the start of `data` up to its blank line, and finds
+/// that line: a head that came in one read is read once, not once to find
+/// its end and again to check it.
 ///
 /// One pass: the CR, LF and NUL bytes memchr finds are both the byte checks
 /// and the line ends (every CR must be followed by LF, so a line ends at its
 /// CR). A bad byte anywhere is the verdict even after a bad line, as a
 /// check of all bytes first would have it.
-pub(super) fn check_head(head: &[u8]) -> Result<HeadInfo, &'static str> {
+pub(super) fn scan_head(data: &[u8]) -> HeadScan {
     let mut lines = HeadLines::default();
     let mut line_error = None;
     let mut from = 0;
     // Each search starts past the last CRLF: the LF of a CRLF is never
     // searched for, so every LF found is bare, and a head takes one memchr
     // call per line, not two (each call costs ~70 instructions to start).
-    while let Some(found) = memchr::memchr3(b'\n', b'\r', 0, &head[from..]) {
+    while let Some(found) = memchr::memchr3(b'\n', b'\r', 0, &data[from..]) {
         let i = from + found;
-        match head[i] {
-            0 => return Err("NUL byte"),
-            b'\n' => return Err("bare LF line ending"),
-            _ if head.get(i + 1) != Some(&b'\n') => return Err("bare CR"),
-            _ => {
-                if line_error.is_none() && !lines.ended {
-                    line_error = lines.line(&head[from..i]).err();
-                }
+        let bad = match (data[i], data.get(i + 1)) {
+            (0, _) => "NUL byte",
+            (b'\n', _) => "bare LF line ending",
+            // Its LF may come in the next read.
+            (_, None) => return HeadScan::More,
+            (_, Some(&b'\n')) => {
+                let line = &data[from..i];
                 from = i + 2;
+                // The blank line, after a bad line too.
+                if line.is_empty() && lines.started {
+                    let verdict = match line_error {
+                        Some(e) => Err(e),
+                        None => lines.info(),
+                    };
+                    return HeadScan::Done(verdict, from);
+                }
+                if line_error.is_none() {
+                    line_error = lines.line(line).err();
+                }
+                continue;
             }
-        }
+            _ => "bare CR",
+        };
+        return HeadScan::BadByte(bad);
     }
-    match line_error {
-        Some(e) => Err(e),
-        None => lines.info(),
-    }
+    HeadScan::More
 }
 
 /// What the lines of a head said so far.
@@ -55,8 +89,6 @@ pub(super) fn check_head(head: &[u8]) -> Result<HeadInfo, &'static str> {
 struct HeadLines {
     /// The request line has been seen.
     started: bool,
-    /// The blank line has been seen: what follows is not the head's.
-    ended: bool,
     connect: bool,
     length: Option<u64>,
     te_seen: bool,
@@ -73,8 +105,8 @@ impl HeadLines {
             self.connect = line.starts_with(b"CONNECT ");
             return Ok(());
         }
+        // The blank line is the caller's to see.
         let Some(&first) = line.first() else {
-            self.ended = true;
             return Ok(());
         };
         if matches!(first, b' ' | b'\t') {

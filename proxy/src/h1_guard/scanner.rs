@@ -3,7 +3,7 @@
 //! so the same input can be checked to give the same verdict however it is
 //! cut into reads (the unit tests, and the fuzz target that includes it).
 
-use super::head::{check_head, Framing, HeadInfo};
+use super::head::{check_head, scan_head, Framing, HeadInfo, HeadScan};
 
 /// The start of the HTTP/2 connection preface, up to its blank line.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\n";
@@ -162,6 +162,21 @@ impl Scanner {
             self.started = true;
         }
         let start = i;
+        if self.head.is_empty() && self.end == 0 {
+            // The usual case, a head in one read: one pass checks it and
+            // finds its end. Otherwise (a part of a head, or a bad byte,
+            // whose verdict must wait for the head's end as it would in
+            // reads cut anywhere) the head is gathered to its end below.
+            if let HeadScan::Done(verdict, len) = scan_head(&data[start..]) {
+                let end = start + len;
+                let checked = if self.first && &data[start..end] == H2_PREFACE {
+                    Ok(None)
+                } else {
+                    verdict.map(Some)
+                };
+                return self.head_checked(checked, start, end);
+            }
+        }
         let mut found = false;
         // Jump from line end to line end (memchr, not byte by byte: a head
         // with a bearer token is mostly long values).
@@ -205,6 +220,16 @@ impl Scanner {
             self.head.clear();
             checked
         };
+        self.head_checked(checked, start, i)
+    }
+
+    /// The verdict on a head that began at `start` and ended at `i`.
+    fn head_checked(
+        &mut self,
+        checked: Result<Option<HeadInfo>, &'static str>,
+        start: usize,
+        i: usize,
+    ) -> Verdict {
         self.end = 0;
         self.started = false;
         self.first = false;

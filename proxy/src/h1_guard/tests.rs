@@ -157,7 +157,47 @@ fn smuggling_shapes_are_refused() {
     for (head, want) in cases {
         let reason = refused(head);
         assert!(reason.contains(want), "{head:?}: {reason:?} lacks {want:?}");
+        // Whole, a head is checked as its end is found (one pass); cut, it
+        // is gathered first. Either way the same reason.
+        for chunks in every_split(head.as_bytes()) {
+            let mut s = Scanner::new(8192);
+            match scan_all(&mut s, &chunks) {
+                (_, Some(Verdict::BadHead(r))) => {
+                    assert_eq!(r, reason, "{head:?} cut as {chunks:?}");
+                }
+                other => panic!("{head:?} cut as {chunks:?}: {other:?}"),
+            }
+        }
     }
+}
+
+#[test]
+fn a_head_in_one_read_is_checked_as_its_end_is_found() {
+    use super::head::{scan_head, Framing, HeadScan};
+    let head = b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\n";
+    // What follows the blank line is the body's, whatever its bytes.
+    let mut data = head.to_vec();
+    data.extend_from_slice(b"\0\n\r");
+    match scan_head(&data) {
+        HeadScan::Done(Ok(info), end) => {
+            assert_eq!(end, head.len());
+            assert_eq!(info.framing, Framing::Length(3));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Any part of it is a head still to come.
+    for cut in 0..head.len() {
+        assert_eq!(scan_head(&head[..cut]), HeadScan::More, "cut at {cut}");
+    }
+    // A bad line is known at the blank line; a bad byte at once.
+    assert!(matches!(
+        scan_head(b"GET / HTTP/1.1\r\nno colon\r\n\r\nrest"),
+        HeadScan::Done(Err("header line without a colon"), 28)
+    ));
+    assert_eq!(
+        scan_head(b"GET / HTTP/1.1\r\nx: a\0"),
+        HeadScan::BadByte("NUL byte")
+    );
 }
 
 #[test]
