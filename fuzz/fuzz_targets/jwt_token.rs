@@ -6,7 +6,7 @@
 use http::Request;
 use jsonwebtoken::Algorithm;
 use kaname_config::types::TokenSource;
-use kaname_filters::jwt::token::{extract, strip, Extracted};
+use kaname_filters::jwt::token::{extract, strip, Extracted, TokenPlace};
 use kaname_filters::jwt::verify::Verifier;
 use libfuzzer_sys::fuzz_target;
 
@@ -37,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(mut req) = builder.header("cookie", data).body(()) else {
         return;
     };
-    for source in &sources {
+    for source in sources.map(TokenPlace::new).iter() {
         if let Extracted::One(token) = extract(source, &req) {
             assert!(!token.is_empty());
             let _ = verifier.inspect(&token);

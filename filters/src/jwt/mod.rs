@@ -43,7 +43,7 @@ use std::task::{Context, Poll};
 use http::header::{HeaderValue, WWW_AUTHENTICATE};
 use http::{Request, Response};
 use jsonwebtoken::Algorithm;
-use kaname_config::types::{Jwt as JwtConfig, TokenSource};
+use kaname_config::types::Jwt as JwtConfig;
 use prometheus::IntCounter;
 use serde_json::{Map, Value};
 use tower::{Layer, Service};
@@ -56,7 +56,7 @@ use crate::{
 use claims_headers::ForwardClaims;
 use jwks_cache::{JwksCache, Refresher, TaskGuard};
 use keys::{KeySet, Lookup};
-use token::Extracted;
+use token::{Extracted, TokenPlace};
 use token_cache::TokenCache;
 use verify::{Failure, Rejection, Verifier, MAX_TOKEN_BYTES};
 
@@ -85,7 +85,7 @@ pub struct JwtService {
 struct Shared {
     /// The filter's name, for `RefusedBy` on its refusals.
     name: Arc<str>,
-    source: TokenSource,
+    source: TokenPlace,
     forward_token: bool,
     forward: ForwardClaims,
     verifier: Verifier,
@@ -165,7 +165,7 @@ impl Jwt {
             layer: JwtLayer {
                 shared: Arc::new(Shared {
                     name: name.into(),
-                    source: cfg.from.clone(),
+                    source: TokenPlace::new(cfg.from.clone()),
                     forward_token: cfg.forward_token,
                     forward,
                     verifier,

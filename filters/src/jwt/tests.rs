@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, StatusCode};
 use jsonwebtoken::{encode, EncodingKey, Header};
-use kaname_config::types::JwksSource;
+use kaname_config::types::{JwksSource, TokenSource};
 use serde_json::json;
 
 use tower::ServiceExt;

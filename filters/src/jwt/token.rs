@@ -37,14 +37,44 @@ pub enum Extracted {
     Several(&'static str),
 }
 
-/// The request's token for `source`.
-pub fn extract<B>(source: &TokenSource, req: &Request<B>) -> Extracted {
-    let (token, other_method) = match source {
-        TokenSource::Header { name, prefix } => {
-            let mut values = req
-                .headers()
-                .get_all(name.as_str())
-                .iter()
+/// A filter's `from:`, its header name parsed once, not on every request
+/// (twice: to find the token and to strip it).
+#[derive(Debug, Clone)]
+pub struct TokenPlace {
+    source: TokenSource,
+    /// The header's name; None for a query or cookie (or a name http will
+    /// not take, which no request can carry).
+    header: Option<HeaderName>,
+}
+
+impl TokenPlace {
+    pub fn new(source: TokenSource) -> Self {
+        let header = match &source {
+            TokenSource::Header { name, .. } => HeaderName::from_bytes(name.as_bytes()).ok(),
+            _ => None,
+        };
+        TokenPlace { source, header }
+    }
+
+    /// The values of the token's header (none for a query or cookie).
+    fn header_values<'a>(
+        &self,
+        headers: &'a HeaderMap,
+    ) -> impl Iterator<Item = &'a HeaderValue> + use<'a> {
+        self.header
+            .as_ref()
+            .map(|name| headers.get_all(name))
+            .into_iter()
+            .flatten()
+    }
+}
+
+/// The request's token for `place`.
+pub fn extract<B>(place: &TokenPlace, req: &Request<B>) -> Extracted {
+    let (token, other_method) = match &place.source {
+        TokenSource::Header { prefix, .. } => {
+            let mut values = place
+                .header_values(req.headers())
                 .filter(|v| carries_prefix(v, prefix));
             let first = values.next();
             if values.next().is_some() {
@@ -94,14 +124,14 @@ pub fn extract<B>(source: &TokenSource, req: &Request<B>) -> Extracted {
 /// occurrence of the query parameter by its decoded name (the other
 /// parameters kept byte for byte), each cookie of the name (the `Cookie`
 /// header rebuilt from the others).
-pub fn strip<B>(source: &TokenSource, req: &mut Request<B>) {
-    match source {
-        TokenSource::Header { name, prefix } => {
-            let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
+pub fn strip<B>(place: &TokenPlace, req: &mut Request<B>) {
+    match &place.source {
+        TokenSource::Header { prefix, .. } => {
+            let Some(name) = &place.header else {
                 return;
             };
             let headers = req.headers_mut();
-            let all = headers.get_all(&name);
+            let all = headers.get_all(name);
             if !all.iter().any(|v| carries_prefix(v, prefix)) {
                 return;
             }
@@ -110,7 +140,7 @@ pub fn strip<B>(source: &TokenSource, req: &mut Request<B>) {
                 .filter(|v| !carries_prefix(v, prefix))
                 .cloned()
                 .collect();
-            headers.remove(&name);
+            headers.remove(name);
             for v in kept {
                 headers.append(name.clone(), v);
             }
@@ -257,11 +287,11 @@ fn strip_cookie(headers: &mut HeaderMap, name: &str) {
 mod tests {
     use super::*;
 
-    fn header_source() -> TokenSource {
-        TokenSource::Header {
+    fn header_source() -> TokenPlace {
+        TokenPlace::new(TokenSource::Header {
             name: "authorization".into(),
             prefix: "Bearer ".into(),
-        }
+        })
     }
 
     fn req(uri: &str, headers: &[(&str, &str)]) -> Request<()> {
@@ -327,10 +357,10 @@ mod tests {
         let left: Vec<_> = r.headers().get_all("authorization").iter().collect();
         assert_eq!(left, ["Basic eDp5"]);
         // A header without a prefix: any two values are two tokens.
-        let custom = TokenSource::Header {
+        let custom = TokenPlace::new(TokenSource::Header {
             name: "x-token".into(),
             prefix: String::new(),
-        };
+        });
         let r = req("/", &[("x-token", "a.b.c"), ("x-token", "")]);
         assert_eq!(extract(&custom, &r), SEVERAL);
         let mut r = req("/", &[("x-token", "a.b.c")]);
@@ -357,7 +387,7 @@ mod tests {
             extract(&s, &req("/p?access_token=x", &[])),
             Extracted::Missing
         );
-        let q = TokenSource::Query("token".into());
+        let q = TokenPlace::new(TokenSource::Query("token".into()));
         let r = req("/p?token=x", &[("authorization", "Bearer abc")]);
         assert_eq!(extract(&q, &r), TWO_METHODS);
         let r = req("/p?token=x", &[("authorization", "Basic eDp5")]);
@@ -370,7 +400,7 @@ mod tests {
 
     #[test]
     fn query_parameter() {
-        let s = TokenSource::Query("access_token".into());
+        let s = TokenPlace::new(TokenSource::Query("access_token".into()));
         let mut r = req("/p?a=1&access_token=t.o.k&b=2", &[]);
         assert_eq!(extract(&s, &r), one("t.o.k"));
         strip(&s, &mut r);
@@ -389,7 +419,7 @@ mod tests {
 
     #[test]
     fn query_copies_are_several_and_all_stripped() {
-        let s = TokenSource::Query("access_token".into());
+        let s = TokenPlace::new(TokenSource::Query("access_token".into()));
         for q in [
             "access_token=a&access_token=b",
             "access_token=a&access_token=a",
@@ -415,7 +445,7 @@ mod tests {
 
     #[test]
     fn cookie() {
-        let s = TokenSource::Cookie("session".into());
+        let s = TokenPlace::new(TokenSource::Cookie("session".into()));
         let mut r = req("/", &[("cookie", "a=1; session=t.o.k; b=2")]);
         assert_eq!(extract(&s, &r), one("t.o.k"));
         strip(&s, &mut r);
@@ -431,7 +461,7 @@ mod tests {
 
     #[test]
     fn two_cookies_are_several() {
-        let s = TokenSource::Cookie("session".into());
+        let s = TokenPlace::new(TokenSource::Cookie("session".into()));
         let r = req("/", &[("cookie", "session=a; x=1; session=b")]);
         assert_eq!(extract(&s, &r), SEVERAL);
         // Split over two Cookie headers (HTTP/2) counts the same.
