@@ -142,3 +142,33 @@ async fn rss_returns_after_buffered_uploads() {
         samples.len() - 1
     );
 }
+
+/// The allocator runs with the settings the memory contract and the
+/// benchmarks were measured with (`.cargo/config.toml`, proxy/Cargo.toml):
+/// background threads that purge freed pages while kaname idles, and thread
+/// caches trimmed once per MiB allocated. jemalloc's `confirm_conf` prints
+/// the built-in settings it applied; a build without them (another allocator,
+/// the config file not read) fails here, not only in a benchmark.
+#[test]
+fn the_allocator_runs_with_its_built_in_settings() {
+    let out = std::process::Command::new(support::KANAME)
+        .arg("--version")
+        .env("_RJEM_MALLOC_CONF", "confirm_conf:true")
+        .output()
+        .expect("kaname --version runs");
+    assert!(out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    let built_in = said
+        .lines()
+        .find(|l| l.contains("--with-malloc-conf"))
+        .unwrap_or_else(|| panic!("jemalloc printed no built-in settings:\n{said}"));
+    for setting in ["background_thread:true", "tcache_gc_incr_bytes:1048576"] {
+        assert!(built_in.contains(setting), "{setting} missing: {built_in}");
+    }
+    for applied in [
+        "Set conf value: background_thread:true",
+        "Set conf value: tcache_gc_incr_bytes:1048576",
+    ] {
+        assert!(said.contains(applied), "not applied: {applied}\n{said}");
+    }
+}

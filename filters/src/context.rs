@@ -121,21 +121,18 @@ impl Deadline {
     }
 }
 
-/// Placed by the forwarder in the extensions of every response that came
-/// from (or failed on) an endpoint: the address that try used. Filters cannot
-/// name the proxy's endpoint type, so they speak in addresses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TriedEndpoint(pub SocketAddr);
-
 /// Set by the retry filter on a retry's request: the forwarder picks another
 /// endpoint than this one when the balancer has one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AvoidEndpoint(pub SocketAddr);
 
 /// Set by the retry filter on each try's request; the forwarder writes the
-/// endpoint it picked into it. A try cut by `per_try_timeout` leaves no
-/// response to carry a `TriedEndpoint`, so this is how the next try still
-/// learns which endpoint to avoid.
+/// endpoint it picked into it (an answer, a failure or a try cut by
+/// `per_try_timeout` alike), so the next try learns which endpoint to
+/// avoid. Filters cannot name the proxy's endpoint type, so they speak in
+/// addresses. A slot, not a mark on the response: a response's extensions
+/// are empty until something is put in them, and the first insert
+/// allocates them, on every response.
 #[derive(Debug, Clone, Default)]
 pub struct EndpointSlot(pub Arc<std::sync::Mutex<Option<SocketAddr>>>);
 

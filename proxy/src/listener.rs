@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::metrics::Metrics;
 use arc_swap::{ArcSwap, ArcSwapOption};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::{HeaderValue, Request};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -309,32 +310,50 @@ pub async fn accept_loop(
                 serve::Protocol::Http2 => Some(head_by),
                 serve::Protocol::Unknown => Some(head_by + Duration::from_secs(1)),
             };
+            // The timer looks at the connection's activity counts at its
+            // deadlines, and at least every eighth of the shorter timeout.
+            let mut seen = activity.look(Instant::now());
             let result = loop {
                 // The one timer that can act now: the stall of the requests
                 // in flight, or, with none, the idle end of the connection
-                // (a past deadline of the other kind would spin the loop).
-                // With none, wake by `stream_idle` at the latest to look at
-                // requests that came since.
+                // (a past deadline of the other kind would spin the loop);
+                // the next look, to see requests and bytes that came since.
                 let deadline = if activity.has_requests() {
-                    activity.stall_deadline(stream_idle)
+                    seen.stall_deadline(stream_idle)
                 } else {
-                    activity
-                        .idle_deadline(idle_timeout)
-                        .min(Instant::now() + stream_idle)
+                    seen.idle_deadline(idle_timeout)
                 };
+                let deadline = deadline.min(seen.next_look(idle_timeout, stream_idle));
                 let deadline = match first_request_by {
                     Some(by) if !activity.has_had_requests() => deadline.min(by),
                     _ => deadline,
                 };
+                // The drain, the reload and the timer, polled only when one
+                // of them woke the task: the connection wakes it several
+                // times a request, and polling the three each time (a lock
+                // in each watch) was ~1,000 instructions a request. A
+                // FuturesUnordered polls only what its own waker woke.
+                let mut signals = FuturesUnordered::new();
+                signals.push(async {
+                    tokio::select! {
+                        _ = draining.wait_for(|d| *d) => ConnEvent::Close,
+                        _ = retired.changed() => ConnEvent::Close,
+                        _ = tokio::time::sleep_until(deadline) => ConnEvent::Tick,
+                    }
+                });
                 let event = tokio::select! {
+                    // The connection first: it is what wakes the task most.
+                    biased;
                     r = conn.as_mut() => ConnEvent::Done(r),
-                    _ = draining.wait_for(|d| *d) => ConnEvent::Close,
-                    _ = retired.changed() => ConnEvent::Close,
-                    _ = tokio::time::sleep_until(deadline) => ConnEvent::Tick,
+                    Some(e) = signals.next() => e,
                 };
+                drop(signals);
+                if let ConnEvent::Tick = event {
+                    seen.update(&activity, Instant::now());
+                }
                 match event {
                     ConnEvent::Done(r) => break r,
-                    ConnEvent::Tick if activity.is_stalled(stream_idle) => {
+                    ConnEvent::Tick if seen.is_stalled(&activity, stream_idle) => {
                         // Requests in flight moved nothing for
                         // stream_idle_timeout: reset, so their upstream
                         // tries are cancelled (limits.md).
@@ -356,7 +375,7 @@ pub async fn accept_loop(
                             .unwrap_or(Ok(()));
                     }
                     // Not due: the deadline moved on, or a request came or went.
-                    ConnEvent::Tick if !activity.is_idle(idle_timeout) => continue,
+                    ConnEvent::Tick if !seen.is_idle(&activity, idle_timeout) => continue,
                     ConnEvent::Tick | ConnEvent::Close => {
                         // Finish requests in flight, refuse new ones, then close.
                         conn.as_mut().graceful_shutdown();

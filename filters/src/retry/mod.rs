@@ -44,9 +44,7 @@ pub use budget::RetryBudget;
 pub use replay::{BufferPool, Replay, ReplayLimits};
 
 use crate::client_body::ClientBodyWatch;
-use crate::context::{
-    AvoidEndpoint, Deadline, EndpointSlot, RequestContext, TriedEndpoint, UpstreamFailure,
-};
+use crate::context::{AvoidEndpoint, Deadline, EndpointSlot, RequestContext, UpstreamFailure};
 use crate::metrics::{LazyCounter, Metrics};
 use crate::per_upstream::PerUpstream;
 use crate::registry::{BuildError, BuiltFilter, RouteInfo};
@@ -276,8 +274,10 @@ impl RetryService {
             let Some(next) = replay.next() else {
                 return result;
             };
+            // The endpoint the try used: the forwarder wrote it into the
+            // try's slot (a failure may name it too).
             avoid = match &result {
-                Ok(res) => res.extensions().get::<TriedEndpoint>().map(|t| t.0),
+                Ok(_) => None,
                 Err(e) => e.endpoint,
             }
             .or_else(|| slot.get());

@@ -80,7 +80,6 @@ fn scripted(acts: Vec<Act>) -> (RouteService, Arc<Mutex<Seen>>) {
                 }
                 Act::Hang => std::future::pending::<()>().await,
             }
-            res.extensions_mut().insert(TriedEndpoint(addr));
             Ok::<_, ProxyError>(res)
         }
     });

@@ -172,13 +172,13 @@ impl Endpoint {
         InFlight {
             endpoint: self,
             started: Instant::now(),
+            ended: None,
         }
     }
 
-    /// A request started at `started` was answered now: one reading of the
-    /// clock for its time and for the stamp.
-    fn observe(&self, started: Instant) {
-        let at = Instant::now();
+    /// A request started at `started` was answered `at`: one reading of
+    /// the clock for its time and for the stamp.
+    fn observe(&self, started: Instant, at: Instant) {
         let rtt = at.saturating_duration_since(started);
         let now = at.saturating_duration_since(self.epoch).as_nanos() as u64;
         // Never 0: 0 means "not answered yet" (see `cost`).
@@ -202,18 +202,24 @@ impl Endpoint {
 pub struct InFlight<'a> {
     endpoint: &'a Endpoint,
     started: Instant,
+    ended: Option<Instant>,
 }
 
 impl InFlight<'_> {
-    /// When the request started (the try's own clock reading, shared).
-    pub fn started(&self) -> Instant {
-        self.started
+    /// The request was answered now; returns how long it took. The guard's
+    /// drop records the same time (one clock reading for the try's
+    /// duration and the endpoint's latency, not two).
+    pub fn end(&mut self) -> std::time::Duration {
+        let at = Instant::now();
+        self.ended = Some(at);
+        at.saturating_duration_since(self.started)
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.endpoint.observe(self.started);
+        let at = self.ended.unwrap_or_else(Instant::now);
+        self.endpoint.observe(self.started, at);
     }
 }

@@ -41,7 +41,7 @@ impl TryError {
     }
 }
 
-pub use endpoint::Endpoint;
+pub use endpoint::{Endpoint, InFlight};
 pub use h2_conn::H2Error;
 pub use outlier::OutlierDetector;
 
