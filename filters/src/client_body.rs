@@ -101,9 +101,15 @@ impl ClientBodyWatch {
         self.0.waiting.store(waiting, Ordering::Release);
     }
 
-    /// Finds the watch of a request (set by the listener).
+    /// Finds the watch of a request: in its [`RequestContext`] (set by the
+    /// listener), or on its own (a filter's test).
+    ///
+    /// [`RequestContext`]: crate::RequestContext
     pub fn of(ext: &http::Extensions) -> Option<&ClientBodyWatch> {
-        ext.get::<ClientBodyWatch>()
+        match ext.get::<crate::RequestContext>() {
+            Some(ctx) => ctx.body.as_ref(),
+            None => ext.get::<ClientBodyWatch>(),
+        }
     }
 }
 

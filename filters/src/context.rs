@@ -26,6 +26,10 @@ pub struct RequestContext {
     /// `content-type` starts with `application/grpc` (after the hop-by-hop
     /// strip, so a `Connection`-named content-type does not count).
     pub grpc: bool,
+    /// The watch of the request's body ([`ClientBodyWatch::of`] finds it
+    /// here): a field, not an extension of its own, as each extension is
+    /// an allocation per request.
+    pub body: Option<crate::client_body::ClientBodyWatch>,
 }
 
 /// The names a verified client certificate vouches for: its URI SANs

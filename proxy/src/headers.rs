@@ -170,23 +170,27 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, tls: bool) {
 }
 
 /// The request's `x-request-id`, or a new random one set on the request.
-pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
+pub fn ensure_request_id(headers: &mut HeaderMap) -> &HeaderValue {
     let new_id = || {
         let mut hex = [0u8; 32];
         hex_into(&mut hex, &rand::random::<u128>().to_be_bytes());
-        once_per_request(HeaderValue::from_bytes(&hex).unwrap_or(HeaderValue::from_static("0")))
+        // Owned by its `Bytes`: one allocation, and the answer's copy (the
+        // observe step's clone) shares it. A copied slice would be a second
+        // allocation at that first clone.
+        let id = HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(hex));
+        once_per_request(id.unwrap_or(HeaderValue::from_static("0")))
     };
     // One lookup (an entry) for the look and the insert.
     match headers.entry(&X_REQUEST_ID) {
-        Entry::Occupied(mut e) => {
-            let v = e.get_mut();
+        Entry::Occupied(e) => {
+            let v = e.into_mut();
             if v.is_empty() {
                 *v = new_id();
             }
             v.set_sensitive(true);
-            v.clone()
+            v
         }
-        Entry::Vacant(e) => e.insert(new_id()).clone(),
+        Entry::Vacant(e) => e.insert(new_id()),
     }
 }
 
@@ -369,8 +373,9 @@ mod tests {
         // Kept or made, an id is never put in an HPACK dynamic table.
         assert!(h["x-request-id"].is_sensitive());
         let mut h = HeaderMap::new();
-        let id = ensure_request_id(&mut h);
+        let id = ensure_request_id(&mut h).clone();
         assert_eq!(id.len(), 32);
+        assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit), "{id:?}");
         assert_eq!(h["x-request-id"], id);
         assert!(id.is_sensitive() && h["x-request-id"].is_sensitive());
     }

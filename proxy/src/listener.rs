@@ -414,7 +414,6 @@ fn enter(
     let routes = shared.routes.load();
     let (mut parts, body) = req.into_parts();
     let (body, watch) = ClientBody::new(body, None, Some(routes.request_body_timeout));
-    parts.extensions.insert(watch);
     parts.extensions.insert(RequestContext {
         client_addr: peer,
         client_ip: client_ip.clone(),
@@ -424,6 +423,7 @@ fn enter(
         route: routes.unrouted.clone(),
         upstream: routes.unrouted.clone(),
         grpc: false,
+        body: Some(watch),
     });
     if let Some(t) = tls {
         parts.extensions.insert(t.clone());

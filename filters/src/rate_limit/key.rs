@@ -92,6 +92,7 @@ mod tests {
             route: "r".into(),
             upstream: "u".into(),
             grpc: false,
+            body: None,
         });
         let serde_json::Value::Object(map) = serde_json::json!({"sub": "user-7", "tier": 3}) else {
             unreachable!()
