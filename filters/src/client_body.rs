@@ -3,8 +3,8 @@
 //! the client, never the upstream: no breaker or outlier count, no retry,
 //! no 502 (request-model.md, "Who failed"). The listener wraps every body in
 //! a [`ClientBody`] and puts its [`ClientBodyWatch`] in the request's
-//! extensions, so the forwarder and the filters ask one place whatever
-//! error hyper's client or h2 turned the failure into.
+//! context (`RequestContext::body`), so the forwarder and the filters ask
+//! one place whatever error hyper's client or h2 turned the failure into.
 
 use std::future::Future as _;
 use std::pin::Pin;
@@ -101,15 +101,12 @@ impl ClientBodyWatch {
         self.0.waiting.store(waiting, Ordering::Release);
     }
 
-    /// Finds the watch of a request: in its [`RequestContext`] (set by the
-    /// listener), or on its own (a filter's test).
+    /// Finds the watch of a request, in its [`RequestContext`] (set by the
+    /// listener).
     ///
     /// [`RequestContext`]: crate::RequestContext
     pub fn of(ext: &http::Extensions) -> Option<&ClientBodyWatch> {
-        match ext.get::<crate::RequestContext>() {
-            Some(ctx) => ctx.body.as_ref(),
-            None => ext.get::<ClientBodyWatch>(),
-        }
+        ext.get::<crate::RequestContext>()?.body.as_ref()
     }
 }
 
