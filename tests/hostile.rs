@@ -393,3 +393,91 @@ async fn streams_past_max_concurrent_streams_are_refused() {
     drop(s);
     in_flight_settles(&k).await;
 }
+
+/// A client that opens a POST, never sends its body, and keeps the
+/// connection busy with PINGs (well under the control-frame limit): PINGs
+/// move no request, so `stream_idle_timeout` still resets the connection,
+/// not before the timeout and not long after, and the stalled try is the
+/// client's doing: counted `cancelled`, never a failure of the upstream,
+/// which goes on serving.
+#[tokio::test]
+async fn a_stalled_stream_kept_company_by_pings_is_reset_as_the_clients_doing() {
+    let up = TestUpstream::start("up").await;
+    let k = Kaname::start(&one_route_config(
+        up.addr,
+        "    stream_idle_timeout: 1s\n    idle_timeout: 1m\n",
+        "",
+    ))
+    .await;
+    let port = k.port("main");
+
+    let mut s = h2_connect(port).await;
+    // POST (static entry 3) without END_STREAM: a body is promised and
+    // never comes.
+    let mut block = vec![0x83];
+    block.extend_from_slice(&get_block()[1..]);
+    s.write_all(&frame(HEADERS, END_HEADERS, 1, &block))
+        .await
+        .expect("headers");
+    let sent = Instant::now();
+    let (mut rd, mut wr) = s.into_split();
+    let pings = tokio::spawn(async move {
+        for i in 0u64..40 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if wr
+                .write_all(&frame(PING, 0, 0, &i.to_be_bytes()))
+                .await
+                .is_err()
+            {
+                return i;
+            }
+        }
+        40
+    });
+    let mut buf = vec![0u8; 16 * 1024];
+    let closed_after = loop {
+        match tokio::time::timeout(Duration::from_secs(10), rd.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break sent.elapsed(),
+            Ok(Ok(_)) => {}
+            Err(_) => panic!("the stalled connection was still open 10 s later"),
+        }
+    };
+    let pinged = pings.await.expect("pinger");
+    println!("stalled stream: closed after {closed_after:?}, {pinged} PINGs sent");
+    assert!(pinged >= 3, "PINGs kept coming while the stream stalled");
+    // Never early (the timer's looks only ever make it later), and at most
+    // an eighth late plus scheduling slack.
+    assert!(
+        closed_after >= Duration::from_millis(950),
+        "reset after {closed_after:?}, before stream_idle_timeout"
+    );
+    assert!(
+        closed_after <= Duration::from_secs(4),
+        "reset only after {closed_after:?}"
+    );
+    assert!(limit_hits(&k, "stream_idle_timeout").await >= 1.0);
+    assert!(
+        limit_hits(&k, "h2_control_frames").await == 0.0,
+        "the PINGs were within the limit"
+    );
+    let (ok, text) = poll_metric(
+        &k,
+        "kaname_upstream_attempts_total{upstream=\"up\",outcome=\"cancelled\"}",
+        METRIC_DEADLINE,
+        |v| v.is_some_and(|v| v >= 1.0),
+    )
+    .await;
+    assert!(ok, "the stalled try was not counted cancelled:\n{text}");
+    for outcome in ["timeout", "reset", "connect_failure"] {
+        let v = metric_value(
+            &text,
+            &format!("kaname_upstream_attempts_total{{upstream=\"up\",outcome=\"{outcome}\"}}"),
+        )
+        .unwrap_or(0.0);
+        assert_eq!(
+            v, 0.0,
+            "the client's stall counted as the upstream's {outcome}"
+        );
+    }
+    others_are_served(port).await;
+}
